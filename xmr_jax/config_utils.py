@@ -1,0 +1,88 @@
+"""Config helpers: ``get_config(arg)`` argument parsing and the base config every method extends.
+
+Config files live in ``configs/<method>.py`` and follow big_vision's convention:
+``get_config(arg=None)`` where ``arg`` is the text after the colon in
+``--config=configs/sgraf.py:variant=saf,runlocal``.
+"""
+from typing import Any, Dict
+
+import ml_collections
+
+
+def parse_arg(arg: str, **defaults) -> ml_collections.ConfigDict:
+  """Parses ``"k=v,flag"`` into a ConfigDict over ``defaults``.
+
+  Values are cast to the type of their default (bools accept true/false/1/0/yes/no); a bare
+  ``flag`` sets a bool default to True. A key that has no default is an error naming it.
+  """
+  result = dict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, has_value, value = item.partition("=")
+    key = key.strip()
+    if key not in defaults:
+      raise ValueError(f"unknown config argument {key!r} in {arg!r}; known: {sorted(defaults)}")
+    default = defaults[key]
+    if not has_value:
+      if not isinstance(default, bool):
+        raise ValueError(f"config argument {key!r} needs a value ({key}=...)")
+      result[key] = True
+    elif isinstance(default, bool):
+      low = value.strip().lower()
+      if low not in ("true", "false", "1", "0", "yes", "no"):
+        raise ValueError(f"config argument {key}={value!r} is not a boolean")
+      result[key] = low in ("true", "1", "yes")
+    elif default is None:
+      result[key] = value
+    else:
+      try:
+        result[key] = type(default)(value)
+      except ValueError as e:
+        raise ValueError(f"config argument {key}={value!r}: expected {type(default).__name__}") from e
+  return ml_collections.ConfigDict(result)
+
+
+def base_config(method: str) -> ml_collections.ConfigDict:
+  """Fields every method's config has. Method files fill ``model`` and ``hparams``."""
+  c = ml_collections.ConfigDict()
+  c.method = method
+  c.seed = 0
+  c.data = ml_collections.ConfigDict(dict(
+      name="synthetic",        # synthetic | precomp | tfds
+      dir="",                  # dataset dir (precomp) or cache dir override (synthetic)
+      captions_per_image=5,
+      synthetic=dict(n_train=10000, n_dev=500, n_test=1000, seed=0, pixels=True),
+      tokenizer="sentencepiece",   # sentencepiece | vocab (SCAN word2idx json)
+      vocab_path="",           # explicit vocab json / sentencepiece model (else built + cached)
+      vocab_size=1000,         # sentencepiece vocabulary size
+      len_buckets=(16, 32, 64),  # captions padded to the smallest bucket that fits
+      word_embeddings="",      # optional GloVe-format text file to initialise word vectors
+      train_split="train", dev_split="dev", test_split="test",
+  ))
+  c.model = ml_collections.ConfigDict()
+  # Swept scalars: everything here becomes an array in the hparams pytree (DESIGN.md).
+  c.hparams = ml_collections.ConfigDict(dict(learning_rate=2e-4, margin=0.2))
+  c.train = ml_collections.ConfigDict(dict(
+      batch_size=128,
+      num_epochs=30,
+      num_steps=-1,            # > 0 overrides num_epochs
+      lr_decay_epochs=15,      # step decay: lr *= lr_decay_factor every lr_decay_epochs
+      lr_decay_factor=0.1,
+      grad_clip=2.0,
+      log_every_steps=50,
+      eval_every_epochs=1,
+      checkpoint_every_steps=500,
+      max_to_keep=2,
+  ))
+  c.eval = ml_collections.ConfigDict(dict(
+      split="test",
+      protocol="default",      # default | coco1k | coco5k
+      tile_images=128,
+      tile_texts=512,
+      encode_batch_size=256,
+      dev_max_images=1000,     # dev evaluation during training uses at most this many images
+  ))
+  return c
+
+
+def to_dict(config: ml_collections.ConfigDict) -> Dict[str, Any]:
+  return config.to_dict()

@@ -1,0 +1,38 @@
+"""Pure loss functions shared by several methods."""
+import jax
+import jax.numpy as jnp
+
+
+def triplet_ranking_loss(scores: jax.Array, margin, *, max_violation: bool = True,
+                         reduction: str = "sum", positive_mask: jax.Array = None) -> jax.Array:
+  """Bidirectional hinge triplet loss on a (B, B) score matrix whose diagonal holds the pairs.
+
+  VSE++ (Faghri et al. 2018, eq. 5 for ``max_violation``; eq. 3 for the sum over negatives),
+  reused by SCAN, SGRAF (Paranioar/SGRAF ``ContrastiveLoss``) and MMCA (eq. 15):
+
+    cost_s[i, j]  = max(0, margin + s[i, j] - s[i, i])   caption j as negative for image i
+    cost_im[i, j] = max(0, margin + s[i, j] - s[j, j])   image i as negative for caption j
+
+  The diagonal is zeroed. ``positive_mask`` (B, B), if given, marks extra true pairs (e.g. two
+  captions of the same image in one batch) that are also excluded as negatives; the official
+  code does not do this (it only masks the diagonal). ``reduction='sum'`` follows the
+  official code; ``'mean'`` divides by B.
+  """
+  b = scores.shape[0]
+  diag = jnp.diagonal(scores)
+  cost_s = jnp.maximum(0.0, margin + scores - diag[:, None])
+  cost_im = jnp.maximum(0.0, margin + scores - diag[None, :])
+  exclude = jnp.eye(b, dtype=bool)
+  if positive_mask is not None:
+    exclude = exclude | positive_mask.astype(bool)
+  cost_s = jnp.where(exclude, 0.0, cost_s)
+  cost_im = jnp.where(exclude, 0.0, cost_im)
+  if max_violation:
+    cost_s = jnp.max(cost_s, axis=1)
+    cost_im = jnp.max(cost_im, axis=0)
+  total = jnp.sum(cost_s) + jnp.sum(cost_im)
+  if reduction == "sum":
+    return total
+  if reduction == "mean":
+    return total / b
+  raise ValueError(f"triplet_ranking_loss: unknown reduction {reduction!r} (use 'sum' or 'mean')")

@@ -1,0 +1,47 @@
+"""The method contract every retrieval model follows (see DESIGN.md, "The method contract").
+
+A method is a ``flax.linen.Module`` with three methods:
+
+* ``encode_images(images, *, train)``: ``images`` is the dict of image-side arrays of a
+  batch (``xmr_jax.types.IMAGE_KEYS``); returns an ``ImageRepr`` pytree whose leaves all have
+  the image axis first. Called once per image at evaluation, so it is cacheable.
+* ``encode_texts(texts, *, train)``: ``texts`` is the dict of text-side arrays
+  (``TEXT_KEYS``: ``tokens``, ``token_mask`` and, for DeFrag, ``deps``); returns a ``TextRepr``
+  pytree, caption axis first.
+* ``score(img, txt, *, train=False)``: an ``(n_img, n_txt)`` float matrix of similarities (higher = better
+  match) for every image x caption pair. It must be a pure function of the two reprs
+  (parameters aside), vectorised over both axes, so the evaluation engine can feed it
+  fixed-size tiles and ``jax.lax.map`` over them.
+
+The inputs are dicts rather than ``(tokens, mask)`` positional arrays (DESIGN.md's sketch)
+because DeFrag needs dependency triples and the pixel encoders need pixels: one signature
+serves every method.
+
+``__call__`` (used by training) encodes both sides and scores the B x B grid. A method's
+loss is a pure function ``loss(img, txt, scores, hparams, rng) -> (loss, metrics)``
+registered next to the model in ``xmr_jax.models.registry``.
+"""
+from typing import Any, Mapping, Tuple
+
+import flax.linen as nn
+import jax
+
+PyTree = Any
+
+
+class RetrievalModel(nn.Module):
+  """Base class: subclasses implement the three contract methods."""
+
+  def encode_images(self, images: Mapping[str, jax.Array], *, train: bool) -> PyTree:
+    raise NotImplementedError
+
+  def encode_texts(self, texts: Mapping[str, jax.Array], *, train: bool) -> PyTree:
+    raise NotImplementedError
+
+  def score(self, img: PyTree, txt: PyTree, *, train: bool = False) -> jax.Array:
+    raise NotImplementedError
+
+  def __call__(self, images, texts, *, train: bool) -> Tuple[PyTree, PyTree, jax.Array]:
+    img = self.encode_images(images, train=train)
+    txt = self.encode_texts(texts, train=train)
+    return img, txt, self.score(img, txt, train=train)
