@@ -1,0 +1,103 @@
+"""Encoders shared by several methods: regions, bi-GRU text, small pixel CNN.
+
+Padding is masked everywhere: padded regions/words come out as exact zeros and never
+influence real positions.
+"""
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from xmr_jax.kernels.common import l2norm
+
+
+class RegionEncoder(nn.Module):
+  """FC over precomputed region features, then per-region l2 norm.
+
+  SCAN/SGRAF ``EncoderImagePrecomp``: ``fc`` initialised with Xavier-uniform bounds
+  sqrt(6)/sqrt(in + out) and zero bias, then ``l2norm`` unless ``normalize`` is False.
+  """
+  embed_dim: int
+  normalize: bool = True
+
+  @nn.compact
+  def __call__(self, regions: jax.Array, region_mask: jax.Array) -> jax.Array:
+    x = nn.Dense(self.embed_dim, kernel_init=nn.initializers.xavier_uniform(),
+                 name="fc")(regions.astype(jnp.float32))
+    if self.normalize:
+      x = l2norm(x)
+    return x * region_mask[..., None].astype(x.dtype)
+
+
+def _embedding_init(word_vectors: Optional[np.ndarray]):
+  if word_vectors is None:
+    # SCAN/SGRAF init the word embedding uniformly in [-0.1, 0.1].
+    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -0.1, 0.1)
+  table = np.asarray(word_vectors, np.float32)
+  return lambda key, shape, dtype=jnp.float32: jnp.asarray(table, dtype).reshape(shape)
+
+
+class GRUTextEncoder(nn.Module):
+  """Word embedding + (bi-)GRU; per-word outputs (B, L, D).
+
+  As SCAN/SGRAF ``EncoderText``: with ``bidirectional`` the forward and backward outputs are
+  averaged (not concatenated), then each word vector is l2-normalised. Sequences are run with
+  their true lengths, so the backward direction starts at the last real word and padding never
+  enters a real position's state. ``word_vectors`` (vocab_size, word_dim) initialises the
+  embedding (e.g. from a local GloVe file, see ``xmr_jax.data.embeddings``).
+  """
+  vocab_size: int
+  word_dim: int
+  embed_dim: int
+  num_layers: int = 1
+  bidirectional: bool = True
+  normalize: bool = True
+  word_vectors: Optional[np.ndarray] = None
+  dropout: float = 0.0
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array, token_mask: jax.Array, *, train: bool) -> jax.Array:
+    emb = nn.Embed(self.vocab_size, self.word_dim, embedding_init=_embedding_init(self.word_vectors),
+                   name="embed")(tokens)
+    emb = nn.Dropout(self.dropout, deterministic=not train)(emb)
+    lengths = jnp.sum(token_mask.astype(jnp.int32), axis=-1)
+    x = emb
+    for layer in range(self.num_layers):
+      fwd = nn.RNN(nn.GRUCell(self.embed_dim), name=f"gru_fwd_{layer}")(x, seq_lengths=lengths)
+      if self.bidirectional:
+        bwd = nn.RNN(nn.GRUCell(self.embed_dim), reverse=True, keep_order=True,
+                     name=f"gru_bwd_{layer}")(x, seq_lengths=lengths)
+        # Stacked layers see both directions concatenated (torch nn.GRU semantics); only the
+        # final output averages them, as SCAN's EncoderText.
+        x = jnp.concatenate([fwd, bwd], -1) if layer + 1 < self.num_layers else (fwd + bwd) / 2
+      else:
+        x = fwd
+    if self.normalize:
+      x = l2norm(x)
+    return x * token_mask[..., None].astype(x.dtype)
+
+
+def last_valid(x: jax.Array, mask: jax.Array) -> jax.Array:
+  """x[b, length_b - 1] for each row: the final state of a forward RNN (VSE++ ``EncoderText``)."""
+  idx = jnp.maximum(jnp.sum(mask.astype(jnp.int32), -1) - 1, 0)
+  return jnp.take_along_axis(x, idx[:, None, None], axis=1)[:, 0]
+
+
+class PixelCNN(nn.Module):
+  """A small conv net over uint8 pixels: (B, H, W, 3) -> (B, N, D) grid "regions".
+
+  Stands in for the ImageNet backbones of the papers on the synthetic benchmark's rendered
+  scenes: three stride-2 3x3 convolutions, so a 64x64 image gives an 8x8 grid (N = 64).
+  """
+  embed_dim: int
+  channels: tuple = (32, 64, 128)
+
+  @nn.compact
+  def __call__(self, pixels: jax.Array) -> jax.Array:
+    x = pixels.astype(jnp.float32) / 127.5 - 1.0
+    for i, ch in enumerate(self.channels):
+      x = nn.relu(nn.Conv(ch, (3, 3), strides=(2, 2), name=f"conv{i}")(x))
+    b, h, w, c = x.shape
+    return nn.Dense(self.embed_dim, name="proj")(x.reshape(b, h * w, c))

@@ -1,0 +1,36 @@
+"""Metrics to ``metrics.jsonl`` and TensorBoard event files (tensorboardX; clu needs TF)."""
+import json
+import math
+import os
+from typing import Mapping
+
+from tensorboardX import SummaryWriter
+
+
+class MetricsWriter:
+  """Appends one JSON object per call to ``workdir/metrics.jsonl`` and mirrors it to TB."""
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self._tb = SummaryWriter(logdir=os.path.join(workdir, "tensorboard"))
+
+  def write(self, step: int, scalars: Mapping[str, float]) -> None:
+    record = {"step": int(step)}
+    for k, v in scalars.items():
+      v = float(v)
+      record[k] = v if math.isfinite(v) else str(v)
+      self._tb.add_scalar(k, v, int(step))
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+
+  def close(self):
+    self._tb.close()
+
+
+def atomic_write_json(path: str, obj) -> None:
+  """Write JSON via a temporary file + rename, so readers never see half a file."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = f"{path}.tmp.{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
