@@ -1,0 +1,293 @@
+"""Reader for the SCAN "precomp" dataset layout, with validation.
+
+A dataset directory holds, per split (train / dev / test / testall):
+
+* ``{split}_ims.npy``  (N, R, F) float region features (SCAN: R = 36, F = 2048);
+* ``{split}_caps.txt`` k captions per image, one per line; caption c belongs to
+  image c // k (k = 5 for Flickr30K / MS-COCO).
+
+Optional extras (written by the synthetic benchmark):
+
+* ``{split}_labels.npy``     (N, C) uint8 multi-hot image classes;
+* ``{split}_cap_labels.npy`` (kN, C) uint8 multi-hot caption classes;
+* ``{split}_deps.jsonl``     one JSON list of [relation, head, dependent] string
+  triples per caption line;
+* ``{split}_boxes.npy``      (N, R, 4) float32 region boxes;
+* ``{split}_pixels.npy``     (N, H, W, 3) uint8 rendered images.
+
+Feature files are memory-mapped (``np.load(mmap_mode="r", allow_pickle=False)``)
+and never read whole at load time. Every problem the reader can detect is
+raised as one :class:`DataError` naming the file, the line or index, and the
+fix. Non-finite features are found when the batch holding them is gathered
+(:func:`check_finite`, called by the pipelines), or up front with
+``load_split(..., validate_all=True)`` (a chunked scan).
+"""
+import dataclasses
+import json
+import os
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+SPLITS = ("train", "dev", "test", "testall")
+Triple = Tuple[str, str, str]
+
+
+class DataError(ValueError):
+  """A dataset file is missing or malformed; the message says how to fix it."""
+
+
+@dataclasses.dataclass
+class PrecompSplit:
+  """One split of a precomp dataset; arrays are read-only memory maps."""
+  images: np.ndarray                # (N, R, F) float, memory-mapped
+  captions: List[str]               # k * N captions
+  k: int                            # captions per image
+  num_images: int
+  data_dir: str
+  split: str
+  labels: Optional[np.ndarray] = None       # (N, C) multi-hot
+  cap_labels: Optional[np.ndarray] = None   # (kN, C) multi-hot
+  deps: Optional[List[List[Triple]]] = None  # kN lists of triples
+  boxes: Optional[np.ndarray] = None        # (N, R, 4)
+  pixels: Optional[np.ndarray] = None       # (N, H, W, 3) uint8
+
+  @property
+  def num_captions(self) -> int:
+    return len(self.captions)
+
+  @property
+  def images_path(self) -> str:
+    return os.path.join(self.data_dir, f"{self.split}_ims.npy")
+
+
+def _path(data_dir: str, split: str, suffix: str) -> str:
+  return os.path.join(data_dir, f"{split}_{suffix}")
+
+
+def _missing_error(path: str) -> DataError:
+  """Error for a missing required file, listing what the directory holds."""
+  data_dir = os.path.dirname(path) or "."
+  if not os.path.isdir(data_dir):
+    return DataError(f"{path}: dataset directory {data_dir!r} does not exist; "
+                     "pass the directory holding {split}_ims.npy and "
+                     "{split}_caps.txt.")
+  names = sorted(os.listdir(data_dir))
+  shown = ", ".join(names[:40]) + (" ..." if len(names) > 40 else "")
+  return DataError(f"{path}: file not found. The directory holds: "
+                   f"[{shown or 'nothing'}]. Each split needs <split>_ims.npy "
+                   "and <split>_caps.txt (SCAN precomp layout); check the split "
+                   "name and the data directory.")
+
+
+def open_npy(path: str) -> np.ndarray:
+  """Memory-maps a .npy file after checking its header against its size.
+
+  Raises DataError for object (pickled) arrays and for files shorter than their
+  header says (an interrupted download or copy).
+  """
+  if not os.path.isfile(path):
+    raise _missing_error(path)
+  with open(path, "rb") as f:
+    try:
+      version = np.lib.format.read_magic(f)
+      if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+      else:
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+    except ValueError as e:
+      raise DataError(f"{path}: not a valid .npy file ({e}); re-save it with "
+                      "np.save.") from e
+    header_end = f.tell()
+  if dtype.hasobject:
+    raise DataError(f"{path}: holds Python objects (dtype={dtype}), which need "
+                    "pickle and are never loaded. Re-save it as a numeric "
+                    "array, e.g. np.save(path, np.asarray(x, np.float32)).")
+  expected = header_end + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+  actual = os.path.getsize(path)
+  if actual < expected:
+    raise DataError(f"{path}: truncated: the header says shape {shape} "
+                    f"{dtype} ({expected} bytes) but the file has {actual} "
+                    "bytes. Download or copy the file again.")
+  return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
+def read_captions(path: str) -> List[str]:
+  """Reads one caption per line (UTF-8), rejecting empty lines.
+
+  A final newline is allowed; ``\\r\\n`` line ends are accepted.
+  """
+  if not os.path.isfile(path):
+    raise _missing_error(path)
+  with open(path, "rb") as f:
+    data = f.read()
+  try:
+    text = data.decode("utf-8")
+  except UnicodeDecodeError as e:
+    line_start = data.rfind(b"\n", 0, e.start) + 1
+    line = data.count(b"\n", 0, e.start) + 1
+    raise DataError(f"{path}: line {line} is not valid UTF-8 (byte offset "
+                    f"{e.start - line_start} in the line, {e.start} in the "
+                    f"file: {e.reason}). Re-encode the file as UTF-8, e.g. "
+                    "`iconv -f latin1 -t utf-8`.") from e
+  lines = text.split("\n")
+  if lines and lines[-1] == "":
+    lines.pop()
+  captions = [line.rstrip("\r").strip() for line in lines]
+  for i, caption in enumerate(captions):
+    if not caption:
+      raise DataError(f"{path}: line {i + 1} is empty; every line must hold "
+                      "one caption (remove the blank line or write the "
+                      "missing caption).")
+  return captions
+
+
+def read_deps(path: str, num_captions: int) -> List[List[Triple]]:
+  """Reads ``{split}_deps.jsonl``: one list of string triples per caption."""
+  deps = []
+  with open(path, "rb") as f:
+    for i, line in enumerate(f):
+      try:
+        triples = json.loads(line.decode("utf-8"))
+      except UnicodeDecodeError as e:
+        raise DataError(f"{path}: line {i + 1} is not valid UTF-8 (byte offset "
+                        f"{e.start} in the line); re-encode the file as "
+                        "UTF-8.") from e
+      except json.JSONDecodeError as e:
+        raise DataError(f"{path}: line {i + 1} is not valid JSON ({e.msg}); "
+                        "each line must be a JSON list of [relation, head, "
+                        "dependent] triples.") from e
+      if not isinstance(triples, list) or not all(
+          isinstance(t, list) and len(t) == 3 and
+          all(isinstance(s, str) for s in t) for t in triples):
+        raise DataError(f"{path}: line {i + 1} must be a JSON list of "
+                        "[relation, head, dependent] string triples, got "
+                        f"{line.strip()[:80].decode('utf-8')!r}.")
+      deps.append([tuple(t) for t in triples])
+  if len(deps) != num_captions:
+    raise DataError(f"{path}: has {len(deps)} lines but the captions file has "
+                    f"{num_captions}; write exactly one line per caption.")
+  return deps
+
+
+def _infer_k(caps_path: str, num_captions: int, num_images: int,
+             captions_per_image: Optional[int]) -> int:
+  """Captions per image: given, or num_captions / num_images."""
+  if num_images == 0:
+    raise DataError(f"{caps_path}: the image features hold no images.")
+  if captions_per_image is not None:
+    if num_captions != captions_per_image * num_images:
+      raise DataError(
+          f"{caps_path}: has {num_captions} captions but {num_images} images "
+          f"x {captions_per_image} captions per image = "
+          f"{captions_per_image * num_images} are expected; fix the files or "
+          "the captions_per_image setting.")
+    return captions_per_image
+  if num_captions % num_images:
+    raise DataError(
+        f"{caps_path}: has {num_captions} captions, not a multiple of the "
+        f"{num_images} images in the features file; caption c must belong to "
+        "image c // k. Check that both files come from the same split.")
+  return num_captions // num_images
+
+
+def _check_features(path: str, images: np.ndarray) -> None:
+  if images.ndim != 3:
+    raise DataError(f"{path}: features must have shape (N, regions, dim), got "
+                    f"shape {images.shape}; re-save as a rank-3 array.")
+  if not np.issubdtype(images.dtype, np.floating):
+    raise DataError(f"{path}: features must be floating point, got dtype "
+                    f"{images.dtype}; re-save with .astype(np.float32).")
+
+
+def _check_rows(path: str, array: np.ndarray, rows: int, what: str,
+                rank: int) -> None:
+  if array.ndim != rank or array.shape[0] != rows:
+    raise DataError(f"{path}: expected rank {rank} with {rows} rows (one per "
+                    f"{what}), got shape {array.shape}.")
+
+
+def _load_extras(split_obj: PrecompSplit) -> None:
+  """Loads and shape-checks whichever optional extras exist."""
+  d, s, n = split_obj.data_dir, split_obj.split, split_obj.num_images
+  p = _path(d, s, "labels.npy")
+  if os.path.isfile(p):
+    split_obj.labels = open_npy(p)
+    _check_rows(p, split_obj.labels, n, "image", 2)
+  p = _path(d, s, "cap_labels.npy")
+  if os.path.isfile(p):
+    split_obj.cap_labels = open_npy(p)
+    _check_rows(p, split_obj.cap_labels, split_obj.num_captions, "caption", 2)
+  p = _path(d, s, "boxes.npy")
+  if os.path.isfile(p):
+    split_obj.boxes = open_npy(p)
+    _check_rows(p, split_obj.boxes, n, "image", 3)
+    if split_obj.boxes.shape[1:] != (split_obj.images.shape[1], 4):
+      raise DataError(f"{p}: expected shape (N, {split_obj.images.shape[1]}, "
+                      f"4), got {split_obj.boxes.shape}.")
+  p = _path(d, s, "pixels.npy")
+  if os.path.isfile(p):
+    split_obj.pixels = open_npy(p)
+    _check_rows(p, split_obj.pixels, n, "image", 4)
+    if split_obj.pixels.shape[-1] != 3 or split_obj.pixels.dtype != np.uint8:
+      raise DataError(f"{p}: expected (N, H, W, 3) uint8 pixels, got "
+                      f"{split_obj.pixels.shape} {split_obj.pixels.dtype}.")
+  p = _path(d, s, "deps.jsonl")
+  if os.path.isfile(p):
+    split_obj.deps = read_deps(p, split_obj.num_captions)
+
+
+def load_split(data_dir: str, split: str,
+               captions_per_image: Optional[int] = None, *,
+               validate_all: bool = False) -> PrecompSplit:
+  """Opens one split of a SCAN precomp dataset directory and validates it.
+
+  Args:
+    data_dir: directory holding ``{split}_ims.npy`` and ``{split}_caps.txt``.
+    split: train / dev / test / testall (any name present works).
+    captions_per_image: k; inferred as num_captions / num_images when None.
+    validate_all: also scan every feature value for NaN/Inf (chunked; slow on
+      multi-GB files, which is why the pipelines check each batch instead).
+
+  Returns:
+    A PrecompSplit whose arrays are read-only memory maps.
+  """
+  ims_path = _path(data_dir, split, "ims.npy")
+  caps_path = _path(data_dir, split, "caps.txt")
+  images = open_npy(ims_path)
+  _check_features(ims_path, images)
+  captions = read_captions(caps_path)
+  k = _infer_k(caps_path, len(captions), images.shape[0], captions_per_image)
+  out = PrecompSplit(images=images, captions=captions, k=k,
+                     num_images=images.shape[0], data_dir=data_dir, split=split)
+  _load_extras(out)
+  if validate_all:
+    scan_finite(images, ims_path)
+  return out
+
+
+def check_finite(features: np.ndarray, indices: Sequence[int],
+                 path: str) -> None:
+  """Raises DataError if a gathered feature batch holds NaN or Inf.
+
+  Args:
+    features: (B, ...) rows gathered from the file at ``path``.
+    indices: (B,) the row (image) index in the file of each gathered row.
+    path: the file the rows came from, for the message.
+  """
+  finite = np.isfinite(features).reshape(features.shape[0], -1).all(axis=1)
+  if not finite.all():
+    bad = np.flatnonzero(~finite)
+    rows = [int(indices[i]) for i in bad[:5]]
+    raise DataError(f"{path}: image index {rows[0]} has NaN or Inf features "
+                    f"(bad rows in this batch: {rows}"
+                    f"{' ...' if len(bad) > 5 else ''}). Recompute or replace "
+                    "those rows; `load_split(..., validate_all=True)` lists "
+                    "the first bad row of the whole file.")
+
+
+def scan_finite(images: np.ndarray, path: str, chunk_rows: int = 256) -> None:
+  """Checks every row of a (memory-mapped) feature array, chunk by chunk."""
+  for start in range(0, images.shape[0], chunk_rows):
+    stop = min(start + chunk_rows, images.shape[0])
+    check_finite(np.asarray(images[start:stop]), np.arange(start, stop), path)
