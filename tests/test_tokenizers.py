@@ -1,0 +1,149 @@
+"""Tests for the word vocabulary, sentencepiece tokenizer and padding."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from xmr_jax.data import tokenizers
+from xmr_jax.data.precomp import DataError
+from xmr_jax.data.tokenizers import (SentencePieceTokenizer, WordVocab,
+                                     get_tokenizer, word_tokenize)
+
+# Counts: "a" 5, "dog" 4, "runs" 4, "." 4, "cat" 3 (below threshold 4), ...
+CAPTIONS = ["A dog runs.", "a dog runs .", "a Dog runs.", "a dog runs.",
+            "a cat sleeps", "cat sleeps", "the cat"]
+
+SP_CAPTIONS = [f"{a} {b} {c} on the {d}." for a in ("a", "two", "three")
+               for b in ("red", "small", "happy", "wet")
+               for c in ("dogs", "cats", "men") for d in ("grass", "beach")]
+
+
+def test_word_tokenize():
+  assert word_tokenize("A Dog's T-shirt, isn't it?  3.5 m.") == [
+      "a", "dog", "'s", "t-shirt", ",", "is", "n't", "it", "?", "3.5", "m", "."]
+  assert word_tokenize("") == []
+
+
+def test_word_vocab_threshold_and_ids():
+  v = WordVocab.build(CAPTIONS, threshold=4)
+  # Specials first (SCAN vocab.py), then kept words in first-appearance order.
+  assert v.word2idx == {"<pad>": 0, "<start>": 1, "<end>": 2, "<unk>": 3,
+                        "a": 4, "dog": 5, "runs": 6, ".": 7}
+  assert v.vocab_size == 8 and len(v) == 8
+  assert v.encode("The dog runs.") == [1, 3, 5, 6, 7, 2]
+  assert WordVocab.build(CAPTIONS, threshold=3).word2idx["cat"] == 8
+
+
+def test_word_vocab_encode_batch_padding():
+  v = WordVocab.build(CAPTIONS, threshold=4)
+  ids, mask = v.encode_batch(["a dog", "dog dog dog dog dog ."],
+                             len_buckets=(4, 8, 16))
+  assert ids.dtype == np.int32 and mask.dtype == bool
+  np.testing.assert_array_equal(ids, [[1, 4, 5, 2, 0, 0, 0, 0],
+                                      [1, 5, 5, 5, 5, 5, 7, 2]])
+  np.testing.assert_array_equal(mask.sum(1), [4, 8])
+  np.testing.assert_array_equal(mask, ids != 0)
+
+
+def test_bucket_selection_and_truncation():
+  v = WordVocab.build(CAPTIONS, threshold=4)
+  assert tokenizers.choose_bucket(5, (16, 32)) == 16
+  assert tokenizers.choose_bucket(16, (32, 16)) == 16
+  assert tokenizers.choose_bucket(17, (16, 32)) == 32
+  assert tokenizers.choose_bucket(99, (16, 32)) == 32
+  ids, mask = v.encode_batch(["a"], len_buckets=(4, 8))  # 3 tokens -> 4
+  assert ids.shape == (1, 4)
+  ids, mask = v.encode_batch(["dog " * 20], len_buckets=(4, 8))  # 22 -> 8
+  assert ids.shape == (1, 8) and mask.all()
+  np.testing.assert_array_equal(ids[0], [1] + [5] * 7)
+
+
+def test_pad_ragged_with_trailing_dims():
+  flat = np.arange(15, dtype=np.int32).reshape(5, 3) + 1
+  offsets = np.array([0, 2, 2, 5])  # rows of 2, 0 and 3 triples
+  out, mask = tokenizers.pad_ragged(flat, offsets, np.array([2, 1, 0]), (2, 4))
+  assert out.shape == (3, 4, 3)
+  np.testing.assert_array_equal(mask.sum(1), [3, 0, 2])
+  np.testing.assert_array_equal(out[0, :3], flat[2:5])
+  np.testing.assert_array_equal(out[2, :2], flat[0:2])
+  assert (out[~mask] == 0).all()
+
+
+def test_word_vocab_save_load(tmp_path):
+  v = WordVocab.build(CAPTIONS, threshold=4)
+  v.save(str(tmp_path / "v.json"))
+  data = json.loads((tmp_path / "v.json").read_text())
+  assert data["idx2word"]["5"] == "dog" and data["idx"] == 8  # SCAN's keys
+  w = WordVocab.load(str(tmp_path / "v.json"))
+  assert w.word2idx == v.word2idx and w.encode("a dog") == [1, 4, 5, 2]
+
+
+def test_load_official_scan_vocab_json(tmp_path):
+  # The layout of SCAN's f30k_precomp_vocab.json: idx2word has string keys.
+  words = ["<pad>", "<start>", "<end>", "<unk>", "two", "dogs", "play"]
+  official = {"word2idx": {w: i for i, w in enumerate(words)},
+              "idx2word": {str(i): w for i, w in enumerate(words)},
+              "idx": len(words)}
+  path = tmp_path / "f30k_precomp_vocab.json"
+  path.write_text(json.dumps(official))
+  v = get_tokenizer("word", cache_dir=str(tmp_path), train_captions=[],
+                    vocab_path=str(path))
+  assert v.vocab_size == 7
+  assert v.encode("Two dogs play happily") == [1, 4, 5, 6, 3, 2]
+  assert v.decode([1, 4, 5, 3, 2, 0]) == "two dogs <unk>"
+  bad = dict(official, word2idx={"<start>": 0, "<pad>": 1, "<end>": 2,
+                                 "<unk>": 3})
+  path.write_text(json.dumps(bad))
+  with pytest.raises(DataError, match="'<pad>' must have id 0"):
+    WordVocab.load(str(path))
+
+
+@pytest.fixture(scope="module")
+def sp_model():
+  return SentencePieceTokenizer.train(SP_CAPTIONS, vocab_size=60, seed=0)
+
+
+def test_sentencepiece_deterministic_and_round_trip(sp_model):
+  again = SentencePieceTokenizer.train(SP_CAPTIONS, vocab_size=60, seed=0)
+  assert again.model_proto == sp_model.model_proto
+  ids, mask = sp_model.encode_batch(SP_CAPTIONS, len_buckets=(16, 32, 64))
+  ids2, mask2 = again.encode_batch(SP_CAPTIONS, len_buckets=(16, 32, 64))
+  np.testing.assert_array_equal(ids, ids2)
+  assert 4 < sp_model.vocab_size <= 60
+  lengths = mask.sum(1)
+  assert (ids[:, 0] == SentencePieceTokenizer.BOS_ID).all()
+  np.testing.assert_array_equal(ids[np.arange(len(ids)), lengths - 1],
+                                SentencePieceTokenizer.EOS_ID)
+  assert (ids[mask] != 0).all() and (ids[~mask] == 0).all()
+  assert (ids != SentencePieceTokenizer.UNK_ID).all()  # full char coverage
+  for caption, row, m in zip(SP_CAPTIONS, ids, mask):
+    assert sp_model.decode(row[m]) == caption
+  assert sp_model.decode(sp_model.encode("Two RED Dogs.")) == "two red dogs."
+
+
+def test_get_tokenizer_caches(tmp_path, sp_model):
+  sp = get_tokenizer("sentencepiece", cache_dir=str(tmp_path),
+                     train_captions=SP_CAPTIONS, vocab_size=60)
+  files = os.listdir(tmp_path)
+  assert len(files) == 1 and files[0].startswith("spm_unigram_60_")
+  assert sp.model_proto == sp_model.model_proto
+  cached = get_tokenizer("spm", cache_dir=str(tmp_path),
+                         train_captions=SP_CAPTIONS, vocab_size=60)
+  assert cached.model_proto == sp.model_proto
+  w1 = get_tokenizer("word", cache_dir=str(tmp_path), train_captions=CAPTIONS)
+  assert w1.word2idx == WordVocab.build(CAPTIONS).word2idx
+  (word_file,) = [f for f in os.listdir(tmp_path) if f.startswith("vocab_")]
+  # A second call must read the cache: mark the cached file and look for it.
+  marked = dict(w1.word2idx, zebra=len(w1.word2idx))
+  WordVocab(marked).save(str(tmp_path / word_file))
+  w2 = get_tokenizer("word", cache_dir=str(tmp_path), train_captions=CAPTIONS)
+  assert w2.word2idx["zebra"] == 8
+  # Other captions or settings hash to another file.
+  get_tokenizer("word", cache_dir=str(tmp_path), train_captions=CAPTIONS[:-1])
+  get_tokenizer("word", cache_dir=str(tmp_path), train_captions=CAPTIONS,
+                word_threshold=2)
+  assert len(os.listdir(tmp_path)) == 4
+  assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")]
+  with pytest.raises(ValueError, match="unknown tokenizer kind"):
+    get_tokenizer("bpe", cache_dir=str(tmp_path), train_captions=CAPTIONS)

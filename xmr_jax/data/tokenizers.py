@@ -1,0 +1,349 @@
+"""Caption tokenizers: a SCAN-style word vocabulary and sentencepiece.
+
+Both share one interface:
+
+* ``vocab_size``: number of ids (id 0 is padding);
+* ``encode(caption) -> list[int]``;
+* ``encode_ragged(captions) -> (flat ids, offsets)``: every caption encoded
+  once, stored as one flat int32 array plus int64 offsets (caption i is
+  ``flat[offsets[i]:offsets[i + 1]]``), so pipelines encode a split once and
+  then pad batches with array ops only;
+* ``encode_batch(captions, len_buckets) -> (ids (N, L) int32, mask (N, L) bool)``
+  where L is the smallest bucket >= the longest encoded caption (captions longer
+  than the largest bucket are cut to its length), so jitted text encoders see
+  only ``len(len_buckets)`` shapes.
+
+Both wrap each caption as ``<start> ... <end>`` (ids 1 and 2), as SCAN's
+``data.py`` does for its word vocabulary.
+"""
+import collections
+import hashlib
+import json
+import os
+import re
+import tempfile
+import warnings
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import sentencepiece as spm
+
+from xmr_jax.data.precomp import DataError
+
+DEFAULT_BUCKETS = (16, 32, 64)
+
+# Approximates nltk's word_tokenize on lower-cased text (what SCAN's vocab.py
+# and data.py use) without the nltk dependency. In order of preference:
+# a word followed by "n't" ("don't" -> "do", "n't"); "n't"; clitics "'s 're 've
+# 'll 'd 'm"; a word, possibly joined by "-" or "." to more word characters
+# ("t-shirt", "3.5"); any other single non-space character (punctuation).
+# Differences from nltk: "..." gives three tokens, quotes stay as typed.
+_TOKEN_RE = re.compile(
+    r"[^\W_]+(?=n't\b)|n't\b|'(?:s|re|ve|ll|d|m)\b|[^\W_]+(?:[-.][^\W_]+)*|\S")
+
+
+def word_tokenize(text: str) -> List[str]:
+  """Lower-cases and splits a caption into words and punctuation marks.
+
+  >>> word_tokenize("A dog's T-shirt, isn't it?")
+  ['a', 'dog', "'s", 't-shirt', ',', 'is', "n't", 'it', '?']
+  """
+  return _TOKEN_RE.findall(text.lower())
+
+
+def choose_bucket(length: int, len_buckets: Sequence[int]) -> int:
+  """Smallest bucket >= length, or the largest bucket if none is."""
+  buckets = sorted(len_buckets)
+  for b in buckets:
+    if b >= length:
+      return b
+  return buckets[-1]
+
+
+def ragged_from_lists(seqs: Sequence[Sequence[int]]
+                      ) -> Tuple[np.ndarray, np.ndarray]:
+  """Packs lists of ids into (flat int32, offsets int64)."""
+  lengths = np.fromiter((len(s) for s in seqs), np.int64, count=len(seqs))
+  offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+  flat = np.fromiter((t for s in seqs for t in s), np.int32,
+                     count=int(offsets[-1]))
+  return flat, offsets
+
+
+def pad_ragged(flat: np.ndarray, offsets: np.ndarray, rows: np.ndarray,
+               len_buckets: Sequence[int]) -> Tuple[np.ndarray, np.ndarray]:
+  """Gathers ragged rows into a padded (N, L, ...) array and (N, L) mask.
+
+  Args:
+    flat: (M, ...) all items of all rows, concatenated.
+    offsets: (num_rows + 1,) row i is ``flat[offsets[i]:offsets[i + 1]]``.
+    rows: (N,) which rows to gather.
+    len_buckets: allowed padded lengths; L is the smallest one >= the longest
+      gathered row (longer rows are truncated to the largest bucket).
+
+  Returns:
+    (padded, mask): padding positions hold 0 and mask False.
+  """
+  rows = np.asarray(rows, np.int64)
+  starts = offsets[rows]
+  lengths = offsets[rows + 1] - starts
+  max_len = int(lengths.max()) if rows.size else 0
+  length = choose_bucket(max_len, len_buckets)
+  positions = np.arange(length)
+  mask = positions[None, :] < lengths[:, None]
+  index = np.where(mask, starts[:, None] + positions[None, :], 0)
+  if flat.shape[0] == 0:  # every gathered row is empty
+    return np.zeros(mask.shape + flat.shape[1:], flat.dtype), mask
+  padded = flat[index]
+  padded[~mask] = 0
+  return padded, mask
+
+
+class _RaggedEncoder:
+  """Shared ``encode_ragged`` / ``encode_batch`` on top of ``encode_many``."""
+
+  def encode_many(self, captions: Sequence[str]) -> List[List[int]]:
+    raise NotImplementedError
+
+  def encode(self, caption: str) -> List[int]:
+    return self.encode_many([caption])[0]
+
+  def encode_ragged(self, captions: Sequence[str]
+                    ) -> Tuple[np.ndarray, np.ndarray]:
+    """All captions as (flat int32 ids, int64 offsets)."""
+    return ragged_from_lists(self.encode_many(captions))
+
+  def encode_batch(self, captions: Sequence[str],
+                   len_buckets: Sequence[int] = DEFAULT_BUCKETS
+                   ) -> Tuple[np.ndarray, np.ndarray]:
+    """(ids (N, L) int32, mask (N, L) bool), L a bucket; see module doc."""
+    flat, offsets = self.encode_ragged(captions)
+    return pad_ragged(flat, offsets, np.arange(len(captions)), len_buckets)
+
+
+class WordVocab(_RaggedEncoder):
+  """SCAN-style word vocabulary (``vocab.py`` of SCAN / VSE++).
+
+  Ids: ``<pad>`` = 0, ``<start>`` = 1, ``<end>`` = 2, ``<unk>`` = 3, then the
+  words whose count reaches the threshold, in order of first appearance.
+  """
+  PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
+  SPECIALS = (PAD, START, END, UNK)
+
+  def __init__(self, word2idx: Dict[str, int], source: str = "<memory>"):
+    for token in self.SPECIALS:
+      if token not in word2idx:
+        raise DataError(f"{source}: vocabulary lacks {token!r}; a SCAN-style "
+                        "vocab needs <pad>, <start>, <end> and <unk>.")
+    if word2idx[self.PAD] != 0:
+      raise DataError(f"{source}: '<pad>' must have id 0 (got "
+                      f"{word2idx[self.PAD]}); padding is id 0 everywhere.")
+    self.word2idx = dict(word2idx)
+    self.idx2word = {i: w for w, i in self.word2idx.items()}
+    if len(self.idx2word) != len(self.word2idx):
+      raise DataError(f"{source}: two words share an id in word2idx.")
+    self.unk_id = self.word2idx[self.UNK]
+    self.start_id = self.word2idx[self.START]
+    self.end_id = self.word2idx[self.END]
+
+  @property
+  def vocab_size(self) -> int:
+    return max(self.idx2word) + 1
+
+  def __len__(self) -> int:
+    return len(self.word2idx)
+
+  @classmethod
+  def from_tokens(cls, token_lists: Iterable[Sequence[str]],
+                  threshold: int = 4) -> "WordVocab":
+    """Keeps tokens seen at least ``threshold`` times (as SCAN's vocab.py)."""
+    counter = collections.Counter()
+    for tokens in token_lists:
+      counter.update(tokens)
+    word2idx = {w: i for i, w in enumerate(cls.SPECIALS)}
+    for word, count in counter.items():  # first-appearance order
+      if count >= threshold and word not in word2idx:
+        word2idx[word] = len(word2idx)
+    return cls(word2idx)
+
+  @classmethod
+  def build(cls, captions: Iterable[str], threshold: int = 4) -> "WordVocab":
+    """Vocabulary of the captions (SCAN uses train + dev), tokenized."""
+    return cls.from_tokens((word_tokenize(c) for c in captions), threshold)
+
+  def save(self, path: str) -> None:
+    """Writes SCAN's json format: word2idx, idx2word (string keys), idx."""
+    data = {"word2idx": self.word2idx,
+            "idx2word": {str(i): w for i, w in sorted(self.idx2word.items())},
+            "idx": len(self.word2idx)}
+    atomic_write(path, json.dumps(data).encode("utf-8"))
+
+  @classmethod
+  def load(cls, path: str) -> "WordVocab":
+    """Reads our json or an official SCAN ``*_vocab.json``."""
+    try:
+      with open(path, "r", encoding="utf-8") as f:
+        data = json.load(f)
+    except (OSError, ValueError) as e:
+      raise DataError(f"{path}: cannot read the vocabulary json ({e}).") from e
+    if not isinstance(data, dict) or "word2idx" not in data:
+      raise DataError(f"{path}: expected a json object with a 'word2idx' "
+                      "mapping (SCAN vocab format).")
+    return cls({str(w): int(i) for w, i in data["word2idx"].items()},
+               source=path)
+
+  def ids(self, words: Sequence[str]) -> List[int]:
+    """Word ids, ``<unk>`` for unknown words."""
+    get, unk = self.word2idx.get, self.unk_id
+    return [get(w, unk) for w in words]
+
+  def encode_many(self, captions: Sequence[str]) -> List[List[int]]:
+    """``<start> words <end>`` per caption (SCAN data.py)."""
+    return [[self.start_id] + self.ids(word_tokenize(c)) + [self.end_id]
+            for c in captions]
+
+  def decode(self, ids: Sequence[int]) -> str:
+    """Words of the ids, specials dropped, joined by spaces."""
+    specials = {self.word2idx[t] for t in self.SPECIALS} - {self.unk_id}
+    return " ".join(self.idx2word[int(i)] for i in ids
+                    if int(i) not in specials)
+
+
+class SentencePieceTokenizer(_RaggedEncoder):
+  """Unigram sentencepiece model trained on the training captions.
+
+  Ids: pad = 0, ``<s>`` = 1 (start), ``</s>`` = 2 (end), ``<unk>`` = 3.
+  Text is NFKC-normalised and case-folded (``nmt_nfkc_cf``).
+  """
+  PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
+
+  def __init__(self, model_proto: bytes, add_bos_eos: bool = True):
+    self.model_proto = bytes(model_proto)
+    self.processor = spm.SentencePieceProcessor(model_proto=self.model_proto)
+    self.add_bos_eos = add_bos_eos
+
+  @property
+  def vocab_size(self) -> int:
+    return self.processor.get_piece_size()
+
+  @classmethod
+  def train(cls, captions: Sequence[str], vocab_size: int = 1000,
+            seed: int = 0) -> "SentencePieceTokenizer":
+    """Trains deterministically (one thread, fixed seed, no shuffling).
+
+    ``vocab_size`` is an upper bound: a small corpus may yield fewer pieces.
+    """
+    writer = _BytesWriter()
+    spm.set_random_generator_seed(seed)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(captions), model_writer=writer,
+        vocab_size=vocab_size, model_type="unigram", hard_vocab_limit=False,
+        pad_id=cls.PAD_ID, bos_id=cls.BOS_ID, eos_id=cls.EOS_ID,
+        unk_id=cls.UNK_ID, num_threads=1, shuffle_input_sentence=False,
+        character_coverage=1.0, normalization_rule_name="nmt_nfkc_cf",
+        minloglevel=2)
+    return cls(writer.getvalue())
+
+  def save(self, path: str) -> None:
+    atomic_write(path, self.model_proto)
+
+  @classmethod
+  def load(cls, path: str) -> "SentencePieceTokenizer":
+    with open(path, "rb") as f:
+      return cls(f.read())
+
+  def encode_many(self, captions: Sequence[str]) -> List[List[int]]:
+    return self.processor.encode(list(captions), add_bos=self.add_bos_eos,
+                                 add_eos=self.add_bos_eos)
+
+  def decode(self, ids: Sequence[int]) -> str:
+    """Text of the ids (pad, start and end dropped)."""
+    keep = [int(i) for i in ids
+            if int(i) not in (self.PAD_ID, self.BOS_ID, self.EOS_ID)]
+    return self.processor.decode(keep)
+
+
+class _BytesWriter:
+  """Minimal writable sink for SentencePieceTrainer's ``model_writer``."""
+
+  def __init__(self):
+    self._chunks = []
+
+  def write(self, data: bytes) -> None:
+    self._chunks.append(bytes(data))
+
+  def getvalue(self) -> bytes:
+    return b"".join(self._chunks)
+
+
+def atomic_write(path: str, data: bytes) -> None:
+  """Writes a file via a temporary file and ``os.replace`` (never partial)."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def captions_hash(captions: Sequence[str], settings: str) -> str:
+  """Short hash of the training captions and tokenizer settings."""
+  h = hashlib.sha256(settings.encode("utf-8"))
+  for c in captions:
+    h.update(c.encode("utf-8"))
+    h.update(b"\n")
+  return h.hexdigest()[:16]
+
+
+def _cached(path: str, make, load, save):
+  """Loads ``path`` if present, else makes the object and tries to cache it."""
+  if os.path.isfile(path):
+    return load(path)
+  obj = make()
+  try:
+    save(obj, path)
+  except OSError as e:  # a read-only dataset directory must not stop training
+    warnings.warn(f"could not cache the tokenizer at {path}: {e}")
+  return obj
+
+
+def get_tokenizer(kind: str, *, cache_dir: str,
+                  train_captions: Sequence[str], vocab_size: int = 1000,
+                  vocab_path: str = "", word_threshold: int = 4,
+                  seed: int = 0):
+  """Trains or loads a tokenizer, caching it in ``cache_dir``.
+
+  Args:
+    kind: "word" (SCAN word vocab) or "sentencepiece" / "spm".
+    cache_dir: where the trained tokenizer is cached (beside the data).
+    train_captions: captions to build from (SCAN builds words from train+dev).
+    vocab_size: sentencepiece vocabulary size (upper bound).
+    vocab_path: for "word", an existing vocab json (e.g. SCAN's) to load.
+    word_threshold: minimum count for a word to enter the word vocab.
+    seed: sentencepiece trainer seed.
+
+  Returns:
+    A WordVocab or SentencePieceTokenizer.
+  """
+  if kind == "word":
+    if vocab_path:
+      return WordVocab.load(vocab_path)
+    digest = captions_hash(train_captions, f"word:{word_threshold}")
+    path = os.path.join(cache_dir, f"vocab_word_t{word_threshold}_{digest}.json")
+    return _cached(path,
+                   lambda: WordVocab.build(train_captions, word_threshold),
+                   WordVocab.load, lambda v, p: v.save(p))
+  if kind in ("sentencepiece", "spm"):
+    digest = captions_hash(train_captions, f"spm:unigram:{vocab_size}:{seed}")
+    path = os.path.join(cache_dir, f"spm_unigram_{vocab_size}_{digest}.model")
+    return _cached(
+        path,
+        lambda: SentencePieceTokenizer.train(train_captions, vocab_size, seed),
+        SentencePieceTokenizer.load, lambda t, p: t.save(p))
+  raise ValueError(f"unknown tokenizer kind {kind!r}; use 'word' or "
+                   "'sentencepiece'.")
