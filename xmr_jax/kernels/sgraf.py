@@ -1,0 +1,160 @@
+"""SGRAF kernels (Diao et al., "Similarity Reasoning and Filtration for Image-Text Matching",
+AAAI 2021; official code Paranioar/SGRAF, branch ``python3.6``, ``model.py``).
+
+Every kernel works on a whole tile of ``n_i`` images x ``n_t`` captions at once:
+
+* images: ``regions`` (n_i, R, D) l2-normalised region embeddings, ``region_mask`` (n_i, R);
+* captions: ``words`` (n_t, L, D) l2-normalised word embeddings, ``word_mask`` (n_t, L);
+* pair tensors have the layout (n_i, n_t, ...), similarity-graph nodes (n_i, n_t, N, S) with
+  node 0 the global alignment and nodes 1..L the local ones (N = L + 1).
+
+The official code loops over captions and truncates each to its true length; here padding is
+masked instead, so every padded word / region / node is excluded from every softmax, norm and
+sum, and a score never depends on how much padding a tile carries.
+
+Weights are passed as flax-layout arrays: ``kernel`` (in, out), ``bias`` (out,), y = x @ kernel +
+bias (torch's ``nn.Linear`` is y = x @ weight.T + bias).
+"""
+from typing import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from xmr_jax.kernels.common import EPS, l2norm, masked_softmax
+
+
+def leaky_relu(x: jax.Array, slope: float = 0.1) -> jax.Array:
+  return jnp.where(x >= 0, x, slope * x)
+
+
+def t2v_attention(regions: jax.Array, region_mask: jax.Array, words: jax.Array,
+                  word_mask: jax.Array, smooth: float = 9.0) -> jax.Array:
+  """Text-to-visual attention (paper eq. 2; official ``SCAN_attention``), every pair at once.
+
+  s[i,r,t,l] = LeakyReLU_0.1(v_ir . w_tl), l2-normalised over the *words* l of caption t for
+  each region (padded words excluded), then softmax over the regions r of image i with
+  temperature ``smooth`` (lambda = 9); the attended vector a_itl = sum_r p[i,r,t,l] v_ir is
+  l2-normalised. Returns (n_i, n_t, L, D).
+  """
+  n_i, r, d = regions.shape
+  n_t, l, _ = words.shape
+  # One GEMM (n_i R, D) @ (D, n_t L) for all region-word scores of the tile.
+  s = (regions.reshape(n_i * r, d) @ words.reshape(n_t * l, d).T).reshape(n_i, r, n_t, l)
+  s = leaky_relu(s) * word_mask[None, None].astype(s.dtype)
+  s = s / (jnp.sqrt(jnp.sum(s * s, axis=-1, keepdims=True)) + EPS)
+  p = masked_softmax(smooth * s, region_mask[:, :, None, None], axis=1)
+  # Batched over images: (n_t L, R) @ (R, D) for each image.
+  ctx = jnp.einsum("irtl,ird->itld", p, regions)
+  return l2norm(ctx)
+
+
+def local_similarity(context: jax.Array, words: jax.Array, kernel: jax.Array,
+                     bias: jax.Array) -> jax.Array:
+  """Local similarity vectors s_l = l2norm(W_l (a_l - w_l)^2 + b) (paper eq. 1, 3).
+
+  ``context`` (n_i, n_t, L, D) attended regions, ``words`` (n_t, L, D). Returns
+  (n_i, n_t, L, S). The square couples image and caption per dimension, so (unlike the global
+  term) it is materialised once and projected by one large GEMM.
+  """
+  diff2 = jnp.square(context - words[None])
+  return l2norm(diff2 @ kernel + bias)
+
+
+def global_similarity(img_glo: jax.Array, txt_glo: jax.Array, kernel: jax.Array,
+                      bias: jax.Array) -> jax.Array:
+  """Global similarity vectors s_g = l2norm(W_g (v - t)^2 + b) (paper eq. 1, 4).
+
+  Expanded as W v^2 + W t^2 - 2 W (v * t): the first two are per item, the cross term is one
+  GEMM (n_i S, D) @ (D, n_t), so no (n_i, n_t, D) difference is materialised.
+  ``img_glo`` (n_i, D), ``txt_glo`` (n_t, D) -> (n_i, n_t, S).
+  """
+  a = jnp.square(img_glo) @ kernel                          # (n_i, S)
+  b = jnp.square(txt_glo) @ kernel                          # (n_t, S)
+  scaled = img_glo[:, :, None] * kernel[None]               # (n_i, D, S)
+  cross = jnp.einsum("ids,td->its", scaled, txt_glo)        # (n_i, n_t, S)
+  return l2norm(a[:, None] + b[None] - 2.0 * cross + bias)
+
+
+def attention_pool(local: jax.Array, mask: jax.Array, local_emb: jax.Array,
+                   global_emb: jax.Array, common_kernel: jax.Array,
+                   common_bias: jax.Array) -> jax.Array:
+  """Self-attention pooling of the global representation (paper eq. 5-6; official ``VisualSA``
+  / ``TextSA`` after their embedding layers).
+
+  ``local`` (B, K, D) items to pool, ``mask`` (B, K), ``local_emb`` (B, K, D) and ``global_emb``
+  (B, D) the tanh-embedded local and mean features. Weights = softmax over real positions of
+  ((local_emb * global_emb) @ common_kernel + common_bias); result l2-normalised, (B, D).
+  """
+  logits = ((local_emb * global_emb[:, None]) @ common_kernel + common_bias)[..., 0]
+  w = masked_softmax(logits, mask, axis=-1)
+  return l2norm(jnp.einsum("bk,bkd->bd", w, local))
+
+
+def _key_logits(nodes: jax.Array, queries: jax.Array, step: Mapping[str, jax.Array],
+                fold: bool) -> jax.Array:
+  """Edge logits (W_q s_j + b_q) . (W_k s_k + b_k) for the query nodes ``queries``.
+
+  With ``fold`` the product is computed as (s_j M + u) . s_k with M = W_q W_k^T and
+  u = W_k b_q: the dropped terms s_j W_q b_k + b_q b_k are constant along each softmax row, so
+  the edges are identical and one (S x S) GEMM per node replaces two.
+  """
+  qk, qb, kk, kb = (step["query_kernel"], step["query_bias"], step["key_kernel"],
+                    step["key_bias"])
+  if fold:
+    q = queries @ (qk @ kk.T) + kk @ qb
+    return jnp.einsum("...js,...ks->...jk", q, nodes)
+  return jnp.einsum("...js,...ks->...jk", queries @ qk + qb, nodes @ kk + kb)
+
+
+def sgr_step(nodes: jax.Array, node_mask: jax.Array, step: Mapping[str, jax.Array], *,
+             fold: bool = True, only_first: bool = False) -> jax.Array:
+  """One similarity-graph reasoning step (paper eq. 7-8; official ``GraphReasoning``).
+
+  E = softmax_k((W_q s_j)(W_k s_k)^T) over the real nodes k, s'_j = ReLU(W_r sum_k E_jk s_k).
+  ``nodes`` (..., N, S), ``node_mask`` broadcastable to (..., N). With ``only_first`` only node
+  0 is updated and returned as (..., S) (all a last step needs).
+  """
+  queries = nodes[..., :1, :] if only_first else nodes
+  logits = _key_logits(nodes, queries, step, fold)
+  edges = masked_softmax(logits, node_mask[..., None, :], axis=-1)
+  agg = jnp.einsum("...jk,...ks->...js", edges, nodes)
+  out = jax.nn.relu(agg @ step["graph_kernel"] + step["graph_bias"])
+  return out[..., 0, :] if only_first else out
+
+
+def graph_reasoning(nodes: jax.Array, node_mask: jax.Array,
+                    steps: Sequence[Mapping[str, jax.Array]], *, fold: bool = True) -> jax.Array:
+  """SGR: ``len(steps)`` reasoning steps, each with its own weights; returns the global node
+  (node 0) of the last step, (..., S) (paper eq. 9; official ``sim_emb[:, 0, :]``)."""
+  for step in steps[:-1]:
+    nodes = sgr_step(nodes, node_mask, step, fold=fold)
+  return sgr_step(nodes, node_mask, steps[-1], fold=fold, only_first=True)
+
+
+def saf_gate_logits(nodes: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+  """Pre-BatchNorm gate logits W_f s + b of SAF (paper eq. 10), (..., N)."""
+  return (nodes @ kernel + bias)[..., 0]
+
+
+def attention_filtration(nodes: jax.Array, node_mask: jax.Array,
+                         gates: jax.Array) -> jax.Array:
+  """SAF aggregation (paper eq. 10-11; official ``AttentionFiltration``).
+
+  alpha = l1norm(sigmoid(gates)) over the real nodes (the official code normalises over the
+  global node and the true words of the caption), s = l2norm(sum_n alpha_n s_n).
+  ``gates`` (..., N) are the batch-normalised logits. Returns (..., S).
+  """
+  a = jax.nn.sigmoid(gates) * node_mask.astype(gates.dtype)
+  a = a / (jnp.sum(jnp.abs(a), axis=-1, keepdims=True) + EPS)
+  return l2norm(jnp.einsum("...n,...ns->...s", a, nodes))
+
+
+def batch_norm(x: jax.Array, mean: jax.Array, var: jax.Array, scale: jax.Array,
+               bias: jax.Array, eps: float = 1e-5) -> jax.Array:
+  """(x - mean) / sqrt(var + eps) * scale + bias (torch ``BatchNorm1d``'s affine map)."""
+  return (x - mean) * jax.lax.rsqrt(var + eps) * scale + bias
+
+
+def similarity_score(sim_vec: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+  """Final score sigmoid(W_e s + b) (official ``sim_eval_w`` then ``sigmoid``), (...)."""
+  return jax.nn.sigmoid((sim_vec @ kernel + bias)[..., 0])

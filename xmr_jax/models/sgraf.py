@@ -1,0 +1,311 @@
+"""SGRAF (Diao, Zhang, Ma, Lu, "Similarity Reasoning and Filtration for Image-Text Matching",
+AAAI 2021); official code Paranioar/SGRAF, branch ``python3.6``, ``model.py``.
+
+* Image: ``RegionEncoder`` (official ``EncoderImage``: FC + l2norm per region).
+* Text: ``GRUTextEncoder`` (official ``EncoderText``: embedding, dropout 0.4, bi-GRU with the
+  two directions averaged, l2norm per word).
+* Head ``SGRAFHead`` (official ``EncoderSimilarity``): global image / caption vectors by
+  self-attention pooling (``VisualSA`` / ``TextSA``), text-to-visual attention (lambda = 9),
+  local and global similarity *vectors* l2norm(W (a - b)^2), then either SGR (``variant='sgr'``:
+  3 graph reasoning steps, score from the global node) or SAF (``'saf'``: gated attention
+  filtration), and sigmoid(Linear) as the final score. Kernels: ``xmr_jax.kernels.sgraf``.
+* Loss: hardest-negative bidirectional triplet loss on the B x B sigmoid scores, summed
+  (official ``ContrastiveLoss(max_violation=True)``), margin from ``hparams['margin']``.
+
+Where the official code has quirks we follow it, because they change reproduced numbers:
+
+1. ``VisualSA``'s first BatchNorm1d is applied to a (B, R, D) tensor, so its *channels are the
+   R region slots* (statistics over images x feature dims, one per region index); the second
+   is an ordinary BatchNorm1d over the D features of the mean region. Reproduced exactly
+   (``num_regions`` must therefore equal the data's R; the official code hard-codes 36).
+2. SAF's BatchNorm1d(1) runs inside the official per-caption loop: in training each caption's
+   gate logits are normalised with statistics over *all images of the batch x that caption's
+   nodes*, and the running statistics are updated once per caption (momentum 0.1, B times a
+   step). ``saf_bn_stats='per_caption'`` (default) reproduces both, vectorised (the B
+   sequential updates have the closed form 0.9^B r + sum_t 0.1 * 0.9^(B-1-t) m_t);
+   ``'pooled'`` uses one set of statistics over all real nodes of the B x B grid and one update.
+3. BatchNorm follows torch: batch statistics use the biased variance, running variance is
+   updated with the unbiased one, eps = 1e-5, momentum 0.1. Dropout (0.4) after the tanh of
+   both self-attention embeddings and on the word embeddings, as official (``sa_dropout``,
+   ``word_dropout``).
+4. Padding: the official code truncates each caption to its length; we mask padded words /
+   regions / graph nodes everywhere instead (identical numbers, see the parity tests).
+5. Batches: the official loader iterates captions, so a batch can hold the same image twice
+   and the loss then counts it as a negative of its own caption. Our batches hold B distinct
+   images (one caption each), so this rare case (about 0.22 duplicate pairs per batch of 128
+   on F30K, 0.06 on COCO) does not occur; the loss masks only the diagonal, as official.
+6. The loss is summed over the batch, not averaged (official), which matters with grad clip 2.
+
+Efficiency: the whole tile is one computation (no loop over captions); the SGR query/key
+weights are folded into one matrix (``fold_query_key``, exact up to rounding) and the last SGR
+step only updates the global node, which is all the score reads.
+"""
+from typing import Any, Dict, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from xmr_jax.kernels import sgraf as K
+from xmr_jax.kernels.common import masked_mean
+from xmr_jax.losses import triplet_ranking_loss
+from xmr_jax.models.base import RetrievalModel
+from xmr_jax.models.encoders import GRUTextEncoder, RegionEncoder
+from xmr_jax.models.registry import Method
+from xmr_jax.types import DataInfo
+
+_XAVIER = nn.initializers.xavier_uniform()   # official init_weights: U(+-sqrt(6/(in+out)))
+
+
+class Linear(nn.Module):
+  """Holds a (kernel, bias) pair named like ``nn.Dense``; returns them so kernels get arrays."""
+  in_features: int
+  out_features: int
+
+  @nn.compact
+  def __call__(self):
+    kernel = self.param("kernel", _XAVIER, (self.in_features, self.out_features))
+    bias = self.param("bias", nn.initializers.zeros, (self.out_features,))
+    return kernel, bias
+
+
+class TorchBatchNorm(nn.Module):
+  """torch ``BatchNorm1d`` over the last axis (channels last).
+
+  Train: normalise with the biased batch variance over every other axis (``mask`` selects the
+  entries that count); running stats get momentum 0.1 with the unbiased variance. With
+  ``group_axis`` each slice along it gets its own statistics and the running stats are
+  updated once per slice in order (the official SAF per-caption loop, quirk 2).
+  """
+  num_features: int
+  momentum: float = 0.1
+  eps: float = 1e-5
+
+  @nn.compact
+  def __call__(self, x, *, train: bool, mask=None, group_axis: Optional[int] = None):
+    c = self.num_features
+    scale = self.param("scale", nn.initializers.ones, (c,))
+    bias = self.param("bias", nn.initializers.zeros, (c,))
+    ra = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
+    rv = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
+    if not train:
+      return K.batch_norm(x, ra.value, rv.value, scale, bias, self.eps)
+    m = jnp.ones(x.shape[:-1] + (1,), x.dtype) if mask is None else \
+        jnp.broadcast_to(mask.astype(x.dtype)[..., None], x.shape[:-1] + (1,))
+    axes = tuple(a for a in range(x.ndim - 1) if group_axis is None or a != group_axis % x.ndim)
+    n = jnp.sum(m, axis=axes, keepdims=True)
+    mean = jnp.sum(x * m, axis=axes, keepdims=True) / jnp.maximum(n, 1.0)
+    var = jnp.sum(jnp.square(x - mean) * m, axis=axes, keepdims=True) / jnp.maximum(n, 1.0)
+    if not self.is_initializing():
+      unbiased = var * n / jnp.maximum(n - 1.0, 1.0)
+      mom = self.momentum
+      flat_m, flat_v = mean.reshape(-1, c), unbiased.reshape(-1, c)
+      g = flat_m.shape[0]
+      # g sequential updates r <- (1-mom) r + mom x_t, in closed form.
+      w = mom * (1.0 - mom) ** jnp.arange(g - 1, -1, -1, dtype=x.dtype)
+      ra.value = (1.0 - mom) ** g * ra.value + jnp.einsum("g,gc->c", w, flat_m)
+      rv.value = (1.0 - mom) ** g * rv.value + jnp.einsum("g,gc->c", w, flat_v)
+    return K.batch_norm(x, mean, var, scale, bias, self.eps)
+
+
+class VisualSA(nn.Module):
+  """Global image by self-attention (official ``VisualSA``; BatchNorm over regions, quirk 1)."""
+  embed_dim: int
+  num_regions: int
+  dropout: float = 0.4
+
+  def setup(self):
+    d = self.embed_dim
+    self.embedding_local_0 = Linear(d, d)
+    self.embedding_local_1 = TorchBatchNorm(self.num_regions)
+    self.embedding_global_0 = Linear(d, d)
+    self.embedding_global_1 = TorchBatchNorm(d)
+    self.embedding_common_0 = Linear(d, 1)
+    self.drop = nn.Dropout(self.dropout)
+
+  def __call__(self, local, mask, *, train: bool):
+    if local.shape[1] != self.num_regions:
+      raise ValueError(f"SGRAF VisualSA has a BatchNorm over {self.num_regions} region slots "
+                       f"but got {local.shape[1]} regions; set config.model.num_regions")
+    k, b = self.embedding_local_0()
+    l_emb = local @ k + b                                            # (B, R, D)
+    # Region index is the BN channel: move it last, normalise, move back.
+    l_emb = jnp.swapaxes(self.embedding_local_1(jnp.swapaxes(l_emb, 1, 2), train=train), 1, 2)
+    l_emb = self.drop(jnp.tanh(l_emb), deterministic=not train)
+    k, b = self.embedding_global_0()
+    g_emb = self.embedding_global_1(masked_mean(local, mask) @ k + b, train=train)
+    g_emb = self.drop(jnp.tanh(g_emb), deterministic=not train)
+    return K.attention_pool(local, mask, l_emb, g_emb, *self.embedding_common_0())
+
+
+class TextSA(nn.Module):
+  """Global caption by self-attention (official ``TextSA``: no BatchNorm)."""
+  embed_dim: int
+  dropout: float = 0.4
+
+  def setup(self):
+    d = self.embed_dim
+    self.embedding_local_0 = Linear(d, d)
+    self.embedding_global_0 = Linear(d, d)
+    self.embedding_common_0 = Linear(d, 1)
+    self.drop = nn.Dropout(self.dropout)
+
+  def __call__(self, local, mask, *, train: bool):
+    k, b = self.embedding_local_0()
+    l_emb = self.drop(jnp.tanh(local @ k + b), deterministic=not train)
+    k, b = self.embedding_global_0()
+    g_emb = self.drop(jnp.tanh(masked_mean(local, mask) @ k + b), deterministic=not train)
+    return K.attention_pool(local, mask, l_emb, g_emb, *self.embedding_common_0())
+
+
+class GraphReasoning(nn.Module):
+  """Weights of one SGR step (official ``GraphReasoning``); returns them as a dict."""
+  sim_dim: int
+
+  def setup(self):
+    s = self.sim_dim
+    self.graph_query_w = Linear(s, s)
+    self.graph_key_w = Linear(s, s)
+    self.sim_graph_w = Linear(s, s)
+
+  def __call__(self) -> Dict[str, jax.Array]:
+    (qk, qb), (kk, kb), (gk, gb) = (self.graph_query_w(), self.graph_key_w(),
+                                    self.sim_graph_w())
+    return dict(query_kernel=qk, query_bias=qb, key_kernel=kk, key_bias=kb,
+                graph_kernel=gk, graph_bias=gb)
+
+
+class AttentionFiltration(nn.Module):
+  """SAF (official ``AttentionFiltration``): gate Linear(S, 1) -> BatchNorm1d(1) -> sigmoid."""
+  sim_dim: int
+  bn_stats: str = "per_caption"   # per_caption (official) | pooled
+
+  def setup(self):
+    self.attn_sim_w = Linear(self.sim_dim, 1)
+    self.bn = TorchBatchNorm(1)
+
+  def __call__(self, nodes, node_mask, *, train: bool):
+    logits = K.saf_gate_logits(nodes, *self.attn_sim_w())[..., None]     # (n_i, n_t, N, 1)
+    mask = jnp.broadcast_to(node_mask, logits.shape[:-1])
+    if self.bn_stats not in ("per_caption", "pooled"):
+      raise ValueError(f"saf_bn_stats={self.bn_stats!r}: use 'per_caption' or 'pooled'")
+    group = 1 if self.bn_stats == "per_caption" else None
+    gates = self.bn(logits, train=train, mask=mask, group_axis=group)[..., 0]
+    return K.attention_filtration(nodes, node_mask, gates)
+
+
+class SGRAFHead(nn.Module):
+  """The official ``EncoderSimilarity``; parameter names mirror its ``state_dict``."""
+  embed_dim: int = 1024
+  sim_dim: int = 256
+  num_regions: int = 36
+  variant: str = "sgr"              # sgr | saf
+  sgr_steps: int = 3
+  smooth: float = 9.0
+  sa_dropout: float = 0.4
+  saf_bn_stats: str = "per_caption"
+  fold_query_key: bool = True
+
+  def setup(self):
+    if self.variant not in ("sgr", "saf"):
+      raise ValueError(f"SGRAF variant={self.variant!r}: use 'sgr' or 'saf'")
+    self.v_global_w = VisualSA(self.embed_dim, self.num_regions, self.sa_dropout)
+    self.t_global_w = TextSA(self.embed_dim, self.sa_dropout)
+    self.sim_tranloc_w = Linear(self.embed_dim, self.sim_dim)
+    self.sim_tranglo_w = Linear(self.embed_dim, self.sim_dim)
+    self.sim_eval_w = Linear(self.sim_dim, 1)
+    if self.variant == "sgr":
+      self.SGR_module = [GraphReasoning(self.sim_dim) for _ in range(self.sgr_steps)]
+    else:
+      self.SAF_module = AttentionFiltration(self.sim_dim, self.saf_bn_stats)
+
+  def image_global(self, local, mask, *, train: bool):
+    return self.v_global_w(local, mask, train=train)
+
+  def text_global(self, local, mask, *, train: bool):
+    return self.t_global_w(local, mask, train=train)
+
+  def similarity(self, img: Dict[str, jax.Array], txt: Dict[str, jax.Array], *,
+                 train: bool = False) -> jax.Array:
+    """(n_i, n_t) scores from reprs {'local', 'mask', 'glo'} (one fused tile computation)."""
+    ctx = K.t2v_attention(img["local"], img["mask"], txt["local"], txt["mask"], self.smooth)
+    loc = K.local_similarity(ctx, txt["local"], *self.sim_tranloc_w())
+    glo = K.global_similarity(img["glo"], txt["glo"], *self.sim_tranglo_w())
+    nodes = jnp.concatenate([glo[:, :, None], loc], axis=2)           # (n_i, n_t, L+1, S)
+    ones = jnp.ones(txt["mask"].shape[:1] + (1,), bool)
+    node_mask = jnp.concatenate([ones, txt["mask"].astype(bool)], axis=1)[None]
+    if self.variant == "sgr":
+      vec = K.graph_reasoning(nodes, node_mask, [m() for m in self.SGR_module],
+                              fold=self.fold_query_key)
+    else:
+      vec = self.SAF_module(nodes, node_mask, train=train)
+    return K.similarity_score(vec, *self.sim_eval_w())
+
+  def __call__(self, img_local, img_mask, txt_local, txt_mask, *, train: bool = False):
+    """Official ``EncoderSimilarity.forward`` on region / word embeddings -> (n_i, n_t)."""
+    img = dict(local=img_local, mask=img_mask,
+               glo=self.image_global(img_local, img_mask, train=train))
+    txt = dict(local=txt_local, mask=txt_mask,
+               glo=self.text_global(txt_local, txt_mask, train=train))
+    return self.similarity(img, txt, train=train)
+
+
+class SGRAF(RetrievalModel):
+  """SGRAF retrieval model: encoders + ``SGRAFHead`` (see the module docstring)."""
+  vocab_size: int
+  region_dim: int = 2048
+  word_dim: int = 300
+  embed_dim: int = 1024
+  sim_dim: int = 256
+  num_regions: int = 36
+  num_layers: int = 1
+  variant: str = "sgr"
+  sgr_steps: int = 3
+  smooth: float = 9.0
+  word_dropout: float = 0.4
+  sa_dropout: float = 0.4
+  saf_bn_stats: str = "per_caption"
+  fold_query_key: bool = True
+  word_vectors: Any = None
+
+  def setup(self):
+    self.img_enc = RegionEncoder(self.embed_dim)
+    self.txt_enc = GRUTextEncoder(self.vocab_size, self.word_dim, self.embed_dim,
+                                  num_layers=self.num_layers, bidirectional=True,
+                                  word_vectors=self.word_vectors, dropout=self.word_dropout)
+    self.sim_enc = SGRAFHead(self.embed_dim, self.sim_dim, self.num_regions, self.variant,
+                             self.sgr_steps, self.smooth, self.sa_dropout, self.saf_bn_stats,
+                             self.fold_query_key)
+
+  def encode_images(self, images, *, train: bool) -> Dict[str, jax.Array]:
+    mask = images["region_mask"].astype(bool)
+    local = self.img_enc(images["regions"], mask)
+    # VisualSA depends on the image only: computed once per image (train-mode BatchNorm sees
+    # the batch's B images, as the official forward_sim does).
+    return dict(local=local, mask=mask, glo=self.sim_enc.image_global(local, mask, train=train))
+
+  def encode_texts(self, texts, *, train: bool) -> Dict[str, jax.Array]:
+    mask = texts["token_mask"].astype(bool)
+    local = self.txt_enc(texts["tokens"], mask, train=train)
+    return dict(local=local, mask=mask, glo=self.sim_enc.text_global(local, mask, train=train))
+
+  def score(self, img, txt, *, train: bool = False) -> jax.Array:
+    return self.sim_enc.similarity(img, txt, train=train)
+
+
+def sgraf_loss(img, txt, scores, hparams, rng):
+  """Hardest-negative triplet loss, summed (official ``ContrastiveLoss``, max_violation)."""
+  del img, txt, rng
+  loss = triplet_ranking_loss(scores, hparams["margin"], max_violation=True, reduction="sum")
+  return loss, {"pos_score": jnp.mean(jnp.diagonal(scores))}
+
+
+def build_method(config, info: DataInfo) -> Method:
+  m = config.model
+  model = SGRAF(vocab_size=info.vocab_size, region_dim=info.region_dim, word_dim=m.word_dim,
+                embed_dim=m.embed_dim, sim_dim=m.sim_dim, num_regions=info.num_regions,
+                num_layers=m.num_layers, variant=m.variant, sgr_steps=m.sgr_steps,
+                smooth=m.smooth, word_dropout=m.word_dropout, sa_dropout=m.sa_dropout,
+                saf_bn_stats=m.saf_bn_stats, fold_query_key=m.fold_query_key,
+                word_vectors=info.word_vectors)
+  return Method("sgraf", model, sgraf_loss, hparam_names=("margin",))
