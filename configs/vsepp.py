@@ -37,7 +37,7 @@ def get_config(arg=None):
     c.train.lr_decay_epochs = 6
   elif a.data in ("f30k", "coco"):
     c.data.name = "precomp"
-    c.data.tokenizer = "vocab"
+    c.data.tokenizer = "word"
     c.train.num_epochs = 30
     c.train.lr_decay_epochs = 15
     if a.data == "coco":

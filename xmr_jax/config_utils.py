@@ -51,7 +51,7 @@ def base_config(method: str) -> ml_collections.ConfigDict:
       dir="",                  # dataset dir (precomp) or cache dir override (synthetic)
       captions_per_image=5,
       synthetic=dict(n_train=10000, n_dev=500, n_test=1000, seed=0, pixels=True),
-      tokenizer="sentencepiece",   # sentencepiece | vocab (SCAN word2idx json)
+      tokenizer="sentencepiece",   # sentencepiece | word (SCAN word2idx vocab json)
       vocab_path="",           # explicit vocab json / sentencepiece model (else built + cached)
       vocab_size=1000,         # sentencepiece vocabulary size
       len_buckets=(16, 32, 64),  # captions padded to the smallest bucket that fits

@@ -19,7 +19,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logging.set_verbosity(logging.INFO)
+  # Orbax logs every save at INFO; our progress bar and tables say what matters.
+  logging.set_verbosity(logging.WARNING)
   config = FLAGS.config
   if FLAGS.mode == "train":
     training.train_and_evaluate(config, FLAGS.workdir)

@@ -20,7 +20,7 @@ PyTree = Any
 
 def encode_all(method, variables, batches: Iterable[Mapping[str, Any]], side: str, *,
                seed: int = 0, progress: bool = False, desc: str = "") -> PyTree:
-  """Encodes batches (each with a ``valid`` count) and concatenates the real rows (numpy).
+  """Encodes batches (each with a ``valid`` row mask) and concatenates the real rows (numpy).
 
   Each batch is encoded with ``rngs={'sampling': fold_in(key(seed), batch_index)}`` so methods
   that sample (PCME) are deterministic for a fixed seed and batch size.
@@ -31,13 +31,10 @@ def encode_all(method, variables, batches: Iterable[Mapping[str, Any]], side: st
   for i, batch in enumerate(tqdm(batches, desc=desc or f"encode {side}", disable=not progress,
                                  leave=False)):
     out = fn(variables, batch, jax.random.fold_in(key, i))
-    valid = int(batch.get("valid", _leading(batch)))
-    parts.append(jax.tree.map(lambda x: np.asarray(x[:valid]), out))
+    # ``valid`` (B,) marks real rows; the padded tail of the last batch is dropped.
+    valid = np.asarray(batch["valid"]) if "valid" in batch else slice(None)
+    parts.append(jax.tree.map(lambda x: np.asarray(x)[valid], out))
   return jax.tree.map(lambda *xs: np.concatenate(xs, 0), *parts)
-
-
-def _leading(batch):
-  return jax.tree.leaves({k: v for k, v in batch.items() if k != "valid"})[0].shape[0]
 
 
 _ENCODERS = {}

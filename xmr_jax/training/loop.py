@@ -7,6 +7,7 @@ evaluation and the plots. ``main.py`` and notebooks both call this function.
 import json
 import math
 import os
+import sys
 import time
 from typing import Any, Dict, Optional
 
@@ -26,12 +27,18 @@ class TrainingDivergedError(RuntimeError):
   """Raised when the loss becomes NaN/Inf; the last good checkpoint is left untouched."""
 
 
-def schedule(config, num_train_images: int) -> Dict[str, int]:
-  """Epochs -> steps: steps per epoch, total steps, lr-decay period (config_utils' rule)."""
+def schedule(config, num_train_images: int, captions_per_image: int) -> Dict[str, int]:
+  """Epochs -> steps: steps per epoch, total steps, lr-decay period.
+
+  An epoch keeps the official repos' meaning, one pass over every training *caption*
+  (k x N pairs). Our batches hold distinct images (xmr_jax.data.pipeline), so an epoch is
+  k passes over the images: k * (N // B) steps. Presets with the papers' epoch counts thus
+  take the papers' number of gradient steps.
+  """
   bs = config.train.batch_size
   if num_train_images < bs:
     raise ValueError(f"train.batch_size={bs} exceeds the {num_train_images} training images")
-  per_epoch = num_train_images // bs
+  per_epoch = captions_per_image * (num_train_images // bs)
   total = config.train.num_steps if config.train.num_steps > 0 else per_epoch * config.train.num_epochs
   return {"steps_per_epoch": per_epoch, "total_steps": int(total),
           "decay_steps": int(per_epoch * config.train.lr_decay_epochs)}
@@ -54,7 +61,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   config_dict = config.to_dict()
   atomic_write_json(os.path.join(workdir, "config.json"), config_dict)
   ds, method, tx, hparams, state = setup(config, workdir)
-  sched = schedule(config, ds.num_train_images)
+  sched = schedule(config, ds.num_train_images, ds.k)
   ckpt = checkpoints.Checkpointer(workdir, config.train.max_to_keep)
   train_iter = ds.train_iterator(config.train.batch_size, seed=config.seed)
   restored = ckpt.restore(state)
@@ -82,7 +89,7 @@ def _train(config, ds, method, state, hparams, step_fn, train_iter, ckpt, writer
   step = int(state["step"])
   eval_period = max(1, config.train.eval_every_epochs * per_epoch)
   bar = tqdm(total=total, initial=step, desc=f"train {method.name}", unit="step",
-             dynamic_ncols=True, mininterval=1.0)
+             dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
   t_last, seen = time.time(), 0
   while step < total:
     batch = next(train_iter)
@@ -127,7 +134,8 @@ def _dev_eval(config, ds, method, state, ckpt, writer, step):
   best = ckpt.best_info()
   if best is None or res["rsum"] > best["rsum"]:
     ckpt.save_best(step, _variables(state), {"step": step, "rsum": res["rsum"]})
-  logging.info("step %d dev rsum %.2f", step, res["rsum"])
+  tqdm.write(f"step {step}: dev rsum {res['rsum']:.2f} (i2t R@1 {res['i2t']['r1']:.1f}, "
+             f"t2i R@1 {res['t2i']['r1']:.1f})")
 
 
 def _final_eval(config, ds, method, state, ckpt, workdir):
