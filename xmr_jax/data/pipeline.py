@@ -1,0 +1,327 @@
+"""Input pipelines over a :class:`~xmr_jax.data.precomp.PrecompSplit`.
+
+Training (:func:`train_dataset`, :func:`train_iterator`): a grain
+``MapDataset`` whose element ``i`` is (this process's shard of) global batch
+``i``. Global batch ``i`` of epoch ``e = i // steps_per_epoch`` holds B distinct
+images, consecutive in a per-epoch permutation of all images (seeded by
+``(seed, e)``; the last ``N mod B`` images of each permutation are dropped), each
+paired with one of its k captions chosen by a hash of ``(seed, e, image)``, so
+the caption of an image changes between epochs yet every batch is a pure
+function of ``(seed, i)``. That makes the grain iterator's state (the next
+index) a complete checkpoint and lets any process read only its rows.
+
+This differs from the official VSE++ / SCAN / SGRAF loaders, which shuffle
+(image, caption) pairs so one epoch visits every caption (k x N pairs) and a
+batch can hold the same image twice, making a positive pair count as a
+negative in the in-batch triplet loss. Here an epoch visits every image once
+(N // B steps, 1/k of an official epoch), so batches hold distinct images and
+every in-batch negative is a true negative.
+
+Evaluation (:func:`eval_image_batches`, :func:`eval_text_batches`): every image
+(caption) once in file order; the last batch is padded to full size by
+repeating its last item and flagged with the ``valid`` (B,) bool key, so a
+jitted encoder compiles once per token bucket.
+
+Batch keys and dtypes follow :mod:`xmr_jax.types`.
+"""
+import collections
+import json
+import re
+import threading
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import grain
+import numpy as np
+
+from xmr_jax import types
+from xmr_jax.data import precomp
+from xmr_jax.data.precomp import DataError, PrecompSplit
+from xmr_jax.data.tokenizers import (DEFAULT_BUCKETS, WordVocab, atomic_write,
+                                     pad_ragged, ragged_from_lists)
+
+DEFAULT_DEPS_BUCKETS = (8, 16, 32)
+Batch = Dict[str, np.ndarray]
+
+# Stanford-style dependency words carry their position ("dog-2"); drop it.
+_POSITION_SUFFIX = re.compile(r"-\d+$")
+
+
+def normalize_dep_word(word: str) -> str:
+  """Lower-cases a dependency word and drops a ``-<position>`` suffix."""
+  return _POSITION_SUFFIX.sub("", word.lower())
+
+
+class DepsVocab:
+  """Vocabularies for dependency triples [relation, head, dependent].
+
+  Relations: ``<pad>`` = 0, ``<unk>`` = 1, then relations in order of first
+  appearance. Words: a :class:`WordVocab` (``<unk>`` = 3 for unknown words).
+  """
+  PAD, UNK = "<pad>", "<unk>"
+
+  def __init__(self, rel2idx: Dict[str, int], words: WordVocab):
+    self.rel2idx = dict(rel2idx)
+    self.words = words
+
+  @property
+  def num_relations(self) -> int:
+    return len(self.rel2idx)
+
+  @property
+  def word_vocab_size(self) -> int:
+    return self.words.vocab_size
+
+  @classmethod
+  def build(cls, deps: Sequence[Sequence[Tuple[str, str, str]]],
+            threshold: int = 4, relation_threshold: int = 1) -> "DepsVocab":
+    """From training triples.
+
+    Words are kept when seen ``threshold`` times, relations when seen
+    ``relation_threshold`` times (default: every relation type, since DeFrag
+    gives each type its own weights); others map to ``<unk>``.
+    """
+    counts = collections.Counter(r for triples in deps for r, _, _ in triples)
+    rel2idx = {cls.PAD: 0, cls.UNK: 1}
+    for rel, count in counts.items():  # first-appearance order
+      if count >= relation_threshold and rel not in rel2idx:
+        rel2idx[rel] = len(rel2idx)
+    words = WordVocab.from_tokens(
+        ([normalize_dep_word(h), normalize_dep_word(d)]
+         for triples in deps for _, h, d in triples), threshold)
+    return cls(rel2idx, words)
+
+  def save(self, path: str) -> None:
+    """Writes {"relations": rel2idx, "words": SCAN-style word vocab}."""
+    data = {"relations": self.rel2idx, "words": {"word2idx":
+                                                  self.words.word2idx}}
+    atomic_write(path, json.dumps(data).encode("utf-8"))
+
+  @classmethod
+  def load(cls, path: str) -> "DepsVocab":
+    try:
+      with open(path, "r", encoding="utf-8") as f:
+        data = json.load(f)
+      rel2idx = {str(r): int(i) for r, i in data["relations"].items()}
+      word2idx = {str(w): int(i) for w, i in data["words"]["word2idx"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+      raise DataError(f"{path}: not a deps vocabulary json ({e!r}); rebuild "
+                      "it with DepsVocab.build(train_split.deps).") from e
+    return cls(rel2idx, WordVocab(word2idx, source=path))
+
+  def encode_many(self, deps: Sequence[Sequence[Tuple[str, str, str]]]
+                  ) -> List[List[Tuple[int, int, int]]]:
+    rel, unk = self.rel2idx.get, self.rel2idx[self.UNK]
+    word, wunk = self.words.word2idx.get, self.words.unk_id
+    return [[(rel(r, unk), word(normalize_dep_word(h), wunk),
+              word(normalize_dep_word(d), wunk)) for r, h, d in triples]
+            for triples in deps]
+
+  def encode_ragged(self, deps) -> Tuple[np.ndarray, np.ndarray]:
+    """All triples as (flat (M, 3) int32, offsets (n + 1,) int64)."""
+    flat, offsets = ragged_from_lists(
+        [[x for t in triples for x in t] for triples in self.encode_many(deps)])
+    return flat.reshape(-1, 3), offsets // 3
+
+
+class _Reader:
+  """Gathers batches of one split: features, pre-encoded tokens and deps."""
+
+  def __init__(self, split: PrecompSplit, tokenizer=None, *,
+               len_buckets: Sequence[int] = DEFAULT_BUCKETS,
+               with_boxes: bool = False, with_pixels: bool = False,
+               deps_vocab: Optional[DepsVocab] = None,
+               deps_buckets: Sequence[int] = DEFAULT_DEPS_BUCKETS):
+    self.split = split
+    self.len_buckets = tuple(len_buckets)
+    self.deps_buckets = tuple(deps_buckets)
+    self.with_boxes = with_boxes and split.boxes is not None
+    self.with_pixels = with_pixels and split.pixels is not None
+    # Encode every caption once; batches then only gather and pad.
+    self.tokens = (tokenizer.encode_ragged(split.captions)
+                   if tokenizer is not None else None)
+    self.deps = None
+    if deps_vocab is not None:
+      if split.deps is None:
+        raise DataError(
+            f"{split.data_dir}/{split.split}_deps.jsonl: not found, but "
+            "dependency triples were requested (DeFrag needs them). Write one "
+            "JSON list of [relation, head, dependent] triples per caption.")
+      self.deps = deps_vocab.encode_ragged(split.deps)
+
+  def images(self, image_index: np.ndarray) -> Batch:
+    """Image-side arrays for these image rows (checked for NaN/Inf)."""
+    # Memory maps read fastest in file order: gather sorted unique rows.
+    unique, inverse = np.unique(image_index, return_inverse=True)
+    regions = np.asarray(self.split.images[unique])[inverse]
+    precomp.check_finite(regions, image_index, self.split.images_path)
+    out = {"regions": regions.astype(np.float32, copy=False),
+           "region_mask": np.ones(regions.shape[:2], bool),
+           "image_index": image_index.astype(np.int32)}
+    if self.with_boxes:
+      out["boxes"] = np.asarray(
+          self.split.boxes[unique], np.float32)[inverse]
+    if self.with_pixels:
+      out["pixels"] = np.asarray(self.split.pixels[unique], np.uint8)[inverse]
+    return out
+
+  def texts(self, caption_index: np.ndarray) -> Batch:
+    """Text-side arrays for these caption rows."""
+    out = {"caption_index": caption_index.astype(np.int32)}
+    if self.tokens is not None:
+      ids, mask = pad_ragged(*self.tokens, caption_index, self.len_buckets)
+      out["tokens"], out["token_mask"] = ids.astype(np.int32), mask
+    if self.deps is not None:
+      deps, mask = pad_ragged(*self.deps, caption_index, self.deps_buckets)
+      out["deps"], out["deps_mask"] = deps.astype(np.int32), mask
+    return out
+
+
+def _mix64(*parts) -> np.ndarray:
+  """Counter-based hash (splitmix64 finaliser) of integer arrays, uint64."""
+  x = np.zeros(np.broadcast(*parts).shape, np.uint64)
+  with np.errstate(over="ignore"):
+    for p in parts:
+      x = x * np.uint64(0x9E3779B97F4A7C15) + np.asarray(p, np.uint64)
+      x ^= x >> np.uint64(30)
+      x *= np.uint64(0xBF58476D1CE4E5B9)
+      x ^= x >> np.uint64(27)
+      x *= np.uint64(0x94D049BB133111EB)
+      x ^= x >> np.uint64(31)
+  return x
+
+
+class EpochPlan:
+  """Which images and captions form global batch ``step`` (pure function)."""
+
+  def __init__(self, num_images: int, k: int, batch_size: int, seed: int):
+    if batch_size > num_images:
+      raise ValueError(f"batch_size {batch_size} exceeds the {num_images} "
+                       "images of the split; batches hold distinct images.")
+    self.num_images, self.k = num_images, k
+    self.batch_size, self.seed = batch_size, seed
+    self.steps_per_epoch = num_images // batch_size
+    self._cache: Dict[int, np.ndarray] = {}
+    self._lock = threading.Lock()
+
+  def permutation(self, epoch: int) -> np.ndarray:
+    """The image order of ``epoch`` (cached: one O(N) shuffle per epoch)."""
+    with self._lock:  # grain reads batches from several threads
+      perm = self._cache.get(epoch)
+      if perm is None:
+        perm = np.random.default_rng([self.seed, epoch]).permutation(
+            self.num_images)
+        if len(self._cache) >= 4:  # threads may straddle an epoch end
+          self._cache.pop(min(self._cache))
+        self._cache[epoch] = perm
+    return perm
+
+  def global_batch(self, step: int) -> Tuple[np.ndarray, np.ndarray]:
+    """(image_index (B,), caption_index (B,)) of global batch ``step``."""
+    epoch, pos = divmod(int(step), self.steps_per_epoch)
+    b = self.batch_size
+    images = self.permutation(epoch)[pos * b:(pos + 1) * b]
+    choice = _mix64(self.seed, epoch, images) % np.uint64(self.k)
+    return images, images * self.k + choice.astype(np.int64)
+
+
+def train_dataset(split: PrecompSplit, tokenizer, batch_size: int, *,
+                  seed: int = 0, shard_index: int = 0, shard_count: int = 1,
+                  len_buckets: Sequence[int] = DEFAULT_BUCKETS,
+                  with_boxes: bool = False, with_pixels: bool = False,
+                  deps_vocab: Optional[DepsVocab] = None,
+                  deps_buckets: Sequence[int] = DEFAULT_DEPS_BUCKETS
+                  ) -> grain.MapDataset:
+  """Infinite training dataset; element i = this shard of global batch i.
+
+  Args:
+    split: the training split.
+    tokenizer: WordVocab or SentencePieceTokenizer (see tokenizers.py).
+    batch_size: GLOBAL batch size B (distinct images per global batch).
+    seed: fixes the per-epoch image order and caption choice.
+    shard_index, shard_count: this process reads rows
+      [shard_index * B / shard_count, (shard_index + 1) * B / shard_count)
+      of every global batch (``jax.process_index()``/``process_count()``).
+    len_buckets, deps_buckets: padded lengths allowed for tokens / triples.
+    with_boxes, with_pixels: add those keys when the split has them.
+    deps_vocab: add ``deps``/``deps_mask`` encoded with it.
+  """
+  if batch_size % shard_count or not 0 <= shard_index < shard_count:
+    raise ValueError(f"batch_size {batch_size} must split evenly into "
+                     f"{shard_count} shards and 0 <= shard_index "
+                     f"({shard_index}) < shard_count.")
+  plan = EpochPlan(split.num_images, split.k, batch_size, seed)
+  reader = _Reader(split, tokenizer, len_buckets=len_buckets,
+                   with_boxes=with_boxes, with_pixels=with_pixels,
+                   deps_vocab=deps_vocab, deps_buckets=deps_buckets)
+  per_shard = batch_size // shard_count
+  rows = slice(shard_index * per_shard, (shard_index + 1) * per_shard)
+
+  def make_batch(step: int, _) -> Batch:
+    images, captions = plan.global_batch(step)
+    return {**reader.images(images[rows]), **reader.texts(captions[rows])}
+
+  return (grain.MapDataset.range(plan.steps_per_epoch).repeat(None)
+          .map_with_index(make_batch))
+
+
+def train_iterator(split: PrecompSplit, tokenizer, batch_size: int, *,
+                   num_threads: int = 2, prefetch: int = 4,
+                   **kwargs) -> grain.DatasetIterator:
+  """Checkpointable iterator over :func:`train_dataset` (same kwargs).
+
+  ``it.get_state()`` / ``it.set_state(state)`` save and restore the position;
+  a restored iterator yields exactly the batches that followed the save.
+  ``prefetch`` counts whole batches, so keep it small for large batches.
+  """
+  ds = train_dataset(split, tokenizer, batch_size, **kwargs)
+  options = grain.ReadOptions(num_threads=num_threads,
+                              prefetch_buffer_size=prefetch)
+  return iter(ds.to_iter_dataset(options))
+
+
+def _padded_ranges(n: int, batch_size: int) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+  """(index (B,), valid (B,)) per batch; the tail repeats the last index."""
+  for start in range(0, n, batch_size):
+    index = np.arange(start, start + batch_size)
+    valid = index < n
+    yield np.minimum(index, n - 1), valid
+
+
+def eval_image_batches(split: PrecompSplit, batch_size: int, *,
+                       with_boxes: bool = False,
+                       with_pixels: bool = False) -> Iterator[Batch]:
+  """Every image once, in file order, in full batches with a ``valid`` mask."""
+  reader = _Reader(split, None, with_boxes=with_boxes, with_pixels=with_pixels)
+  for index, valid in _padded_ranges(split.num_images, batch_size):
+    yield {**reader.images(index), "valid": valid}
+
+
+def eval_text_batches(split: PrecompSplit, tokenizer, batch_size: int, *,
+                      len_buckets: Sequence[int] = DEFAULT_BUCKETS,
+                      deps_vocab: Optional[DepsVocab] = None,
+                      deps_buckets: Sequence[int] = DEFAULT_DEPS_BUCKETS
+                      ) -> Iterator[Batch]:
+  """Every caption once, in file order, in full batches with ``valid``.
+
+  ``image_index`` is the caption's image (caption // k).
+  """
+  reader = _Reader(split, tokenizer, len_buckets=len_buckets,
+                   deps_vocab=deps_vocab, deps_buckets=deps_buckets)
+  for index, valid in _padded_ranges(split.num_captions, batch_size):
+    batch = reader.texts(index)
+    batch["image_index"] = (index // split.k).astype(np.int32)
+    batch["valid"] = valid
+    yield batch
+
+
+def data_info(split: PrecompSplit, tokenizer,
+              deps_vocab: Optional[DepsVocab] = None) -> types.DataInfo:
+  """What a model needs to size its parameters for this dataset."""
+  return types.DataInfo(
+      vocab_size=tokenizer.vocab_size,
+      region_dim=int(split.images.shape[2]),
+      num_regions=int(split.images.shape[1]),
+      word_vocab_size=deps_vocab.word_vocab_size if deps_vocab else 0,
+      num_relations=deps_vocab.num_relations if deps_vocab else 0,
+      image_size=(tuple(int(s) for s in split.pixels.shape[1:3])
+                  if split.pixels is not None else None))
