@@ -1,0 +1,98 @@
+"""DeFrag (Karpathy, Joulin, Fei-Fei, NIPS 2014): fragment embeddings, MIL fragment alignment +
+global ranking. Hyperparameters of the ``f30k`` preset cite the MATLAB copy of the original
+code, bbugs/DeepFashion ``matlab_code/DriverSetParams.m`` and ``DeFragRun.m``.
+
+Launch:
+  python -m xmr_jax.main --config=configs/defrag.py --workdir=/tmp/defrag            # synthetic
+  python -m xmr_jax.main --config=configs/defrag.py:runlocal --workdir=/tmp/defrag_l  # ~1 minute
+  python -m xmr_jax.main --config=configs/defrag.py:data=f30k --workdir=W \
+      --config.data.dir=/path/to/f30k_precomp      # needs {split}_deps.jsonl next to the captions
+Arguments: runlocal, data=synthetic|f30k, objective=full|global_only|fragment_only,
+  fragments=dependency|bigram|word, mil=true|false, shared_relation_matrix=true|false,
+  whole_image=mean|pixels|none, variant=paper|matlab (S_kl normalisation and accumulation).
+
+Paper numbers it targets (Flickr30K, 1000 test images, R-CNN fc7 features, table 2, "Our model:
+DeFrag + Finetune CNN"): i2t R@1 16.4, R@5 40.2, R@10 54.7; t2i R@1 10.3, R@5 31.4, R@10 44.5
+(without fine-tuning: i2t 14.2 / 37.7 / 51.3, t2i 10.2 / 30.8 / 44.2). Table 3 ablations on
+Flickr8K: global only, fragment only, bigram/word fragments all below the full model.
+On SCAN bottom-up precomp features (36 regions, 2048-d) the numbers are not comparable.
+"""
+from xmr_jax.config_utils import base_config, parse_arg
+
+
+def get_config(arg=None):
+  a = parse_arg(arg, runlocal=False, data="synthetic", objective="full", fragments="dependency",
+                mil=True, shared_relation_matrix=False, whole_image="mean", variant="paper")
+  c = base_config("defrag")
+  m = c.model
+  m.fragments = a.fragments
+  m.objective = a.objective
+  m.use_mil = a.mil
+  m.shared_relation_matrix = a.shared_relation_matrix   # True = MATLAB ForwardSent.m's Wsem
+  m.whole_image = a.whole_image
+  m.freeze_word_embeddings = False   # paper: W_e fixed; sensible only with pretrained vectors
+  m.max_regions = 0                  # 0 = every region (+ the whole image)
+  m.smoothing = 10.0                 # n of eq. 8 (DriverSetParams.m smoothnum = 10); static:
+  #                                    score() has no hparams at evaluation time
+  if a.variant == "paper":           # eq. 8: 1/(|g_k|(|g_l|+n)), sum of thresholded scores
+    m.normalization, m.accumulation, m.threshold = "paper", "sum", True
+  elif a.variant == "matlab":        # DeFragCost.m: 1/(|g_l|+n), thrglobalscore = 1, sum
+    m.normalization, m.accumulation, m.threshold = "matlab", "sum", True
+  else:
+    raise ValueError(f"configs/defrag.py: unknown variant={a.variant!r} (paper|matlab)")
+  # Schedule in trainer epochs (one epoch = num_train_images // batch_size steps).
+  m.mil_start_epoch = 10.0           # paper: C_0 alone for the first 10 epochs
+  m.global_start_epoch = 0.0
+  c.hparams.fragment_margin = 1.0    # DriverSetParams.m lmargin = 1 (eq. 5's 1)
+  c.hparams.global_weight = 0.5      # beta: DriverSetParams.m gscale = 0.5
+  c.hparams.margin = 40.0            # Delta: DriverSetParams.m gmargin = 40 (matlab scaling)
+  c.train.optimizer = "sgd"          # DriverSetParams.m method = 0: SGD + momentum
+  c.train.momentum = 0.9
+  c.train.weight_decay = 2e-10       # alpha ||theta||^2 as decay: regC = 2e-10
+  c.train.batch_size = 100           # paper / DriverSetParams.m batch_size = 100
+  c.train.grad_clip = 0.0            # none in DeFragRun.m
+  if a.data == "synthetic":
+    _synthetic(c, a)
+  elif a.data == "f30k":
+    _f30k(c, a)
+  else:
+    raise ValueError(f"configs/defrag.py: unknown data={a.data!r} (synthetic|f30k)")
+  if a.runlocal:
+    c.data.synthetic.update(n_train=1000, n_dev=100, n_test=200, pixels=a.whole_image == "pixels")
+    c.train.num_epochs = 6
+    c.train.lr_decay_epochs = 5
+    c.train.log_every_steps = 5
+    m.mil_start_epoch = 3.0
+  return c
+
+
+def _synthetic(c, a):
+  """Small dims, Adam: trains in a few minutes on 2 CPU cores (10k images x 36 x 128-d)."""
+  c.model.word_dim = 64
+  c.model.embed_dim = 256
+  c.data.synthetic.pixels = a.whole_image == "pixels"
+  # Adam (the trainer's default) instead of the paper's SGD: robust without an lr search.
+  c.train.optimizer = "adam"
+  c.train.weight_decay = 0.0
+  c.train.grad_clip = 2.0
+  c.hparams.learning_rate = 2e-4
+  # Paper normalisation divides S_kl by |g_k| = 37, so the MATLAB margin 40 is far too large.
+  c.hparams.margin = 0.2 if a.variant == "paper" else 4.0
+  c.train.num_epochs = 20
+  c.train.lr_decay_epochs = 15
+  c.model.mil_start_epoch = 10.0
+
+
+def _f30k(c, a):
+  """Paper / DriverSetParams.m values on SCAN precomp features (F = 2048, 36 regions)."""
+  c.data.name = "precomp"
+  c.data.tokenizer = "vocab"
+  c.model.word_dim = 200             # DriverSetParams.m word_dim = 200 (Huang et al. vectors)
+  c.model.embed_dim = 1000           # DriverSetParams.m h = 1000
+  c.model.normalization = "matlab"   # gmargin = 40 is on DeFragCost.m's 1/(|g_l|+n) scale
+  c.hparams.learning_rate = 1e-5     # DriverSetParams.m lr = 1e-5 (summed, unnormalised cost)
+  # Paper: 20 epochs, lr x0.1 for the last two; DeFragRun.m lrreduce = 1 (never). Its epochs
+  # count sentences (5 per image); ours count images, hence 5x the epochs.
+  c.train.num_epochs = 100
+  c.train.lr_decay_epochs = 90
+  c.model.mil_start_epoch = 50.0     # paper: 10 sentence-epochs of C_0 (DeFragRun.m: 15)

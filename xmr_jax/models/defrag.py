@@ -1,0 +1,200 @@
+"""DeFrag (Karpathy, Joulin, Fei-Fei, "Deep Fragment Embeddings for Bidirectional Image Sentence
+Mapping", NIPS 2014, arXiv 1406.5679). No official repository survives; details the paper leaves
+out follow the MATLAB copy in bbugs/DeepFashion ``matlab_code/`` (DeFragCost.m, ForwardSent.m,
+DriverSetParams.m, DeFragRun.m, initParams.m).
+
+* Sentence fragments (sec. 3.1): each dependency triple (R, w1, w2) gives
+  s = ReLU(W_R [W_e w1; W_e w2] + b_R). The paper has one W_R per relation type. The MATLAB
+  ``ForwardSent.m`` reads the relation id but multiplies every triple by the single matrix
+  ``Wsem`` (h x (2 word_dim + 1), initParams.m): ``shared_relation_matrix=True`` reproduces it.
+  Ablations (paper table 3): ``fragments='bigram'`` (consecutive token pairs, one "bigram"
+  relation) and ``'word'`` (single words, s = ReLU(W [W_e w] + b)), both from ``tokens``.
+  The paper keeps W_e fixed (pretrained 200-d vectors); ``freeze_word_embeddings`` does that.
+* Image fragments (sec. 3.2): v = W_m x + b_m, a linear map of each region feature (paper: the
+  top 19 R-CNN detections) plus one whole-image fragment: the masked mean of the region
+  features (``whole_image='mean'``), or the small PixelCNN over rendered pixels, mean-pooled
+  (``'pixels'``), or none. Whole-image fragment is the last one (index ``num_regions``).
+* Score (eq. 8): S_kl = sum_{i,j} max(0, v_i^T s_j) / (|g_k| (|g_l| + n)), see
+  ``xmr_jax.kernels.fragments.fragment_similarity`` for the MATLAB variants.
+* Loss (eq. 4): C_F + beta C_G; fragment objective C_0 (or MIL C_F) and the global ranking C_G
+  on S_kl. The alpha ||theta||^2 term is left to the optimiser's weight decay
+  (``config.train.weight_decay``; DriverSetParams.m ``regC = 2e-10``, negligible), since the loss
+  never sees the parameters.
+* Schedule: the trainer puts ``hparams['epoch']`` (float32) in the hparams; the MIL labels are
+  used from ``model.mil_start_epoch`` on (paper: C_0 for the first 10 epochs; DeFragRun.m:
+  ``milstart = 0.75 maxepochs``) and C_G from ``model.global_start_epoch`` on. Both switches are
+  traced ``jnp.where``s, so nothing recompiles. Without ``epoch`` in hparams both are on.
+"""
+import math
+from typing import Any, Dict, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from xmr_jax.kernels import fragments as K
+from xmr_jax.kernels.common import masked_mean
+from xmr_jax.models.base import RetrievalModel
+from xmr_jax.models.registry import Method
+from xmr_jax.types import DataInfo
+
+FRAGMENTS = ("dependency", "bigram", "word")
+WHOLE_IMAGE = ("mean", "pixels", "none")
+OBJECTIVES = ("full", "fragment_only", "global_only")
+
+
+def _word_init(table):
+  """Pretrained vectors when given with the right shape, else N(0, 0.1) (random W_e)."""
+  def init(key, shape, dtype=jnp.float32):
+    if table is not None and tuple(np.shape(table)) == tuple(shape):
+      return jnp.asarray(table, dtype)
+    return 0.1 * jax.random.normal(key, shape, dtype)
+  return init
+
+
+class DeFrag(RetrievalModel):
+  """Fragment embeddings; reprs are ``{'frags': (B, N, D), 'mask': (B, N)}`` per side."""
+  vocab_size: int                 # token vocabulary (bigram / word fragments)
+  word_vocab_size: int            # dependency word vocabulary
+  num_relations: int
+  word_dim: int = 200
+  embed_dim: int = 1000
+  fragments: str = "dependency"
+  shared_relation_matrix: bool = False
+  freeze_word_embeddings: bool = False
+  whole_image: str = "mean"
+  max_regions: int = 0            # keep the first k regions (0 = all)
+  smoothing: float = 10.0         # n of eq. 8
+  normalization: str = "paper"
+  accumulation: str = "sum"
+  threshold: bool = True
+  word_vectors: Any = None
+
+  def setup(self):
+    if self.fragments not in FRAGMENTS:
+      raise ValueError(f"DeFrag: fragments={self.fragments!r}; choose one of {FRAGMENTS}")
+    if self.whole_image not in WHOLE_IMAGE:
+      raise ValueError(f"DeFrag: whole_image={self.whole_image!r}; choose one of {WHOLE_IMAGE}")
+    dep = self.fragments == "dependency"
+    vocab = self.word_vocab_size if dep else self.vocab_size
+    self.word_embed = nn.Embed(vocab, self.word_dim, embedding_init=_word_init(self.word_vectors))
+    n_rel = self.num_relations if dep and not self.shared_relation_matrix else 1
+    fan_in = self.word_dim * (1 if self.fragments == "word" else 2)
+    # One (fan_in, D) matrix per relation type, W_R of eq. 1, stacked.
+    self.rel_kernel = self.param("rel_kernel", nn.initializers.lecun_normal(batch_axis=(0,)),
+                                 (max(n_rel, 1), fan_in, self.embed_dim))
+    self.rel_bias = self.param("rel_bias", nn.initializers.zeros, (max(n_rel, 1), self.embed_dim))
+    self.img_fc = nn.Dense(self.embed_dim, name="img_fc")           # W_m, b_m of eq. 2
+    if self.whole_image == "pixels":
+      from xmr_jax.models.encoders import PixelCNN  # only this variant needs it
+      self.pixel_cnn = PixelCNN(self.embed_dim)
+
+  # ------------------------------------------------------------------ images
+  def encode_images(self, images, *, train: bool) -> Dict[str, jax.Array]:
+    regions = images["regions"].astype(jnp.float32)
+    mask = images["region_mask"].astype(bool)
+    if self.max_regions:
+      regions, mask = regions[:, :self.max_regions], mask[:, :self.max_regions]
+    frags = self.img_fc(regions) * mask[..., None]
+    if self.whole_image == "none":
+      return {"frags": frags, "mask": mask}
+    if self.whole_image == "mean":
+      whole = self.img_fc(masked_mean(regions, mask))
+    else:
+      whole = jnp.mean(self.pixel_cnn(images["pixels"]), axis=1)
+    frags = jnp.concatenate([frags, whole[:, None]], axis=1)
+    mask = jnp.concatenate([mask, jnp.ones_like(mask[:, :1])], axis=1)
+    return {"frags": frags, "mask": mask}
+
+  # ------------------------------------------------------------------ sentences
+  def _triples(self, texts) -> Tuple[jax.Array, jax.Array, jax.Array]:
+    """(relation ids, word-id stack (..., 1 or 2), mask) of the configured fragment type."""
+    if self.fragments == "dependency":
+      deps = texts["deps"]
+      return deps[..., 0], deps[..., 1:3], texts["deps_mask"].astype(bool)
+    tokens, tmask = texts["tokens"], texts["token_mask"].astype(bool)
+    if self.fragments == "bigram":
+      words = jnp.stack([tokens[:, :-1], tokens[:, 1:]], axis=-1)
+      return jnp.zeros_like(tokens[:, 1:]), words, tmask[:, :-1] & tmask[:, 1:]
+    return jnp.zeros_like(tokens), tokens[..., None], tmask
+
+  def encode_texts(self, texts, *, train: bool) -> Dict[str, jax.Array]:
+    rel, words, mask = self._triples(texts)
+    emb = self.word_embed(words)                                    # (B, T, 1|2, E)
+    if self.freeze_word_embeddings:
+      emb = jax.lax.stop_gradient(emb)
+    x = emb.reshape(emb.shape[:2] + (-1,))                          # [W_e w1; W_e w2]
+    if self.rel_kernel.shape[0] == 1:
+      h = x @ self.rel_kernel[0] + self.rel_bias[0]
+    else:
+      # Every relation's map, then pick W_R by the triple's relation: R small GEMMs in one
+      # einsum instead of gathering a (B, T, fan_in, D) weight tensor.
+      all_h = jnp.einsum("bte,red->btrd", x, self.rel_kernel) + self.rel_bias
+      r = jnp.clip(rel, 0, self.rel_kernel.shape[0] - 1)
+      h = jnp.take_along_axis(all_h, r[..., None, None], axis=2)[:, :, 0]
+    frags = nn.relu(h) * mask[..., None]
+    return {"frags": frags, "mask": mask}
+
+  # ------------------------------------------------------------------ scores
+  def score(self, img, txt, *, train: bool = False) -> jax.Array:
+    dots = K.fragment_scores(img["frags"], txt["frags"])
+    return K.fragment_similarity(dots, img["mask"], txt["mask"], smoothing=self.smoothing,
+                                 normalization=self.normalization,
+                                 accumulation=self.accumulation, threshold=self.threshold)
+
+  def alignments(self, img, txt) -> Dict[str, jax.Array]:
+    """Best image fragment per sentence fragment of pairs (img[b], txt[b]) (paper fig. 4).
+
+    ``index`` (B, Ns): region index, ``num_regions`` (after ``max_regions``) for the whole
+    image, -1 for padding; ``score`` (B, Ns) the fragment score v_i^T s_j.
+    """
+    index, score = K.pair_alignments(img["frags"], img["mask"], txt["frags"], txt["mask"])
+    return {"index": index, "score": score}
+
+
+def make_loss(objective: str, use_mil: bool, mil_start_epoch: float, global_start_epoch: float):
+  """loss_fn(img, txt, scores, hparams, rng): C_F + beta C_G with the epoch schedule.
+
+  hparams: ``margin`` (Delta of C_G), ``global_weight`` (beta), ``fragment_margin`` (the 1 of
+  eq. 5, DeFragCost.m ``lmargin``) and, from the trainer, ``epoch``.
+  """
+  if objective not in OBJECTIVES:
+    raise ValueError(f"DeFrag: objective={objective!r}; choose one of {OBJECTIVES}")
+
+  def loss_fn(img, txt, scores, hparams, rng):
+    del rng
+    epoch = hparams.get("epoch", jnp.asarray(math.inf, jnp.float32))
+    mil_on = jnp.logical_and(use_mil, epoch >= mil_start_epoch)
+    global_on = (epoch >= global_start_epoch).astype(jnp.float32)
+    dots = K.fragment_scores(img["frags"], txt["frags"])
+    c_f, y = K.fragment_alignment_loss(dots, img["mask"], txt["mask"], mil=mil_on,
+                                       margin=hparams["fragment_margin"])
+    c_g = K.global_ranking_loss(scores, hparams["margin"])
+    if objective == "fragment_only":
+      loss = c_f
+    elif objective == "global_only":
+      loss = c_g
+    else:
+      loss = c_f + global_on * hparams["global_weight"] * c_g
+    b = scores.shape[0]
+    metrics = {"fragment_loss": c_f, "global_loss": c_g, "mil_on": mil_on.astype(jnp.float32),
+               "pos_score_mean": jnp.trace(scores) / b}
+    return loss, metrics
+
+  return loss_fn
+
+
+def build_method(config, info: DataInfo) -> Method:
+  m = config.model
+  model = DeFrag(vocab_size=info.vocab_size, word_vocab_size=max(info.word_vocab_size, 1),
+                 num_relations=max(info.num_relations, 1), word_dim=m.word_dim,
+                 embed_dim=m.embed_dim, fragments=m.fragments,
+                 shared_relation_matrix=m.shared_relation_matrix,
+                 freeze_word_embeddings=m.freeze_word_embeddings, whole_image=m.whole_image,
+                 max_regions=m.max_regions, smoothing=m.smoothing,
+                 normalization=m.normalization, accumulation=m.accumulation,
+                 threshold=m.threshold, word_vectors=info.word_vectors)
+  loss_fn = make_loss(m.objective, m.use_mil, m.mil_start_epoch, m.global_start_epoch)
+  return Method("defrag", model, loss_fn,
+                hparam_names=("margin", "global_weight", "fragment_margin"))
