@@ -105,8 +105,7 @@ def i2t_ranks(scores: Any, k: int = 5) -> np.ndarray:
     # The best-ranked own caption is the highest-scoring one, the lowest
     # index among equal scores (argmax returns the first maximum), so one
     # rank computation per image suffices (SCAN takes the min over k ranks).
-    best = np.take_along_axis(
-        rows, own, axis=1).argmax(axis=1)
+    best = np.take_along_axis(rows, own, axis=1).argmax(axis=1)
     ranks[sl] = _target_ranks(rows, own[np.arange(len(own)), best])
   return ranks
 
