@@ -99,6 +99,8 @@ def test_batch_contents_match_files(split, vocab, deps_vocab):
 
 def test_distinct_images_and_full_coverage_per_epoch(split, vocab):
   for epoch in _epochs(split, vocab, 3, seed=5):
+    for b in epoch:  # distinct, and sorted (read in file order)
+      assert (np.diff(b["image_index"]) > 0).all()
     images = np.concatenate([b["image_index"] for b in epoch])
     np.testing.assert_array_equal(np.sort(images), np.arange(N))
   # B = 5: 2 steps per epoch, 2 images dropped; still distinct within an epoch.
