@@ -6,8 +6,8 @@ Training (:func:`train_dataset`, :func:`train_iterator`): a grain
 images, consecutive in a per-epoch permutation of all images (seeded by
 ``(seed, e)``; the last ``N mod B`` images of each permutation are dropped), each
 paired with one of its k captions chosen by a hash of ``(seed, e, image)``, so
-the caption of an image changes between epochs yet every batch is a pure
-function of ``(seed, i)``. That makes the grain iterator's state (the next
+an image's caption is drawn anew each epoch yet every batch is a pure
+function of ``(seed, i)``; rows are sorted by image index (file order). That makes the grain iterator's state (the next
 index) a complete checkpoint and lets any process read only its rows.
 
 This differs from the official VSE++ / SCAN / SGRAF loaders, which shuffle
