@@ -13,9 +13,8 @@ Example::
   test[0]["captions"]   # (5,) bytes
 """
 import dataclasses
-import json
 import os
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Iterator, Tuple
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -114,6 +113,8 @@ def build(data_dir: str, *, seed: int = 0, n_train: int = 10000, n_dev: int = 50
   builder_kwargs={"config": builder.builder_config})``.
   """
   cfg = make_config(seed=seed, n_train=n_train, n_dev=n_dev, n_test=n_test, pixels=pixels)
+  # TFDS insists on the registered object when a name matches one of BUILDER_CONFIGS.
+  cfg = SyntheticRetrieval.builder_configs.get(cfg.name, cfg)
   builder = SyntheticRetrieval(config=cfg, data_dir=data_dir, file_format="array_record")
   builder.download_and_prepare(file_format="array_record")
   return builder
