@@ -60,12 +60,22 @@ class VSEPP(RetrievalModel):
 
 
 def make_triplet_loss(max_violation: bool, reduction: str):
-  """The triplet loss on the B x B scores, with the margin read from hparams (sweepable)."""
+  """The triplet loss on the B x B scores, margin read from hparams (sweepable).
+
+  With ``max_violation``, the epochs before ``hparams['hardneg_warmup_epochs']`` use the sum
+  over negatives instead (VSE∞'s ``vse_mean_warmup_epochs``): from random initialisation the
+  hardest-negative loss can sit at its collapsed value 2·B·margin for a long time. The
+  official VSE++ has no warm-up (``hardneg_warmup_epochs = 0``, the presets' value).
+  """
   def loss_fn(img, txt, scores, hparams, rng):
     del img, txt, rng
-    loss = triplet_ranking_loss(scores, hparams["margin"], max_violation=max_violation,
-                                reduction=reduction)
-    return loss, {}
+    margin = hparams["margin"]
+    if not max_violation:
+      return triplet_ranking_loss(scores, margin, max_violation=False, reduction=reduction), {}
+    hard = triplet_ranking_loss(scores, margin, max_violation=True, reduction=reduction)
+    warm = hparams["epoch"] < hparams["hardneg_warmup_epochs"]
+    summed = triplet_ranking_loss(scores, margin, max_violation=False, reduction=reduction)
+    return jnp.where(warm, summed, hard), {"hard_negatives": 1.0 - warm.astype(jnp.float32)}
   return loss_fn
 
 
@@ -75,4 +85,4 @@ def build_method(config, info: DataInfo) -> Method:
                 num_layers=m.num_layers, image_input=m.image_input,
                 word_vectors=info.word_vectors)
   return Method("vsepp", model, make_triplet_loss(m.max_violation, m.loss_reduction),
-                hparam_names=("margin",))
+                hparam_names=("margin", "hardneg_warmup_epochs"))

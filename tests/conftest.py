@@ -1,0 +1,37 @@
+"""Shared fixtures: one tiny synthetic dataset and config for the training/evaluation tests."""
+import os
+
+import pytest
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory):
+  from xmr_jax.data import synthetic
+  root = tmp_path_factory.mktemp("data")
+  return synthetic.generate(str(root / "synthetic"), seed=0, n_train=48, n_dev=12, n_test=12,
+                            pixels=True)
+
+
+def tiny_config(method: str, data_dir: str, **model):
+  """A config of ``configs/<method>.py:runlocal`` shrunk to seconds, on ``data_dir``."""
+  import importlib.util
+  path = os.path.join(os.path.dirname(__file__), "..", "configs", f"{method}.py")
+  spec = importlib.util.spec_from_file_location(f"cfg_{method}", path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  c = mod.get_config("runlocal")
+  c.data.name = "precomp"
+  c.data.dir = data_dir
+  c.data.vocab_size = 100
+  c.train.batch_size = 8
+  c.train.num_steps = 6
+  c.train.checkpoint_every_steps = 2
+  c.train.log_every_steps = 2
+  c.eval.encode_batch_size = 16
+  c.eval.tile_images = 8
+  c.eval.tile_texts = 16
+  for k, v in model.items():
+    c.model[k] = v
+  return c
