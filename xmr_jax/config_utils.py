@@ -68,6 +68,9 @@ def base_config(method: str) -> ml_collections.ConfigDict:
       lr_decay_epochs=15,      # step decay: lr *= lr_decay_factor every lr_decay_epochs
       lr_decay_factor=0.1,
       grad_clip=2.0,
+      optimizer="adam",        # adam | sgd (momentum below)
+      momentum=0.9,
+      weight_decay=0.0,        # L2 penalty coefficient alpha of alpha * ||theta||^2
       log_every_steps=50,
       eval_every_epochs=1,
       checkpoint_every_steps=500,

@@ -1,4 +1,5 @@
 """Evaluation protocols: encode a split, score it in tiles, compute metrics, write results."""
+import importlib
 import json
 import os
 import time
@@ -84,3 +85,8 @@ def write_plots(config, ds, method, variables, workdir: str, results: Dict[str, 
   plots.plot_retrieval_examples(scores, data.captions,
                                 os.path.join(workdir, "plots", "retrieval_examples.png"),
                                 pixels=data.pixels, captions_per_image=data.k, seed=config.seed)
+  # Method-specific pictures (DeFrag alignments, PCME uncertainty): an optional
+  # ``write_plots(config, ds, method, variables, workdir, scores, data)`` in the model module.
+  module = importlib.import_module(f"xmr_jax.models.{method.name}")
+  if hasattr(module, "write_plots"):
+    module.write_plots(config, ds, method, variables, workdir, scores, data)

@@ -16,15 +16,30 @@ from xmr_jax.types import image_inputs, text_inputs
 State = Dict[str, Any]
 
 
-def make_optimizer(grad_clip: float) -> optax.GradientTransformation:
-  """Adam after global-norm clipping (official VSE++/SCAN/SGRAF: ``clip_grad_norm_`` then Adam).
+def make_optimizer(train_config) -> optax.GradientTransformation:
+  """Global-norm clipping, optional L2 weight decay, then Adam or SGD with momentum.
 
-  The learning rate is an injected hyperparameter, set every step from
-  ``hparams['learning_rate']`` times the step-decay factor (see ``learning_rate_at``), so a
-  sweep can vmap over learning rates.
+  Official VSE++/SCAN/SGRAF/PCME: ``clip_grad_norm_`` then Adam (``train.optimizer='adam'``);
+  DeFrag's MATLAB code: SGD with momentum 0.9 and an L2 penalty alpha * ||theta||^2 on the cost,
+  whose gradient 2 * alpha * theta is ``add_decayed_weights(2 * weight_decay)`` here. The
+  learning rate is an injected hyperparameter, set every step from ``hparams['learning_rate']``
+  times the step-decay factor (``learning_rate_at``), so a sweep can vmap over it.
   """
-  clip = optax.clip_by_global_norm(grad_clip) if grad_clip and grad_clip > 0 else optax.identity()
-  return optax.chain(clip, optax.inject_hyperparams(optax.adam)(learning_rate=0.0))
+  t = train_config
+  parts = []
+  if t.grad_clip and t.grad_clip > 0:
+    parts.append(optax.clip_by_global_norm(t.grad_clip))
+  if t.get("weight_decay", 0.0):
+    parts.append(optax.add_decayed_weights(2.0 * t.weight_decay))
+  kind = t.get("optimizer", "adam")
+  if kind == "adam":
+    parts.append(optax.inject_hyperparams(optax.adam)(learning_rate=0.0))
+  elif kind == "sgd":
+    parts.append(optax.inject_hyperparams(optax.sgd)(learning_rate=0.0,
+                                                      momentum=t.get("momentum", 0.9)))
+  else:
+    raise ValueError(f"config.train.optimizer={kind!r}: use 'adam' or 'sgd'")
+  return optax.chain(*parts)
 
 
 def learning_rate_at(step: jax.Array, base_lr: jax.Array, decay_steps: int,

@@ -27,18 +27,21 @@ def loss_and_aux(method: Method, params, batch_stats, batch: Mapping[str, Any],
 
 def train_step(state: State, batch: Mapping[str, Any], hparams: Mapping[str, jax.Array], *,
                method: Method, tx: optax.GradientTransformation, decay_steps: int,
-               decay_factor: float, steps_per_epoch: int) -> Tuple[State, Dict[str, jax.Array]]:
+               decay_factor: float, steps_per_epoch: int,
+               forward=None) -> Tuple[State, Dict[str, jax.Array]]:
   """One optimisation step; pure in (state, batch, hparams), so it jits and vmaps.
 
   ``hparams`` gains ``step`` and ``epoch`` (float32) for losses with schedules (DeFrag's
-  fragment-then-MIL switch) without recompiling.
+  fragment-then-MIL switch) without recompiling. ``forward`` replaces ``loss_and_aux`` (same
+  signature without ``method``), e.g. the mesh version ``parallel.sharded_loss_and_aux``.
   """
   step = state["step"]
   hp = dict(hparams)
   hp["step"] = step.astype(jnp.float32)
   hp["epoch"] = jnp.floor(step / max(steps_per_epoch, 1)).astype(jnp.float32)
   rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), step)
-  grad_fn = jax.value_and_grad(functools.partial(loss_and_aux, method), has_aux=True)
+  forward = forward or functools.partial(loss_and_aux, method)
+  grad_fn = jax.value_and_grad(forward, has_aux=True)
   (loss, (metrics, batch_stats)), grads = grad_fn(state["params"], state["batch_stats"], batch,
                                                   hp, rng)
   lr = learning_rate_at(step, hparams["learning_rate"], decay_steps, decay_factor)
@@ -50,13 +53,22 @@ def train_step(state: State, batch: Mapping[str, Any], hparams: Mapping[str, jax
   params = optax.apply_updates(state["params"], updates)
   new_state = dict(state, params=params, batch_stats=batch_stats, opt_state=opt_state,
                    step=step + 1)
-  metrics = dict(metrics, loss=loss, learning_rate=lr, grad_norm=optax.global_norm(grads))
+  metrics = dict(metrics, loss=loss, learning_rate=lr, grad_norm=optax.tree.norm(grads))
   return new_state, metrics
 
 
 def make_train_step(method: Method, tx: optax.GradientTransformation, *, decay_steps: int,
-                    decay_factor: float, steps_per_epoch: int):
-  """The jitted step with the static pieces bound; the state buffer is donated."""
+                    decay_factor: float, steps_per_epoch: int, mesh=None):
+  """The jitted step with the static pieces bound; the state buffer is donated.
+
+  With a ``mesh`` (``parallel.make_data_mesh``) the forward pass is data-parallel over its
+  ``"data"`` axis; pass batches from ``parallel.global_batch`` and a replicated state.
+  """
+  forward = None
+  if mesh is not None:
+    from xmr_jax.training import parallel  # lazy: parallel imports nothing from here
+    forward = parallel.sharded_loss_and_aux(method, mesh)
   fn = functools.partial(train_step, method=method, tx=tx, decay_steps=decay_steps,
-                         decay_factor=decay_factor, steps_per_epoch=steps_per_epoch)
+                         decay_factor=decay_factor, steps_per_epoch=steps_per_epoch,
+                         forward=forward)
   return jax.jit(fn, donate_argnums=(0,))
