@@ -1,0 +1,243 @@
+"""PCME: Probabilistic Cross-Modal Embedding (Chun et al., CVPR 2021).
+
+Each image and caption becomes a Gaussian N(mu, diag(sigma^2)) in R^D (naver-ai/pcme
+``models/``). Both sides follow PVSE's "local attention" design:
+
+* image (``image_encoder.EncoderImage``): g = mean of the local features (regions, or the
+  PixelCNN grid standing in for ResNet's 7x7 map);
+  mu = l2norm(LayerNorm(W g + dropout(sigmoid(W_r attnpool(x)))))      (``PIENet``)
+  logsigma = W_s attnpool'(x) + W_2 g                                  (``UncertaintyModuleImage``)
+  with no sigmoid, LayerNorm or l2 on logsigma (``no_sigma_ln``).
+* text (``caption_encoder.EncoderText``): one word embedding e shared by three branches;
+  h = bi-GRU(e) at the last word (D/2 per direction, concatenated);
+  mu = l2norm(LayerNorm(h + dropout(sigmoid(W_r attnpool(e)))));
+  logsigma = W_s attnpool'(e) + h' with h' a second bi-GRU (``UncertaintyModuleText``).
+
+The shared ``GRUTextEncoder`` is not used: it owns its embedding table and averages the two
+directions, while PCME shares one embedding between the GRUs and both attention branches and
+concatenates D/2-wide directions read at the last real word.
+
+The reprs are ``{'mu': (N, D), 'logsigma': (N, D), 'samples': (N, J, D)}`` with the J samples
+drawn in ``encode_*`` from the ``'sampling'`` rng, so ``score`` is deterministic.
+"""
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from xmr_jax.kernels import pcme as K
+from xmr_jax.kernels.common import l2norm, masked_mean, masked_softmax
+from xmr_jax.models.base import RetrievalModel
+from xmr_jax.models.encoders import PixelCNN, last_valid
+from xmr_jax.models.registry import Method
+from xmr_jax.types import DataInfo
+
+Array = jax.Array
+# Parameters of the official criterion (a = negative_scale, b = shift): optimised but never
+# gradient-clipped there (engine/trainer.py clips model.parameters() only). A trainer that
+# wants the official behaviour excludes these top-level params from its clip.
+UNCLIPPED_PARAMS = ("negative_scale", "shift")
+SCORES = ("mc", "mc_log_odds", "csd", "mean_cosine")
+
+# torch.nn.Linear's default kernel init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), used by the
+# official layers that are not re-initialised (EncoderImage.fc, UncertaintyModuleImage.fc2).
+_torch_default = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+_xavier = nn.initializers.xavier_uniform()
+
+
+class AttentionPool(nn.Module):
+  """Single-head structured self-attention (Lin et al. 2017; official ``MultiHeadSelfAttention``).
+
+  w = softmax_n(W2 tanh(W1 x_n)) over valid positions; returns sum_n w_n x_n. No biases.
+  """
+  hidden: int
+
+  @nn.compact
+  def __call__(self, x: Array, mask: Array) -> Array:
+    h = jnp.tanh(nn.Dense(self.hidden, use_bias=False, kernel_init=_xavier, name="w_1")(x))
+    logits = nn.Dense(1, use_bias=False, kernel_init=_xavier, name="w_2")(h)[..., 0]
+    attn = masked_softmax(logits, mask)
+    return jnp.einsum("bn,bnd->bd", attn, x)
+
+
+class MeanHead(nn.Module):
+  """PIENet with one embedding: l2norm(LayerNorm(out + dropout(sigmoid(fc(attnpool(x))))))."""
+  embed_dim: int
+  hidden: int
+  dropout: float = 0.0
+
+  @nn.compact
+  def __call__(self, out: Array, x: Array, mask: Array, *, train: bool) -> Array:
+    residual = AttentionPool(self.hidden, name="attention")(x, mask)
+    residual = nn.sigmoid(nn.Dense(self.embed_dim, kernel_init=_xavier, name="fc")(residual))
+    residual = nn.Dropout(self.dropout, deterministic=not train)(residual)
+    # torch LayerNorm eps is 1e-5.
+    return l2norm(nn.LayerNorm(epsilon=1e-5, name="layer_norm")(out + residual))
+
+
+class SigmaHead(nn.Module):
+  """Uncertainty module: logsigma = fc(attnpool(x)) + global_term (no sigmoid / LN / l2)."""
+  embed_dim: int
+  hidden: int
+
+  @nn.compact
+  def __call__(self, global_term: Array, x: Array, mask: Array) -> Array:
+    residual = AttentionPool(self.hidden, name="attention")(x, mask)
+    return nn.Dense(self.embed_dim, kernel_init=_xavier, name="fc")(residual) + global_term
+
+
+class BiGRULast(nn.Module):
+  """Bi-GRU with ``hidden`` units per direction, concatenated, read at the last real word.
+
+  As the official ``padded[0].gather(lengths - 1)``: the forward state after the whole
+  caption and the backward output at the last word (which has seen only that word).
+  """
+  hidden: int
+
+  @nn.compact
+  def __call__(self, emb: Array, mask: Array) -> Array:
+    lengths = jnp.sum(mask.astype(jnp.int32), -1)
+    fwd = nn.RNN(nn.GRUCell(self.hidden), name="fwd")(emb, seq_lengths=lengths)
+    bwd = nn.RNN(nn.GRUCell(self.hidden), reverse=True, keep_order=True,
+                 name="bwd")(emb, seq_lengths=lengths)
+    return last_valid(jnp.concatenate([fwd, bwd], -1), mask)
+
+
+def _word_init(word_vectors: Optional[np.ndarray]):
+  if word_vectors is None:
+    return _xavier   # official EncoderText.init_weights without GloVe
+  table = np.asarray(word_vectors, np.float32)
+  return lambda key, shape, dtype=jnp.float32: jnp.asarray(table, dtype).reshape(shape)
+
+
+class PCME(RetrievalModel):
+  """PCME model; see the module docstring. ``score_method`` picks the evaluation scorer."""
+  vocab_size: int
+  region_dim: int = 2048             # F of the region features (sizes the attention MLP)
+  word_dim: int = 300
+  embed_dim: int = 1024
+  num_samples: int = 7
+  image_input: str = "regions"       # regions | pixels
+  pixel_dim: int = 128               # channels of the PixelCNN grid (the "cnn_dim")
+  init_negative_scale: float = 15.0  # a
+  init_shift: float = 15.0           # b
+  score_method: str = "mc"           # mc | mc_log_odds | csd | mean_cosine
+  official_sigmoid: bool = False
+  official_kl: bool = False          # also makes CSD read logsigma as a log-variance
+  dropout: float = 0.0
+  dist_eps: float = 1e-6
+  word_vectors: Optional[Any] = None
+
+  def setup(self):
+    if self.embed_dim % 2:
+      raise ValueError(f"PCME: embed_dim={self.embed_dim} must be even (two GRU directions)")
+    if self.score_method not in SCORES:
+      raise ValueError(f"PCME: unknown score {self.score_method!r}; choose one of {SCORES}")
+    if self.image_input == "pixels":
+      self.pixel_cnn = PixelCNN(self.pixel_dim)
+    elif self.image_input != "regions":
+      raise ValueError(f"PCME: image_input={self.image_input!r}; use 'regions' or 'pixels'")
+    feat_dim = self.pixel_dim if self.image_input == "pixels" else self.region_dim
+    self.img_pie, self.img_uncertain = self._heads(feat_dim)
+    self.txt_pie, self.txt_uncertain = self._heads(self.word_dim)
+    self.img_fc = nn.Dense(self.embed_dim, kernel_init=_torch_default)
+    self.img_fc2 = nn.Dense(self.embed_dim, kernel_init=_torch_default)
+    self.embed = nn.Embed(self.vocab_size, self.word_dim,
+                          embedding_init=_word_init(self.word_vectors))
+    self.txt_rnn = BiGRULast(self.embed_dim // 2)
+    self.txt_sigma_rnn = BiGRULast(self.embed_dim // 2)
+    self.negative_scale = self.param("negative_scale",
+                                     nn.initializers.constant(self.init_negative_scale), ())
+    self.shift = self.param("shift", nn.initializers.constant(self.init_shift), ())
+
+  def _heads(self, feat_dim: int) -> Tuple[nn.Module, nn.Module]:
+    # Official hidden size of the attention MLP: half the local feature width.
+    hidden = max(feat_dim // 2, 1)
+    return MeanHead(self.embed_dim, hidden, self.dropout), SigmaHead(self.embed_dim, hidden)
+
+  def _gaussian(self, mu: Array, logsigma: Array) -> Dict[str, Array]:
+    samples = K.sample_gaussian(self.make_rng("sampling"), mu, logsigma, self.num_samples)
+    return {"mu": mu, "logsigma": logsigma, "samples": samples}
+
+  def encode_images(self, images: Mapping[str, Array], *, train: bool) -> Dict[str, Array]:
+    if self.image_input == "pixels":
+      x = self.pixel_cnn(images["pixels"])
+      mask = jnp.ones(x.shape[:2], bool)
+    else:
+      x = images["regions"].astype(jnp.float32)
+      mask = images["region_mask"].astype(bool)
+    pooled = masked_mean(x, mask)          # avgpool of the 7x7 map in the official code
+    mu = self.img_pie(self.img_fc(pooled), x, mask, train=train)
+    logsigma = self.img_uncertain(self.img_fc2(pooled), x, mask)
+    return self._gaussian(mu, logsigma)
+
+  def encode_texts(self, texts: Mapping[str, Array], *, train: bool) -> Dict[str, Array]:
+    mask = texts["token_mask"].astype(bool)
+    emb = self.embed(texts["tokens"])
+    mu = self.txt_pie(self.txt_rnn(emb, mask), emb, mask, train=train)
+    logsigma = self.txt_uncertain(self.txt_sigma_rnn(emb, mask), emb, mask)
+    return self._gaussian(mu, logsigma)
+
+  def match_log_odds(self, img: Dict[str, Array], txt: Dict[str, Array]) -> Array:
+    """log p - log(1 - p) of the MC match probability, (n_img, n_txt): the training scores."""
+    log_p, log_q = K.match_log_probs(img["samples"], txt["samples"], self.negative_scale,
+                                     self.shift, official_sigmoid=self.official_sigmoid,
+                                     eps=self.dist_eps)
+    return log_p - log_q
+
+  def score(self, img: Dict[str, Array], txt: Dict[str, Array], *, train: bool = False) -> Array:
+    """(n_img, n_txt) similarity by ``score_method`` (higher = better match)."""
+    if self.score_method == "mc":
+      return K.match_probability(img["samples"], txt["samples"], self.negative_scale,
+                                 self.shift, official_sigmoid=self.official_sigmoid,
+                                 eps=self.dist_eps)
+    if self.score_method == "mc_log_odds":   # same ranking as 'mc' without float32 ties at 1
+      return self.match_log_odds(img, txt)
+    if self.score_method == "csd":
+      return -K.closed_form_sampled_distance(img["mu"], img["logsigma"], txt["mu"],
+                                             txt["logsigma"], log_variance=self.official_kl)
+    return jnp.dot(img["mu"], txt["mu"].T)   # mean_cosine: mu is l2-normalised
+
+  def __call__(self, images, texts, *, train: bool) -> Tuple[Any, Any, Array]:
+    """Training forward: the B x B scores are the MC match log-odds the loss decodes."""
+    img = self.encode_images(images, train=train)
+    txt = self.encode_texts(texts, train=train)
+    return img, txt, self.match_log_odds(img, txt)
+
+
+def make_loss_fn(*, official_kl: bool = False, reduction: str = "sum",
+                 use_uniformity: bool = False):
+  """PCME loss (eq. 6 + beta VIB [+ lambda uniformity]) over the (B, B) match log-odds.
+
+  ``scores`` must come from ``PCME.__call__`` (log p - log(1 - p)); log p and log(1 - p) are
+  recovered exactly as -softplus(-L) and -softplus(L). Reads ``hparams['vib_beta']`` and
+  ``hparams['uniform_lambda']``.
+  """
+  def loss_fn(img, txt, scores, hparams, rng):
+    del rng
+    log_p, log_q = K.log_probs_from_log_odds(scores)
+    return K.pcme_loss_from_log_probs(
+        log_p, log_q, img["mu"], img["logsigma"], img["samples"], txt["mu"], txt["logsigma"],
+        txt["samples"], vib_beta=hparams["vib_beta"],
+        uniform_lambda=hparams.get("uniform_lambda", 0.0), official_kl=official_kl,
+        reduction=reduction, use_uniformity=use_uniformity)
+  return loss_fn
+
+
+def build_method(config, info: DataInfo) -> Method:
+  """PCME from ``config.model`` (see configs/pcme.py). a and b are the top-level params
+  ``negative_scale`` and ``shift``; the official code does not clip their gradients
+  (``UNCLIPPED_PARAMS``)."""
+  m = config.model
+  model = PCME(vocab_size=info.vocab_size, region_dim=info.region_dim, word_dim=m.word_dim,
+               embed_dim=m.embed_dim, num_samples=m.num_samples, image_input=m.image_input,
+               pixel_dim=m.pixel_dim,
+               init_negative_scale=m.init_negative_scale, init_shift=m.init_shift,
+               score_method=m.score, official_sigmoid=m.official_sigmoid,
+               official_kl=m.official_kl, dropout=m.dropout, word_vectors=info.word_vectors)
+  loss_fn = make_loss_fn(official_kl=m.official_kl, reduction=m.reduction,
+                         use_uniformity=m.use_uniformity)
+  return Method(name="pcme", model=model, loss_fn=loss_fn,
+                hparam_names=("vib_beta", "uniform_lambda"))
