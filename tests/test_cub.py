@@ -48,7 +48,8 @@ def make_fixture(root):
     records.append(dict(image_id=i + 1, filename=name, label=cid - 1, captions=caps,
                         bbox=(float(i), 1.0, 5.0, 6.5), path=path))
   lines = lambda rows: "".join(" ".join(map(str, r)) + "\n" for r in rows)
-  _write(os.path.join(cub_dir, "images.txt"), lines((r["image_id"], r["filename"]) for r in records))
+  _write(os.path.join(cub_dir, "images.txt"),
+         lines((r["image_id"], r["filename"]) for r in records))
   _write(os.path.join(cub_dir, "image_class_labels.txt"),    # another order: ids must be joined
          lines((r["image_id"], r["label"] + 1) for r in reversed(records)))
   _write(os.path.join(cub_dir, "classes.txt"), lines(sorted(CLASSES.items())))
@@ -257,3 +258,12 @@ def test_trainer_reads_export_as_precomp(built):
   assert ds.k == 10 and batch["pixels"].shape == (4, SIZE, SIZE, 3)
   ev = ds.eval_data("test", 4)
   assert ev.k == 10 and ev.img_labels.shape == (3, cub.NUM_CLASSES) and len(ev.captions) == 30
+
+
+def test_cli_reuses_the_build_and_exports(built, tmp_path):
+  out = cub.main(["--manual-dir", built["manual"], "--data-dir", built["data_dir"],
+                  "--out", str(tmp_path / "cli"), "--image-size", str(SIZE)])
+  a = precomp.load_split(out, "dev", captions_per_image=10)
+  b = precomp.load_split(built["out_px"], "dev", captions_per_image=10)
+  np.testing.assert_array_equal(a.pixels, b.pixels)
+  assert a.captions == b.captions

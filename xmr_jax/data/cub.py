@@ -17,6 +17,11 @@ This module reads and validates the manual directory (used by the TFDS builder i
 :mod:`xmr_jax.data.tfds_cub`) and exports a built dataset to the SCAN precomp layout read by
 :mod:`xmr_jax.data.precomp` (:func:`export_precomp`). Every problem raises one
 :class:`~xmr_jax.data.precomp.DataError` naming the file and the line.
+
+CLI (build, then export)::
+
+  python -m xmr_jax.data.cub --manual-dir /data/cub_manual --data-dir /data/tfds \
+      --out /data/cub_precomp [--variant pixels|regions] [--image-size 64]
 """
 import dataclasses
 import os
@@ -287,6 +292,9 @@ def open_built(builder_or_data_dir: Any, variant: Optional[str] = None):
                       "cub_captions dataset. Build it first with "
                       "xmr_jax.data.tfds_cub.build(manual_dir, data_dir, variant=...).")
     builder = tfds.builder_from_directory(path)
+  if not builder.is_prepared():
+    raise DataError(f"{builder.data_dir}: the dataset is not built; call "
+                    "xmr_jax.data.tfds_cub.build(manual_dir, data_dir, variant=...) first.")
   name = builder.builder_config.name if builder.builder_config else None
   if variant is not None and name is not None and name != variant:
     raise ValueError(f"variant={variant!r} but the dataset's config is {name!r}.")
@@ -381,3 +389,30 @@ def export_precomp(builder_or_data_dir: Any, out_dir: str, variant: Optional[str
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
   return out_dir
+
+
+def main(argv: Optional[Sequence[str]] = None) -> str:
+  """CLI: build the TFDS dataset from a manual dir, then export it as a precomp dir."""
+  import argparse  # pylint: disable=g-import-not-at-top
+  from xmr_jax.data import tfds_cub  # pylint: disable=g-import-not-at-top
+  p = argparse.ArgumentParser(description=main.__doc__)
+  p.add_argument("--manual-dir", required=True, help="CUB_200_2011/, text_c10/, splits/")
+  p.add_argument("--data-dir", required=True, help="TFDS data dir to build into")
+  p.add_argument("--out", required=True, help="precomp directory to write")
+  p.add_argument("--variant", default="pixels", choices=("pixels", "regions"))
+  p.add_argument("--image-size", type=int, default=64)
+  p.add_argument("--num-regions", type=int, default=49)
+  p.add_argument("--feature-dim", type=int, default=2048)
+  p.add_argument("--split-set", default="cub", choices=sorted(SPLIT_SETS))
+  a = p.parse_args(argv)
+  builder = tfds_cub.build(a.manual_dir, a.data_dir, a.variant, image_size=a.image_size,
+                           num_regions=a.num_regions, feature_dim=a.feature_dim,
+                           split_set=a.split_set)
+  out = export_precomp(builder, a.out)
+  print(f"wrote {out}: --config.data.name=precomp --config.data.dir={out} "
+        "--config.data.captions_per_image=10")
+  return out
+
+
+if __name__ == "__main__":
+  main()
