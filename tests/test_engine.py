@@ -76,3 +76,22 @@ def test_sgd_with_weight_decay_follows_the_l2_gradient():
   updates, _ = tx.update({"w": np.array([1.0], np.float32)}, st, params)
   # grad of loss + 0.5 * ||w||^2 is 1 + 2 * 0.5 * 2 = 3; SGD step -0.1 * 3
   np.testing.assert_allclose(updates["w"], [-0.3], rtol=1e-6)
+
+
+def test_ensemble_scores_are_the_mean_of_the_members(tiny_data_dir, tmp_path):
+  from xmr_jax.evaluation import metrics
+  from xmr_jax.training import loop as loop_lib
+  members = []
+  for seed in (0, 1):
+    config = tiny_config("vsepp", tiny_data_dir, embed_dim=16, word_dim=8)
+    config.train.num_steps = 2
+    config.seed = seed
+    members.append(str(tmp_path / f"m{seed}"))
+    loop_lib.train_and_evaluate(config, members[-1])
+  ens = loop_lib.evaluate_ensemble(members, str(tmp_path / "ens"))
+  mean = sum(np.load(os.path.join(m, "eval", "test_scores.npy")) for m in members) / 2
+  expected = metrics.evaluate(mean, k=5)
+  assert ens["rsum"] == pytest.approx(expected["rsum"], abs=1e-4)
+  assert ens["i2t"]["r1"] == pytest.approx(expected["i2t"]["r1"], abs=1e-4)
+  with open(os.path.join(tmp_path, "ens", "eval", "results.json")) as f:
+    assert json.load(f)["members"] == members

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from xmr_jax.data import datasets
 from xmr_jax.evaluation import protocol
 from xmr_jax.models.registry import get_method
-from xmr_jax.training import checkpoints, state as state_lib, step as step_lib
+from xmr_jax.training import checkpoints, parallel, state as state_lib, step as step_lib
 from xmr_jax.training.logging import MetricsWriter, atomic_write_json
 
 
@@ -63,7 +63,9 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   ds, method, tx, hparams, state = setup(config, workdir)
   sched = schedule(config, ds.num_train_images, ds.k)
   ckpt = checkpoints.Checkpointer(workdir, config.train.max_to_keep)
-  train_iter = ds.train_iterator(config.train.batch_size, seed=config.seed)
+  mesh = parallel.mesh_for(config)   # None on one device: the plain single-device step
+  train_iter = ds.train_iterator(config.train.batch_size, seed=config.seed,
+                                 **parallel.process_shard())
   restored = ckpt.restore(state)
   if restored is not None:
     state, data_state = restored
@@ -71,7 +73,10 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
     logging.info("resumed from step %d in %s", int(state["step"]), workdir)
   step_fn = step_lib.make_train_step(method, tx, decay_steps=sched["decay_steps"],
                                      decay_factor=config.train.lr_decay_factor,
-                                     steps_per_epoch=sched["steps_per_epoch"])
+                                     steps_per_epoch=sched["steps_per_epoch"], mesh=mesh)
+  if mesh is not None:
+    state, hparams = parallel.replicate(state, mesh), parallel.replicate(hparams, mesh)
+    step_fn = parallel.placing_batches(step_fn, mesh, max(config.data.len_buckets))
   writer = MetricsWriter(workdir)
   try:
     state = _train(config, ds, method, state, hparams, step_fn, train_iter, ckpt, writer, sched,
@@ -161,3 +166,49 @@ def evaluate_workdir(config, workdir: str) -> Dict[str, Any]:
                                        split=config.eval.split)
   finally:
     ckpt.close()
+
+
+def config_from_workdir(workdir: str):
+  """The ConfigDict a workdir was trained with (its ``config.json``)."""
+  import ml_collections
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path} not found: {workdir} is not a trained xmr_jax workdir")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def evaluate_ensemble(workdirs, out_workdir: str, split: Optional[str] = None) -> Dict[str, Any]:
+  """Averages the score matrices of several trained workdirs (best checkpoints) and evaluates.
+
+  This is how SGRAF's headline numbers were made (the mean of the SGR and SAF similarities; the
+  official repository has no code for it). All members must share the dataset and split.
+  """
+  total, names, data, seconds = None, [], None, {"encode": 0.0, "score": 0.0}
+  for w in workdirs:
+    config = config_from_workdir(w)
+    ds, method, _, _, state = setup(config)
+    ckpt = checkpoints.Checkpointer(w, config.train.max_to_keep)
+    variables = ckpt.restore_best(_variables(state))
+    ckpt.close()
+    if variables is None:
+      raise FileNotFoundError(f"{w} holds no best checkpoint; train it first")
+    split = split or config.eval.split
+    scores, data_w, sec = protocol.score_split(config, ds, method, variables, split=split,
+                                               progress=True)
+    if total is not None and scores.shape != total.shape:
+      raise ValueError(f"ensemble members disagree on the {split} split: {scores.shape} vs "
+                       f"{total.shape}; they must be trained on the same dataset")
+    total = scores if total is None else total + scores
+    data = data_w
+    names.append(f"{method.name}:{os.path.basename(os.path.normpath(w))}")
+    for k in seconds:
+      seconds[k] += sec[k]
+  scores = total / len(workdirs)
+  res = protocol.results_from_scores(scores, data, method="ensemble(" + ",".join(names) + ")",
+                                     split=split, protocol_name=config.eval.protocol)
+  res["seconds"] = seconds
+  res["members"] = list(workdirs)
+  atomic_write_json(os.path.join(out_workdir, "eval", "results.json"), res)
+  print(protocol.format_table(res), flush=True)
+  return res
