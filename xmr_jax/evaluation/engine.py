@@ -63,8 +63,18 @@ def _pad_rows(tree: PyTree, multiple: int) -> Tuple[PyTree, int]:
 
 
 def score_all(method, variables, img: PyTree, txt: PyTree, *, tile_images: int = 128,
-              tile_texts: int = 512, progress: bool = False) -> np.ndarray:
-  """All-pairs (N_img, N_txt) scores, tile by tile. Padded rows (repeats) are cut off."""
+              tile_texts: int = 512, progress: bool = False,
+              num_devices: Optional[int] = None) -> np.ndarray:
+  """All-pairs (N_img, N_txt) scores, tile by tile. Padded rows (repeats) are cut off.
+
+  With more than one local device (``num_devices``: default all of this process's) the caption
+  tiles are spread over them (``training.parallel.score_all_sharded``).
+  """
+  if (num_devices or jax.local_device_count()) > 1:
+    from xmr_jax.training import parallel  # lazy: evaluation does not need training otherwise
+    mesh = parallel.local_mesh(num_devices)
+    return parallel.score_all_sharded(method, variables, img, txt, tile_images=tile_images,
+                                      tile_texts=tile_texts, mesh=mesh)
   n_img = jax.tree.leaves(img)[0].shape[0]
   n_txt = jax.tree.leaves(txt)[0].shape[0]
   tile_images = min(tile_images, n_img)

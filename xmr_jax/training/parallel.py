@@ -174,9 +174,9 @@ def sharded_loss_and_aux(method: Method, mesh: jax.sharding.Mesh) -> Callable:
 
 
 # ------------------------------------------------------------------------------ evaluation
-def local_mesh() -> jax.sharding.Mesh:
+def local_mesh(num_devices: Optional[int] = None) -> jax.sharding.Mesh:
   """A ``"data"`` mesh over this process's devices (evaluation needs no other host)."""
-  devices = jax.local_devices()
+  devices = jax.local_devices()[:num_devices or None]
   return jax.sharding.Mesh(np.array(devices), (DATA_AXIS,))
 
 
@@ -232,3 +232,34 @@ def _sharded_row_scorer(method: Method, mesh: jax.sharding.Mesh) -> Callable:
                                out_specs=P(DATA_AXIS)))
     _ROW_SCORERS[key] = (method.model, fn)   # hold the model so its id stays unique
   return _ROW_SCORERS[key][1]
+
+
+# ------------------------------------------------------------------------- trainer hooks
+def mesh_for(config) -> Optional[jax.sharding.Mesh]:
+  """The data mesh for ``config.train.num_devices`` (0 or absent: all devices); None for 1."""
+  n = int(config.train.get("num_devices", 0) or 0) or jax.device_count()
+  if n <= 1:
+    return None
+  mesh = make_data_mesh(n)
+  check_batch_size(config.train.batch_size, mesh)
+  return mesh
+
+
+def process_shard() -> dict:
+  """``train_iterator`` kwargs so each process reads only its rows of every global batch."""
+  if jax.process_count() == 1:
+    return {}
+  return {"shard_index": jax.process_index(), "shard_count": jax.process_count()}
+
+
+def placing_batches(step_fn: Callable, mesh: jax.sharding.Mesh,
+                    text_len: Optional[int] = None) -> Callable:
+  """Wraps ``step_fn(state, batch, hparams)`` to turn host batches into global arrays.
+
+  ``text_len`` (multi-host): pad captions to this length so every process's shard agrees.
+  """
+  def fn(state, batch, hparams):
+    if text_len is not None and jax.process_count() > 1:
+      batch = pad_text_to(batch, text_len)
+    return step_fn(state, global_batch(batch, mesh), hparams)
+  return fn
