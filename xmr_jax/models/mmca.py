@@ -1,0 +1,270 @@
+"""MMCA (Wei, Zhang, Li, Zhang, Wu, "Multi-Modality Cross Attention Network for Image and
+Sentence Matching", CVPR 2020). No official code was released; this is the first public
+implementation, so every choice the paper leaves open is listed here.
+
+Architecture (paper §3, our reading):
+
+* **Fragments.** Regions (B, R, F) -> FC -> R (B, R, D) (``RegionEncoder`` without l2 norm,
+  padded regions zeroed). Words: the paper uses pretrained BERT; we default to a trainable
+  stand-in, token embedding (``word_dim``) -> FC to D -> + learned positions -> LayerNorm ->
+  ``num_text_layers`` Transformer units, giving X (B, L, D). ``DataInfo.word_vectors``
+  initialises the embedding and ``replace_text_params`` loads a whole pretrained text-encoder
+  subtree (e.g. converted BERT layers, once such weights exist locally).
+* **Self-attention module** (§3.1). Image: R -> ``num_image_layers`` Transformer units ->
+  masked average -> i0. Text: BERT *is* the text self-attention in the paper, so X goes
+  straight to the n-gram CNN (windows 1, 2, 3, ReLU, max over real words) -> concat -> FC -> c0.
+* **Cross-attention module** (§3.2). For each image × caption pair, one Transformer unit over
+  Y = [R ‖ X] (R + L tokens, softmax(QKᵀ/√d)V across both modalities, padding masked); the
+  output is split, the region part averaged (i1), the word part through an n-gram CNN (c1).
+* **Score** (§3.3): S(I, T) = ⟨i0, c0⟩ + α⟨i1, c1⟩; **loss**: hardest-negative bidirectional
+  triplet loss (eq. 15, ``triplet_ranking_loss(max_violation=True)``), summed over the batch.
+
+Choices the paper leaves open (all documented defaults, most behind a config field):
+
+1. *Cross-module inputs* (``cross_input``): the paper stacks "the region features and word
+   features" R and X, the same fragments that enter the self-attention module (its Fig. 2
+   feeds both modules in parallel), so the default is ``'fragments'``: FC'd regions and the
+   text-encoder word features. ``'self_attended'`` instead uses the image Transformer's
+   output for R (the text side is the same either way: X is already the text self-attention
+   output).
+2. *Weight sharing* (``share_weights``): the paper describes two modules, each with "a
+   Transformer unit" and its own pooling; nothing says they share parameters, so by default
+   the cross unit and the cross n-gram CNN are separate. ``share_weights=True`` reuses the
+   first image self-attention unit and the c0 CNN.
+3. *Normalisation*: ⟨·,·⟩ is an inner product in the paper; we l2-normalise i0, c0, i1, c1
+   (``normalize=True``) so each term is a cosine and the 0.2 margin has the VSE++ scale.
+4. *Transformer unit*: post-LN (Vaswani et al.), ReLU FFN of width ``ffn_dim`` (not stated;
+   2·D by default), ``num_heads`` heads (not stated), no dropout (not stated), one unit per
+   module (``num_image_layers`` may stack more on the image side; the cross module is one
+   unit, which is what lets its per-pair cost be factored, see the kernel docstring).
+5. *n-gram CNN*: ``conv_dim`` channels per window (not stated; D by default); windows past
+   the last real word see zeros (zero padding on the unpadded sentence), so padding never
+   changes a score; a window starts at every real word.
+6. *Regions* carry no position signal (as in the paper), so region order never matters.
+7. α = 0 (a static ``config.model.alpha``) skips the cross module entirely: no cross
+   parameters are created, reprs hold only i0/c0, and S = ⟨i0, c0⟩.
+"""
+from typing import Any, Dict, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from xmr_jax.kernels import cross_attention as ca
+from xmr_jax.kernels.common import l2norm, masked_mean
+from xmr_jax.losses import triplet_ranking_loss
+from xmr_jax.models.base import RetrievalModel
+from xmr_jax.models.encoders import RegionEncoder
+from xmr_jax.models.registry import Method
+from xmr_jax.types import DataInfo
+
+_xavier = nn.initializers.xavier_uniform()
+_zeros = nn.initializers.zeros
+_ones = nn.initializers.ones
+
+
+class TransformerUnitParams(nn.Module):
+  """Declares one Transformer unit's parameters; returns them as a dict for the kernels."""
+  dim: int
+  num_heads: int
+  ffn_dim: int
+
+  @nn.compact
+  def __call__(self) -> Dict[str, jax.Array]:
+    d, h = self.dim, self.num_heads
+    if d % h:
+      raise ValueError(f"MMCA: embed_dim={d} is not divisible by num_heads={h}")
+    dh = d // h
+    # Xavier over the full (D, D) matrix, reshaped per head.
+    proj = lambda k, s, dt=jnp.float32: _xavier(k, (d, d), dt).reshape(s)
+    p = {}
+    for n in ("q", "k", "v"):
+      p[f"w{n}"] = self.param(f"w{n}", proj, (d, h, dh))
+      p[f"b{n}"] = self.param(f"b{n}", _zeros, (h, dh))
+    p["wo"] = self.param("wo", proj, (h, dh, d))
+    p["bo"] = self.param("bo", _zeros, (d,))
+    p["w1"] = self.param("w1", _xavier, (d, self.ffn_dim))
+    p["b1"] = self.param("b1", _zeros, (self.ffn_dim,))
+    p["w2"] = self.param("w2", _xavier, (self.ffn_dim, d))
+    p["b2"] = self.param("b2", _zeros, (d,))
+    for i in (1, 2):
+      p[f"ln{i}_scale"] = self.param(f"ln{i}_scale", _ones, (d,))
+      p[f"ln{i}_bias"] = self.param(f"ln{i}_bias", _zeros, (d,))
+    return p
+
+
+class NgramCNNParams(nn.Module):
+  """Declares the n-gram CNN (one conv per window size) + FC parameters."""
+  dim: int
+  conv_dim: int
+  out_dim: int
+  windows: Sequence[int] = (1, 2, 3)
+
+  @nn.compact
+  def __call__(self) -> Dict[str, jax.Array]:
+    p = {}
+    for l in self.windows:
+      # Fan-in of a window is l·D: Xavier over the flattened (l·D, Dc) kernel.
+      init = lambda k, s, dt=jnp.float32, l=l: _xavier(k, (l * self.dim, self.conv_dim), dt
+                                                       ).reshape(s)
+      p[f"conv{l}_w"] = self.param(f"conv{l}_w", init, (l, self.dim, self.conv_dim))
+      p[f"conv{l}_b"] = self.param(f"conv{l}_b", _zeros, (self.conv_dim,))
+    p["fc_w"] = self.param("fc_w", _xavier, (len(self.windows) * self.conv_dim, self.out_dim))
+    p["fc_b"] = self.param("fc_b", _zeros, (self.out_dim,))
+    return p
+
+
+def _embedding_init(word_vectors):
+  if word_vectors is None:
+    return nn.initializers.normal(0.02)        # BERT's embedding init
+  table = np.asarray(word_vectors, np.float32)
+  return lambda key, shape, dtype=jnp.float32: jnp.asarray(table, dtype).reshape(shape)
+
+
+class TransformerTextEncoder(nn.Module):
+  """The BERT stand-in: embedding -> FC -> + learned positions -> LN -> Transformer units."""
+  vocab_size: int
+  word_dim: int
+  dim: int
+  num_heads: int
+  ffn_dim: int
+  num_layers: int = 1
+  max_len: int = 128
+  word_vectors: Any = None
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array, token_mask: jax.Array) -> jax.Array:
+    length = tokens.shape[-1]
+    if length > self.max_len:
+      raise ValueError(f"MMCA: captions of {length} tokens exceed config.model.max_len="
+                       f"{self.max_len}; raise it (positions are learned up to max_len)")
+    emb = nn.Embed(self.vocab_size, self.word_dim, embedding_init=_embedding_init(
+        self.word_vectors), name="embed")(tokens)
+    x = nn.Dense(self.dim, kernel_init=_xavier, name="word_fc")(emb)
+    pos = self.param("pos", nn.initializers.normal(0.02), (self.max_len, self.dim))
+    x = nn.LayerNorm(epsilon=ca.LN_EPS, name="emb_ln")(x + pos[:length])
+    mask = token_mask.astype(bool)
+    x = x * mask[..., None]
+    for i in range(self.num_layers):
+      x = ca.transformer_unit(
+          TransformerUnitParams(self.dim, self.num_heads, self.ffn_dim, name=f"unit{i}")(),
+          x, mask)
+    return x
+
+
+class MMCA(RetrievalModel):
+  """MMCA model; see the module docstring for the architecture and every open choice."""
+  vocab_size: int
+  embed_dim: int = 1024
+  word_dim: int = 768
+  num_heads: int = 8
+  ffn_dim: int = 2048
+  conv_dim: int = 1024
+  num_text_layers: int = 1
+  num_image_layers: int = 1
+  windows: Sequence[int] = (1, 2, 3)
+  max_len: int = 128
+  alpha: float = 1.0
+  cross_input: str = "fragments"     # fragments | self_attended
+  share_weights: bool = False
+  normalize: bool = True
+  score_chunk: int = 0               # images per lax.map step inside score; 0 = whole tile
+  word_vectors: Any = None
+
+  def setup(self):
+    if self.cross_input not in ("fragments", "self_attended"):
+      raise ValueError(f"MMCA: cross_input={self.cross_input!r}; use fragments|self_attended")
+    d = self.embed_dim
+    self.region_fc = RegionEncoder(d, normalize=False)
+    self.text_encoder = TransformerTextEncoder(
+        self.vocab_size, self.word_dim, d, self.num_heads, self.ffn_dim,
+        num_layers=self.num_text_layers, max_len=self.max_len, word_vectors=self.word_vectors)
+    self.image_units = [TransformerUnitParams(d, self.num_heads, self.ffn_dim)
+                        for _ in range(self.num_image_layers)]
+    self.text_cnn = NgramCNNParams(d, self.conv_dim, d, tuple(self.windows))
+    if self.alpha != 0 and not self.share_weights:
+      self.cross_unit = TransformerUnitParams(d, self.num_heads, self.ffn_dim)
+      self.cross_cnn = NgramCNNParams(d, self.conv_dim, d, tuple(self.windows))
+
+  def _norm(self, x):
+    return l2norm(x) if self.normalize else x
+
+  def encode_images(self, images: Mapping[str, jax.Array], *, train: bool) -> Dict[str, jax.Array]:
+    mask = images["region_mask"].astype(bool)
+    frag = self.region_fc(images["regions"], mask)
+    x = frag
+    for unit in self.image_units:
+      x = ca.transformer_unit(unit(), x, mask)
+    out = {"emb": self._norm(masked_mean(x, mask))}            # i0
+    if self.alpha != 0:
+      out["frag"] = x if self.cross_input == "self_attended" else frag
+      out["mask"] = mask
+    return out
+
+  def encode_texts(self, texts: Mapping[str, jax.Array], *, train: bool) -> Dict[str, jax.Array]:
+    mask = texts["token_mask"].astype(bool)
+    x = self.text_encoder(texts["tokens"], mask)
+    out = {"emb": self._norm(ca.ngram_embedding(self.text_cnn(), x, mask, self.windows))}  # c0
+    if self.alpha != 0:
+      out["frag"], out["mask"] = x, mask
+    return out
+
+  def score(self, img, txt, *, train: bool = False) -> jax.Array:
+    s = img["emb"] @ txt["emb"].T                               # ⟨i0, c0⟩
+    if self.alpha == 0:
+      return s
+    if self.share_weights:
+      unit, cnn = self.image_units[0](), self.text_cnn()
+    else:
+      unit, cnn = self.cross_unit(), self.cross_cnn()
+    cross = ca.cross_attention_scores(unit, cnn, img["frag"], img["mask"], txt["frag"],
+                                      txt["mask"], windows=tuple(self.windows),
+                                      normalize=self.normalize, chunk=self.score_chunk)
+    return s + self.alpha * cross
+
+
+def replace_text_params(params: Mapping[str, Any], pretrained: Mapping[str, Any]) -> Dict[str, Any]:
+  """Returns ``params`` with leaves of the ``text_encoder`` subtree replaced from ``pretrained``.
+
+  The hook for pretrained text weights (the paper's BERT): ``pretrained`` is a nested dict
+  with the same structure as (a part of) ``params['text_encoder']`` (``embed/embedding``,
+  ``word_fc``, ``pos``, ``emb_ln``, ``unit{i}/wq`` ...). Shapes must match exactly.
+  """
+  def merge(dst, src, path):
+    out = dict(dst)
+    for k, v in src.items():
+      if k not in dst:
+        raise KeyError(f"replace_text_params: {'/'.join(path + (k,))} is not a text-encoder "
+                       f"parameter; known: {sorted(dst)}")
+      if isinstance(v, Mapping):
+        out[k] = merge(dst[k], v, path + (k,))
+      else:
+        v = jnp.asarray(v, jnp.float32)
+        if v.shape != dst[k].shape:
+          raise ValueError(f"replace_text_params: {'/'.join(path + (k,))} has shape {v.shape},"
+                           f" the model expects {dst[k].shape}")
+        out[k] = v
+    return out
+  out = dict(params)
+  out["text_encoder"] = merge(params["text_encoder"], pretrained, ("text_encoder",))
+  return out
+
+
+def loss_fn(img, txt, scores, hparams, rng):
+  """Eq. 15: hardest-negative bidirectional triplet loss on S, summed over the batch."""
+  del img, txt, rng
+  return triplet_ranking_loss(scores, hparams["margin"], max_violation=True,
+                              reduction="sum"), {}
+
+
+def build_method(config, info: DataInfo) -> Method:
+  m = config.model
+  model = MMCA(vocab_size=info.vocab_size, embed_dim=m.embed_dim, word_dim=m.word_dim,
+               num_heads=m.num_heads, ffn_dim=m.ffn_dim, conv_dim=m.conv_dim,
+               num_text_layers=m.num_text_layers, num_image_layers=m.num_image_layers,
+               windows=tuple(m.windows), max_len=m.max_len, alpha=float(m.alpha),
+               cross_input=m.cross_input, share_weights=m.share_weights,
+               normalize=m.normalize, score_chunk=m.score_chunk,
+               word_vectors=info.word_vectors)
+  return Method("mmca", model, loss_fn, hparam_names=("margin",))
