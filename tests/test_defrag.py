@@ -351,3 +351,17 @@ def test_bigram_and_word_fragments(kind):
   _, _, s = method.model.apply(variables, images, texts, train=False)
   _, _, s_p = method.model.apply(variables, im_p, tx_p, train=False)
   np.testing.assert_allclose(s_p, s, rtol=1e-5, atol=1e-6)
+
+
+def test_training_writes_the_alignment_plot(tiny_data_dir, tmp_path):
+  import os
+  from conftest import tiny_config
+  from xmr_jax.training import loop
+  config = tiny_config("defrag", tiny_data_dir)
+  config.model.embed_dim = 16
+  config.model.word_dim = 8
+  config.train.num_steps = 2
+  workdir = str(tmp_path / "defrag")
+  res = loop.train_and_evaluate(config, workdir)
+  assert 0 <= res["rsum"] <= 600
+  assert os.path.getsize(os.path.join(workdir, "plots", "alignments.png")) > 1000

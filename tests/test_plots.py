@@ -170,3 +170,19 @@ def test_plot_bars(tmp_path):
   _only_png_left(tmp_path / "b", "bars.png")
   with pytest.raises(ValueError, match="non-empty"):
     plots.plot_bars({}, tmp_path / "e.png", "empty")
+
+
+def test_plot_alignments_draws_each_example(tmp_path):
+  from PIL import Image
+  ex = {"caption": "a red dog left of a car", "fragments": ["amod(dog, red)", "det(car, a)"],
+        "boxes": [(0.1, 0.1, 0.5, 0.5), None], "scores": [1.5, 0.2],
+        "pixels": np.zeros((64, 64, 3), np.uint8)}
+  out = plots.plot_alignments([ex, dict(ex, pixels=None)], tmp_path / "al.png", dpi=50)
+  with Image.open(out) as im:
+    assert im.size == (int(6.5 * 50), int(3.2 * 2 * 50))
+    rgb = np.asarray(im.convert("RGB")).astype(int)
+  # tab:red (214, 39, 40) frames the first fragment's box
+  assert np.any((abs(rgb[..., 0] - 214) < 30) & (rgb[..., 1] < 80) & (rgb[..., 2] < 80))
+  with pytest.raises(ValueError, match="no examples"):
+    plots.plot_alignments([], tmp_path / "none.png")
+  assert not (tmp_path / "none.png").exists()

@@ -286,3 +286,48 @@ def plot_bars(table: dict[str, dict[str, float]], out_png: str | os.PathLike,
   ax.grid(axis="y", alpha=0.3)
   fig.tight_layout()
   return _save(fig, out_png, dpi)
+
+
+# ---------------------------------------------------------------------------
+# Fragment alignments (DeFrag, paper fig. 4).
+
+
+def plot_alignments(examples: list[dict[str, Any]], out_png: str | os.PathLike, *,
+                    dpi: int = 100) -> str:
+  """Each example: an image with, per sentence fragment, the box of its best-aligned region.
+
+  ``examples``: dicts with ``caption`` (str), ``fragments`` (list of str labels),
+  ``boxes`` (list of (x0, y0, x1, y1) in [0, 1], or None for the whole-image fragment),
+  ``scores`` (list of floats) and ``pixels`` ((H, W, 3) uint8, optional: a blank canvas if
+  absent). Fragment i and its box share a colour.
+  """
+  if not examples:
+    raise ValueError("plot_alignments: no examples to draw")
+  n = len(examples)
+  fig = Figure(figsize=(6.5, 3.2 * n))
+  palette = ["tab:red", "tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:brown",
+             "tab:pink", "tab:olive", "tab:cyan", "tab:gray"]
+  for row, ex in enumerate(examples):
+    ax_img = fig.add_subplot(n, 2, 2 * row + 1)
+    ax_txt = fig.add_subplot(n, 2, 2 * row + 2)
+    pixels = ex.get("pixels")
+    h, w = (pixels.shape[:2] if pixels is not None else (64, 64))
+    ax_img.imshow(pixels if pixels is not None else np.full((h, w, 3), 255, np.uint8))
+    ax_img.set_xticks([]); ax_img.set_yticks([])
+    ax_txt.axis("off")
+    ax_txt.text(0, 1, textwrap.fill(ex["caption"], 40), va="top", fontsize=8, weight="bold")
+    for i, (label, box, score) in enumerate(zip(ex["fragments"], ex["boxes"], ex["scores"])):
+      colour = palette[i % len(palette)]
+      where = "whole image" if box is None else "region"
+      ax_txt.text(0, 0.8 - 0.09 * i, f"{label}  ->  {where} ({score:.2f})", va="top",
+                  fontsize=7, color=colour)
+      if box is not None:
+        x0, y0, x1, y1 = box
+        ax_img.add_patch(_rect((x0 * w, y0 * h), (x1 - x0) * w, (y1 - y0) * h, colour))
+  fig.tight_layout()
+  return _save(fig, out_png, dpi)
+
+
+def _rect(xy, width, height, colour):
+  from matplotlib.patches import Rectangle
+  return Rectangle(xy, width, height, fill=False, edgecolor=colour, linewidth=1.5)

@@ -198,3 +198,36 @@ def build_method(config, info: DataInfo) -> Method:
   loss_fn = make_loss(m.objective, m.use_mil, m.mil_start_epoch, m.global_start_epoch)
   return Method("defrag", model, loss_fn,
                 hparam_names=("margin", "global_weight", "fragment_margin"))
+
+
+def write_plots(config, ds, method, variables, workdir, scores, data, *, num_examples: int = 4):
+  """``plots/alignments.png``: for test pairs (image i, its first caption), each sentence
+  fragment drawn against the region it aligns to best (paper fig. 4)."""
+  import os
+  from xmr_jax import plots
+  from xmr_jax.types import image_inputs, text_inputs
+  n = min(num_examples, len(data.captions) // data.k)
+  head = ds.eval_data(config.eval.split, n * data.k, max_images=n)
+  images = next(iter(head.image_batches()))
+  texts = next(iter(head.text_batches()))
+  pick = np.arange(n) * data.k                      # the first caption of each image
+  apply = lambda fn, x: method.model.apply(variables, x, train=False, method=fn)
+  img = apply("encode_images", {k: v[:n] for k, v in image_inputs(images).items()})
+  txt = apply("encode_texts", {k: v[pick] for k, v in text_inputs(texts).items()})
+  al = jax.tree.map(np.asarray, method.model.apply(variables, img, txt, method="alignments"))
+  examples = []
+  for i in range(n):
+    triples = head.deps[i * data.k] if head.deps is not None else []
+    labels = [f"{r}({h}, {d})" for r, h, d in triples]
+    if not labels:   # bigram/word fragments: label by position
+      labels = [f"fragment {j}" for j in range(int((al["index"][i] >= 0).sum()))]
+    boxes, scores = [], []
+    for j, label in enumerate(labels[:al["index"].shape[1]]):
+      r = int(al["index"][i, j])
+      has_box = head.boxes is not None and 0 <= r < head.boxes.shape[1]
+      boxes.append(tuple(head.boxes[i, r]) if has_box else None)
+      scores.append(float(al["score"][i, j]))
+    examples.append({"caption": head.captions[i * data.k], "fragments": labels[:len(boxes)],
+                     "boxes": boxes, "scores": scores,
+                     "pixels": None if head.pixels is None else np.asarray(head.pixels[i])})
+  plots.plot_alignments(examples, os.path.join(workdir, "plots", "alignments.png"))
