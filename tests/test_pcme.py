@@ -181,7 +181,8 @@ def test_gradients_finite_for_extreme_sigma(official):
                             use_uniformity=True, uniform_lambda=1.0)[0]
 
   ls = jnp.array([-20.0, 20.0])[:, None, None] * jnp.ones((3, 8))   # both extremes, vmapped
-  val_and_grad = jax.vmap(jax.value_and_grad(loss, argnums=range(6)), (None, None, 0, 0, None, None))
+  val_and_grad = jax.vmap(jax.value_and_grad(loss, argnums=range(6)),
+                          (None, None, 0, 0, None, None))
   val, grads = jax.jit(val_and_grad)(*mu_raw, ls, ls, 15.0, 15.0)
   assert val.shape == (2,) and np.all(np.isfinite(val))
   for g in jax.tree.leaves(grads):

@@ -78,14 +78,21 @@ class MeanHead(nn.Module):
 
 
 class SigmaHead(nn.Module):
-  """Uncertainty module: logsigma = fc(attnpool(x)) + global_term (no sigmoid / LN / l2)."""
+  """Uncertainty module: logsigma = fc(attnpool(x)) + global_term (no sigmoid / LN / l2).
+
+  ``bias_init`` sets fc's initial bias (official 0): a negative value starts training with
+  small sigmas, which short synthetic runs need (at sigma ~ 1 every pair is far apart).
+  """
   embed_dim: int
   hidden: int
+  bias_init: float = 0.0
 
   @nn.compact
   def __call__(self, global_term: Array, x: Array, mask: Array) -> Array:
     residual = AttentionPool(self.hidden, name="attention")(x, mask)
-    return nn.Dense(self.embed_dim, kernel_init=_xavier, name="fc")(residual) + global_term
+    fc = nn.Dense(self.embed_dim, kernel_init=_xavier,
+                  bias_init=nn.initializers.constant(self.bias_init), name="fc")
+    return fc(residual) + global_term
 
 
 class BiGRULast(nn.Module):
@@ -127,6 +134,7 @@ class PCME(RetrievalModel):
   official_sigmoid: bool = False
   official_kl: bool = False          # also makes CSD read logsigma as a log-variance
   dropout: float = 0.0
+  sigma_bias_init: float = 0.0       # initial bias of the logsigma heads (official 0)
   dist_eps: float = 1e-6
   word_vectors: Optional[Any] = None
 
@@ -155,7 +163,8 @@ class PCME(RetrievalModel):
   def _heads(self, feat_dim: int) -> Tuple[nn.Module, nn.Module]:
     # Official hidden size of the attention MLP: half the local feature width.
     hidden = max(feat_dim // 2, 1)
-    return MeanHead(self.embed_dim, hidden, self.dropout), SigmaHead(self.embed_dim, hidden)
+    return (MeanHead(self.embed_dim, hidden, self.dropout),
+            SigmaHead(self.embed_dim, hidden, self.sigma_bias_init))
 
   def _gaussian(self, mu: Array, logsigma: Array) -> Dict[str, Array]:
     samples = K.sample_gaussian(self.make_rng("sampling"), mu, logsigma, self.num_samples)
@@ -236,7 +245,8 @@ def build_method(config, info: DataInfo) -> Method:
                pixel_dim=m.pixel_dim,
                init_negative_scale=m.init_negative_scale, init_shift=m.init_shift,
                score_method=m.score, official_sigmoid=m.official_sigmoid,
-               official_kl=m.official_kl, dropout=m.dropout, word_vectors=info.word_vectors)
+               official_kl=m.official_kl, dropout=m.dropout,
+               sigma_bias_init=m.get("sigma_bias_init", 0.0), word_vectors=info.word_vectors)
   loss_fn = make_loss_fn(official_kl=m.official_kl, reduction=m.reduction,
                          use_uniformity=m.use_uniformity)
   return Method(name="pcme", model=model, loss_fn=loss_fn,
