@@ -13,8 +13,8 @@ Arguments: runlocal, data=synthetic|coco|cub, image_input=regions|pixels,
   xmr_jax/kernels/pcme.py).
 
 Paper numbers it targets (official README, PCME with ResNet-152, COCO 1K test): i2t R@1 68.8,
-t2i R@1 54.6, PMRP i2t 45.0 / t2i 46.0. CUB (ResNet-50) is evaluated by R-Precision (paper
-Table 4). Our COCO preset runs on precomputed region features (no backbone to
+t2i R@1 54.6, PMRP i2t 45.0 / t2i 46.0. CUB (ResNet-50) is evaluated by R-Precision (see the
+paper). Our COCO preset runs on precomputed region features (no backbone to
 fine-tune), so it is the "pretrain" phase of the official recipe followed by a second phase at
 0.1x the learning rate; numbers will differ from the paper's CNN-based ones.
 """

@@ -60,6 +60,7 @@ def pairwise_sample_distances(z1: Array, z2: Array, eps: float = 1e-6) -> Array:
   f2 = z2.reshape(m * k, d)
   sq1 = jnp.sum(f1 * f1, axis=-1)
   sq2 = jnp.sum(f2 * f2, axis=-1)
+  # Full float32 GEMM: TF32/bf16 passes would swamp the small sample distances.
   gram = jnp.dot(f1, f2.T, precision=jax.lax.Precision.HIGHEST)
   d2 = jnp.maximum(sq1[:, None] + sq2[None, :] - 2.0 * gram, 0.0)
   dist = jnp.sqrt(d2 + eps)
@@ -164,7 +165,7 @@ def pcme_loss_from_log_probs(log_p: Array, log_q: Array, mu_img: Array, logsigma
          + vib_kl(mu_txt, logsigma_txt, samples_txt, official_kl=official_kl))
   if reduction == "mean":
     pos, neg = pos / log_p.size, neg / log_p.size
-    vib = vib / mu_img.shape[0]
+    vib = vib / samples_img.shape[0]
   match = pos + neg
   loss = 2.0 * match + vib_beta * vib
   metrics = {"i2t_loss": match, "t2i_loss": match, "i2t_pos_loss": pos, "i2t_neg_loss": neg,
