@@ -102,17 +102,30 @@ def _maxrss_bytes() -> int:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _timed(fn: Callable[[], Any], warmup: int, repeats: int) -> dict:
-  """Runs fn `warmup` times untimed, then `repeats` times timed; median seconds."""
-  for _ in range(warmup):
-    fn()
-  times = []
+def _timed(fn: Callable[[], Any], repeats: int, budget_s: float,
+           report: Callable[[dict], None] | None = None) -> dict:
+  """Times fn up to `repeats` times, stopping early once `budget_s` is spent (>= 1 run).
+
+  Records wall and process CPU seconds (all threads) of each run; reports the partial
+  result after every run so that a parent that kills us on timeout still gets it.
+  """
+  times, cpu = [], []
+  start = time.perf_counter()
+  res = {}
   for _ in range(repeats):
-    t0 = time.perf_counter()
+    if report and not times:  # lets the parent bound a first run it had to kill
+      report({'timed_run_started_unix': time.time()})
+    t0, c0 = time.perf_counter(), time.process_time()
     fn()
     times.append(time.perf_counter() - t0)
-  return {'median_s': statistics.median(times), 'times_s': times,
-          'warmup': warmup, 'repeats': repeats}
+    cpu.append(time.process_time() - c0)
+    res = {'median_s': statistics.median(times), 'times_s': times, 'cpu_s': cpu,
+           'repeats_requested': repeats, 'repeats_done': len(times)}
+    if report:
+      report(res)
+    if time.perf_counter() - start > budget_s:
+      break
+  return res
 
 
 def _machine_info() -> dict:
@@ -221,34 +234,54 @@ def _sgraf_embeddings(rng, n_img: int, n_cap: int, shape: dict):
   return img, cap, lens
 
 
-def child_sgraf_score(p: dict) -> dict:
+def child_sgraf_score(p: dict, report: Callable[[dict], None]) -> dict:
   """pairs/s of official evaluation.shard_attn_scores -> SGRAF.forward_sim."""
   import numpy as np
   import torch
   model_mod, evaluation = _load_sgraf(p['official_root'])
   shape = SGRAF_SHAPES[p['shape']]
   torch.manual_seed(SEED)
-  model = _build_sgraf(model_mod, _sgraf_opt(shape, p['module']), shape['n_regions'])
-  model.val_start()
-  rng = np.random.default_rng(SEED)
-  img, cap, lens = _sgraf_embeddings(rng, p['n_img'], p['n_cap'], shape)
   opt = _sgraf_opt(shape, p['module'])
+  model = _build_sgraf(model_mod, opt, shape['n_regions'])
+  model.val_start()
+  img, cap, lens = _sgraf_embeddings(np.random.default_rng(SEED), p['n_img'], p['n_cap'],
+                                     shape)
+  pairs = p['n_img'] * p['n_cap']
   sims = {}
 
-  def run():
+  def run(n_cap=p['n_cap']):
     with contextlib.redirect_stdout(sys.stderr):  # it prints a '\r>>' progress line
-      sims['v'] = evaluation.shard_attn_scores(model, img, cap, lens, opt,
+      sims['v'] = evaluation.shard_attn_scores(model, img, cap[:n_cap], lens[:n_cap], opt,
                                                shard_size=p['shard_size'])
-  t = _timed(run, p['warmup'], p['repeats'])
-  assert sims['v'].shape == (p['n_img'], p['n_cap'])
-  assert np.isfinite(sims['v']).all()
-  pairs = p['n_img'] * p['n_cap']
-  t.update(pairs=pairs, pairs_per_s=pairs / t['median_s'],
-           caption_lengths_mean=float(np.mean(lens)))
-  return t
+
+  def derived(t):
+    t = {**t, 'pairs': pairs, 'caption_lengths_mean': float(np.mean(lens))}
+    if 'median_s' in t:  # absent in the heartbeat sent before the first timed run
+      t.update(pairs_per_s=pairs / t['median_s'],
+               pairs_per_cpu_s=pairs / statistics.median(t['cpu_s']))
+    return t
+
+  run(p['warmup_captions'])  # warm-up on a few captions (allocator, OpenMP pool)
+  t = _timed(run, p['repeats'], p['budget_s'], lambda t: report(derived(t)))
+  assert sims['v'].shape == (p['n_img'], p['n_cap']) and np.isfinite(sims['v']).all()
+  return derived(t)
 
 
-def child_sgraf_train(p: dict) -> dict:
+def _sgraf_batch(rng, b: int, shape: dict):
+  """Random precomp regions and token ids, sorted longest caption first like collate_fn."""
+  import numpy as np
+  import torch
+  images = torch.from_numpy(
+      rng.standard_normal((b, shape['n_regions'], shape['img_dim'])).astype(np.float32))
+  # pack_padded_sequence (enforce_sorted) needs the official collate_fn's ordering.
+  lens = sorted(_caption_lengths(rng, b), reverse=True)
+  captions = torch.zeros(b, max(lens), dtype=torch.long)
+  for i, n in enumerate(lens):
+    captions[i, :n] = torch.from_numpy(rng.integers(1, shape['vocab_size'], size=n))
+  return images, captions, lens
+
+
+def child_sgraf_train(p: dict, report: Callable[[dict], None]) -> dict:
   """Seconds per official SGRAF.train_emb step (forward_emb, forward_sim, loss, Adam)."""
   import numpy as np
   import torch
@@ -259,22 +292,19 @@ def child_sgraf_train(p: dict) -> dict:
   model.logger = evaluation.LogCollector()
   model.train_start()
   rng = np.random.default_rng(SEED)
-  b = p['batch']
-  images = torch.from_numpy(
-      rng.standard_normal((b, shape['n_regions'], shape['img_dim'])).astype(np.float32))
-  # The official collate_fn sorts a batch by caption length, longest first
-  # (pack_padded_sequence needs it).
-  lens = sorted(_caption_lengths(rng, b), reverse=True)
-  captions = torch.zeros(b, max(lens), dtype=torch.long)
-  for i, n in enumerate(lens):
-    captions[i, :n] = torch.from_numpy(rng.integers(1, shape['vocab_size'], size=n))
+  # Warm-up: one step on a small batch (creates Adam state, allocator, OpenMP pool).
+  model.train_emb(*_sgraf_batch(rng, p['warmup_batch'], shape))
+  batch = _sgraf_batch(rng, p['batch'], shape)
   rss0 = _maxrss_bytes()
-  t = _timed(lambda: model.train_emb(images, captions, lens), p['warmup'], p['repeats'])
-  loss = model.logger.meters['Loss'].val
-  assert np.isfinite(loss)
-  t.update(last_loss=float(loss), peak_rss_bytes=_maxrss_bytes(),
-           peak_rss_delta_bytes=_maxrss_bytes() - rss0)
-  return t
+
+  def derived(t):
+    return {**t, 'last_loss': float(model.logger.meters['Loss'].val),
+            'peak_rss_bytes': _maxrss_bytes(), 'peak_rss_delta_bytes': _maxrss_bytes() - rss0}
+
+  t = _timed(lambda: model.train_emb(*batch), p['repeats'], p['budget_s'],
+             lambda t: report(derived(t)))
+  assert np.isfinite(model.logger.meters['Loss'].val)
+  return derived(t)
 
 
 # -------------------------------------------------------------------------- PCME side
@@ -310,36 +340,43 @@ def _load_pcme(root: str):
   return MCSoftContrastiveLoss, eval_coco
 
 
-def child_pcme_loss(p: dict) -> dict:
+def child_pcme_loss(p: dict, report: Callable[[dict], None]) -> dict:
   """Official MCSoftContrastiveLoss forward + backward; seconds and peak RSS."""
   import torch
   loss_cls, _ = _load_pcme(p['official_root'])
-  b, j, d = p['batch'], p['n_samples'], p['dim']
+  j, d = p['n_samples'], p['dim']
   torch.manual_seed(SEED)
   criterion = loss_cls(PCME_CRITERION)
-  img = torch.randn(b, j, d, requires_grad=True)
-  cap = torch.randn(b, j, d, requires_grad=True)
-  img_ls = torch.randn(b, d, requires_grad=True)
-  cap_ls = torch.randn(b, d, requires_grad=True)
+
+  def make_step(b):
+    # Leaves standing for the sampled embeddings (B, J, D) and log-sigmas (B, D).
+    xs = [torch.randn(b, j, d, requires_grad=True), torch.randn(b, j, d, requires_grad=True),
+          torch.randn(b, d, requires_grad=True), torch.randn(b, d, requires_grad=True)]
+
+    def step():
+      for x in xs:
+        x.grad = None
+      loss, loss_dict = criterion(*xs)
+      loss.backward()
+      out['loss'] = loss_dict['loss']
+    return step
+
   out = {}
-
-  def step():
-    for x in (img, cap, img_ls, cap_ls):
-      x.grad = None
-    loss, loss_dict = criterion(img, cap, img_ls, cap_ls)
-    loss.backward()
-    out['loss'] = loss_dict['loss']
-
+  make_step(p['warmup_batch'])()  # small warm-up, so the peak below is the B-sized run's
+  step = make_step(p['batch'])
   rss0 = _maxrss_bytes()
-  t = _timed(step, p['warmup'], p['repeats'])
-  t.update(loss=out['loss'], baseline_rss_bytes=rss0, peak_rss_bytes=_maxrss_bytes(),
-           peak_rss_delta_bytes=_maxrss_bytes() - rss0,
-           peak_rss_delta_gib=(_maxrss_bytes() - rss0) / GIB)
-  return t
+
+  def derived(t):
+    return {**t, 'loss': out.get('loss'), 'baseline_rss_bytes': rss0,
+            'peak_rss_bytes': _maxrss_bytes(), 'peak_rss_delta_bytes': _maxrss_bytes() - rss0,
+            'peak_rss_delta_gib': (_maxrss_bytes() - rss0) / GIB}
+
+  t = _timed(step, p['repeats'], p['budget_s'], lambda t: report(derived(t)))
+  return derived(t)
 
 
-def child_pcme_eval(p: dict) -> dict:
-  """Official COCOEvaluator(eval_method='matching_prob').evaluate_recall on a query subset."""
+def child_pcme_eval(p: dict, report: Callable[[dict], None]) -> dict:
+  """Official COCOEvaluator(eval_method='matching_prob').evaluate_recall on query subsets."""
   import numpy as np
   import torch
   loss_cls, eval_coco = _load_pcme(p['official_root'])
@@ -350,34 +387,44 @@ def child_pcme_eval(p: dict) -> dict:
   evaluator.set_criterion(loss_cls(PCME_CRITERION))
   rng = np.random.default_rng(SEED)
   n_img, n_cap, j, d = p['n_img'], p['n_cap'], p['n_samples'], p['dim']
-  # extract_features stores features in np.zeros (float64) and returns them as torch
-  # float64; captions are ordered 5 per image, classes are image ids.
+  # extract_features keeps features in np.zeros (float64) and returns them as float64
+  # tensors; captions come 5 per image and the classes are the image ids.
   img = torch.from_numpy(rng.standard_normal((n_img, j, d)) * 0.05)
   cap = torch.from_numpy(rng.standard_normal((n_cap, j, d)) * 0.05)
   img_cls = torch.from_numpy(np.arange(n_img, dtype=np.float64))
   cap_cls = torch.from_numpy(np.repeat(np.arange(n_img, dtype=np.float64), n_cap // n_img))
-  nq, bs = p['n_queries'], p['eval_batch_size']
   res = {}
   for name, (q, g, ql, gl) in {'i2t': (img, cap, img_cls, cap_cls),
                                't2i': (cap, img, cap_cls, img_cls)}.items():
-    def run(n=nq):
-      return evaluator.evaluate_recall(q[:n], g, ql[:n], gl, batch_size=bs)
-    run(1)  # warm-up: one query
-    t = _timed(run, 0, 1)
-    per_q = t['median_s'] / nq
-    total_q = len(q)
-    t.update(n_queries_timed=nq, gallery=len(g), s_per_query=per_q,
-             n_queries_full=total_q, extrapolated_full_s=per_q * total_q)
-    res[name] = t
+    res[name] = _time_queries(evaluator, q, g, ql, gl, p,
+                              lambda r, name=name: report({**res, name: r}))
   one_fold = res['i2t']['extrapolated_full_s'] + res['t2i']['extrapolated_full_s']
-  res['extrapolated_1k_test_s'] = one_fold
-  res['extrapolated_1k_test_h'] = one_fold / 3600
-  res['extrapolated_5fold_1k_s'] = 5 * one_fold
-  res['peak_rss_bytes'] = _maxrss_bytes()
-  res['note'] = (f'EXTRAPOLATED linearly: only {nq} image and {nq} caption queries were '
-                 'timed; per-query cost is constant (each query scores the full gallery), '
-                 'so full = per-query seconds x number of queries.')
+  res.update(extrapolated_1k_test_s=one_fold, extrapolated_1k_test_h=one_fold / 3600,
+             extrapolated_5fold_1k_s=5 * one_fold, peak_rss_bytes=_maxrss_bytes(),
+             note='EXTRAPOLATED linearly from the timed query subsets (n_queries_timed); '
+                  'each query scores the whole gallery, so the per-query cost is constant '
+                  'and full time = seconds per query x number of queries (1,000 image '
+                  'queries + 5,000 caption queries for one 1K fold).')
   return res
+
+
+def _time_queries(evaluator, q, g, ql, gl, p: dict, report) -> dict:
+  """Runs evaluate_recall over consecutive chunks of queries until n_queries or budget."""
+  chunk, bs = p['query_chunk'], p['eval_batch_size']
+  evaluator.evaluate_recall(q[:1], g, ql[:1], gl, batch_size=bs)  # warm-up: one query
+  done, wall, cpu, start, r = 0, 0.0, 0.0, time.perf_counter(), {}
+  while done < p['n_queries'] and (done == 0 or time.perf_counter() - start < p['budget_s']):
+    sl = slice(done, min(done + chunk, p['n_queries']))
+    t0, c0 = time.perf_counter(), time.process_time()
+    evaluator.evaluate_recall(q[sl], g, ql[sl], gl, batch_size=bs)
+    wall += time.perf_counter() - t0
+    cpu += time.process_time() - c0
+    done = sl.stop
+    r = {'n_queries_timed': done, 'n_queries_requested': p['n_queries'], 'gallery': len(g),
+         'timed_s': wall, 'cpu_s': cpu, 's_per_query': wall / done,
+         'n_queries_full': len(q), 'extrapolated_full_s': wall / done * len(q)}
+    report(r)
+  return r
 
 
 CHILDREN = {'sgraf_score': child_sgraf_score, 'sgraf_train': child_sgraf_train,
@@ -394,46 +441,55 @@ def _child_main(name: str, params_json: str, result_path: str) -> None:
     # other people's processes.
     limit = _proc_status_bytes('VmSize') + int(budget)
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-  result = {'load_avg_start': os.getloadavg()}
+  head = {'load_avg_start': os.getloadavg(), 'mem_limit_bytes': budget}
   t0 = time.perf_counter()
-  with torch.no_grad() if name in ('sgraf_score', 'pcme_eval') else contextlib.nullcontext():
-    result.update(CHILDREN[name](p))
-  result.update(load_avg_end=os.getloadavg(), child_wall_s=time.perf_counter() - t0,
-                torch_num_threads=torch.get_num_threads())
-  with open(result_path, 'w') as f:
-    json.dump(result, f)
+
+  def write(partial: dict, final: bool = False) -> None:
+    res = {**head, **partial, 'complete': final, 'load_avg_end': os.getloadavg(),
+           'child_wall_s': time.perf_counter() - t0,
+           'torch_num_threads': torch.get_num_threads()}
+    with open(result_path + '.tmp', 'w') as f:
+      json.dump(res, f)
+    os.replace(result_path + '.tmp', result_path)  # the parent never reads a half file
+
+  grad = torch.no_grad() if name in ('sgraf_score', 'pcme_eval') else contextlib.nullcontext()
+  with grad:
+    write(CHILDREN[name](p, write), final=True)
 
 
 # ---------------------------------------------------------------------------- parent
 
 
 def run_child(name: str, params: dict, timeout_s: float) -> dict:
-  """Runs one measurement in a fresh interpreter; returns its result or the error."""
-  with tempfile.NamedTemporaryFile(suffix='.json', delete=False) as f:
-    result_path = f.name
+  """Runs one measurement in a fresh interpreter; its result, partial result or error."""
+  fd, result_path = tempfile.mkstemp(suffix='.json')
+  os.close(fd)
+  os.unlink(result_path)
   cmd = [sys.executable, os.path.abspath(__file__), '--child', name,
          '--child-params', json.dumps(params), '--child-result', result_path]
-  print(f'[official_bench] {name} {params.get("label", "")} ...', file=sys.stderr,
-        flush=True)
+  print(f'[official_bench] {name} {params.get("label", "")} (timeout {timeout_s:.0f} s)',
+        file=sys.stderr, flush=True)
   t0 = time.perf_counter()
+  err = None
   try:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s,
                           check=False)
-    with open(result_path) as f:
-      out = json.load(f) if proc.returncode == 0 else None
-    if out is None:
-      out = {'error': f'exit code {proc.returncode}', 'stderr_tail': proc.stderr[-3000:]}
+    if proc.returncode != 0:
+      err = {'error': f'exit code {proc.returncode}', 'stderr_tail': proc.stderr[-3000:]}
   except subprocess.TimeoutExpired:
-    out = {'error': f'timed out after {timeout_s} s'}
-  except (OSError, json.JSONDecodeError) as e:
-    out = {'error': repr(e)}
-  finally:
-    if os.path.exists(result_path):
-      os.unlink(result_path)
-  out['wall_s'] = time.perf_counter() - t0
-  out['params'] = params
-  print(f'[official_bench]   -> {json.dumps({k: v for k, v in out.items() if k != "params"})[:400]}',
-        file=sys.stderr, flush=True)
+    err = {'error': f'timed out after {timeout_s:.0f} s (partial result kept if any)'}
+  out = {}
+  if os.path.exists(result_path):
+    with open(result_path) as f:
+      out = json.load(f)
+    os.unlink(result_path)
+  if err and 'median_s' not in out and 'timed_run_started_unix' in out:
+    out['first_timed_run_lower_bound_s'] = time.time() - out['timed_run_started_unix']
+  out.update(err or {}, wall_s=time.perf_counter() - t0, params=params)
+  brief = {k: v for k, v in out.items() if k not in ('params', 'stderr_tail')}
+  print(f'[official_bench]   -> {json.dumps(brief)[:500]}', file=sys.stderr, flush=True)
+  if err and 'stderr_tail' in err:
+    print(err['stderr_tail'][-1500:], file=sys.stderr, flush=True)
   return out
 
 
@@ -447,71 +503,112 @@ SGRAF_FNS = {
 }
 
 
-def bench_sgraf(args, root: str) -> dict:
-  out = {'function': SGRAF_FNS, 'shapes': SGRAF_SHAPES,
-         'caption_len_range': CAPTION_LEN_RANGE, 'score': {}, 'train_step': {}}
-  n = args.sgraf_pairs_side
-  for threads in [NUM_THREADS] + args.extra_threads:
-    suffix = '' if threads == NUM_THREADS else f'_{threads}thread'
-    for shape in ('paper', 'small'):
-      for module in ('SGR', 'SAF'):
-        params = dict(official_root=root, shape=shape, module=module, n_img=n, n_cap=n,
-                      shard_size=100, warmup=1, repeats=2 if shape == 'paper' else 3,
-                      threads=threads, label=f'{module} {shape} {threads} thr')
-        out['score'][f'{module}_{shape}{suffix}'] = run_child('sgraf_score', params, 400)
-    for shape, reps in (('paper', args.sgraf_train_repeats), ('small', 2)):
-      params = dict(official_root=root, shape=shape, module='SGR', batch=128, warmup=1,
-                    repeats=reps, threads=threads, label=f'train SGR {shape} {threads} thr',
-                    mem_budget_bytes=max(_mem_available_bytes() - 3 * GIB, 2 * GIB))
-      out['train_step'][f'SGR_{shape}{suffix}'] = run_child('sgraf_train', params, 500)
-  return out
+class Deadline:
+  """Global wall-clock budget: each child's timeout is capped by what is left."""
+
+  def __init__(self, budget_s: float, on_result: Callable[[], None] = lambda: None):
+    self.end = time.perf_counter() + budget_s
+    self.on_result = on_result  # e.g. save the partial JSON after every measurement
+
+  def left(self) -> float:
+    return self.end - time.perf_counter()
+
+  def run(self, name: str, params: dict, max_s: float, min_s: float = 20) -> dict:
+    left = self.left()
+    if left < min_s:
+      return {'skipped': f'global --time-budget-s exhausted ({left:.0f} s left)',
+              'params': params}
+    out = run_child(name, params, min(max_s, left))
+    self.on_result()
+    return out
 
 
-def bench_pcme(args, root: str) -> dict:
-  fn_loss = ('pcme/criterions/probemb.py MCSoftContrastiveLoss(config).forward('
-             'image_features, caption_features, image_logsigma, caption_logsigma) + '
-             'loss.backward(); config = pcme_coco.yaml criterion (shift 15, scale 15, '
-             'J=7, vib_beta 1e-5)')
-  fn_eval = ("pcme/engine/eval_coco.py COCOEvaluator(eval_method='matching_prob')."
-             'evaluate_recall(q, g, q_labels, g_labels, batch_size=8) -> '
-             'MatchingProbModule (Python loop over queries) -> '
-             'MCSoftContrastiveLoss.match_prob; features float64 as extract_features '
-             'returns them; batch_size 8 = pcme_coco.yaml eval_batch_size')
-  out = {'loss': {'function': fn_loss, 'runs': {}},
-         'eval': {'function': fn_eval}}
-  j, d = 7, 1024
-  small_b = args.pcme_small_batch
-  runs = out['loss']['runs']
-  runs[f'B{small_b}'] = run_child('pcme_loss', dict(
-      official_root=root, batch=small_b, n_samples=j, dim=d, warmup=1, repeats=2,
-      label=f'B={small_b}', mem_budget_bytes=max(_mem_available_bytes() - 3 * GIB, GIB)),
-      400)
-  small = runs[f'B{small_b}']
+def _mem_budget(margin_gib: float = 3) -> int:
+  return int(max(_mem_available_bytes() - margin_gib * GIB, 2 * GIB))
+
+
+def sgraf_score_params(args, root, shape, module, threads) -> dict:
+  return dict(official_root=root, shape=shape, module=module, n_img=args.sgraf_images,
+              n_cap=args.sgraf_captions, shard_size=100, warmup_captions=4, repeats=3,
+              budget_s=args.child_budget_s, threads=threads,
+              label=f'{module} {shape} {threads} thread(s)')
+
+
+def sgraf_train_params(args, root, shape, threads) -> dict:
+  return dict(official_root=root, shape=shape, module='SGR', batch=128, warmup_batch=16,
+              repeats=3, budget_s=args.child_budget_s, threads=threads,
+              mem_budget_bytes=_mem_budget(), label=f'train SGR {shape} {threads} thread(s)')
+
+
+PCME_LOSS_FN = ('pcme/criterions/probemb.py MCSoftContrastiveLoss(config).forward('
+                'image_features, caption_features, image_logsigma, caption_logsigma) + '
+                'loss.backward(); config = pcme_coco.yaml criterion (shift 15, scale 15, '
+                'J=7, vib_beta 1e-5)')
+PCME_EVAL_FN = ("pcme/engine/eval_coco.py COCOEvaluator(eval_method='matching_prob')."
+                'evaluate_recall(q, g, q_labels, g_labels, batch_size=8) -> '
+                'MatchingProbModule (Python loop over queries) -> '
+                'MCSoftContrastiveLoss.match_prob; float64 features as extract_features '
+                'returns them; batch_size 8 = pcme_coco.yaml eval_batch_size')
+
+
+def pcme_loss(args, root, dl: Deadline, b: int, mem_budget: int) -> dict:
+  return dl.run('pcme_loss', dict(
+      official_root=root, batch=b, n_samples=7, dim=1024, warmup_batch=16, repeats=2,
+      budget_s=args.child_budget_s, mem_budget_bytes=mem_budget, label=f'B={b}'), 600)
+
+
+def pcme_b128(args, root, dl: Deadline, small: dict, small_b: int) -> tuple[dict, dict]:
+  """Runs B=128 only if the B=small_b peak x (128/small_b)^2 fits in free memory."""
   scale = (128 / small_b) ** 2
   predicted = small.get('peak_rss_delta_bytes', 0) * scale
   avail = _mem_available_bytes()
-  out['loss']['scaling'] = (
-      'memory and time of the official loss scale as B^2 * J^2 * D (it materialises '
-      'the (B*B, J, J, D) difference tensor for i2t and t2i); predicted B=128 from '
-      f'B={small_b}: x{scale:g}')
-  out['loss']['predicted_B128_peak_rss_delta_gib'] = predicted / GIB
-  out['loss']['predicted_B128_s'] = small.get('median_s', float('nan')) * scale
-  out['loss']['mem_available_gib_before_B128'] = avail / GIB
-  want = args.pcme_b128
-  if want == 'yes' or (want == 'auto' and predicted > 0 and
-                       avail >= predicted + 3 * GIB):
-    runs['B128'] = run_child('pcme_loss', dict(
-        official_root=root, batch=128, n_samples=j, dim=d, warmup=0, repeats=1,
-        label='B=128 (no warm-up, 1 run)', mem_budget_bytes=max(avail - 2 * GIB, GIB)),
-        300)
-  else:
-    runs['B128'] = {'skipped': f'MemAvailable {avail / GIB:.1f} GiB < predicted '
-                               f'{predicted / GIB:.1f} GiB + 3 GiB margin (or --pcme-b128 no)'}
-  out['eval']['subset'] = run_child('pcme_eval', dict(
-      official_root=root, n_img=1000, n_cap=5000, n_samples=j, dim=d,
-      n_queries=args.pcme_eval_queries, eval_batch_size=8, label='matching_prob eval',
-      mem_budget_bytes=max(_mem_available_bytes() - 3 * GIB, 2 * GIB)), 600)
-  return out
+  info = {'scaling': 'time and memory of the official loss grow as B^2 * J^2 * D: it '
+                     'materialises a (B*B, J, J, D) difference tensor, for i2t and t2i',
+          f'predicted_B128_from_B{small_b}_peak_rss_delta_gib': predicted / GIB,
+          f'predicted_B128_from_B{small_b}_s': small.get('median_s', float('nan')) * scale,
+          'mem_available_gib_before_B128': avail / GIB}
+  fits = predicted > 0 and avail >= predicted + 3 * GIB
+  if args.pcme_b128 == 'yes' or (args.pcme_b128 == 'auto' and fits):
+    return pcme_loss(args, root, dl, 128, int(max(avail - 2 * GIB, GIB))), info
+  return {'skipped': f'MemAvailable {avail / GIB:.1f} GiB < predicted peak '
+                     f'{predicted / GIB:.1f} GiB + 3 GiB margin (or --pcme-b128 no)'}, info
+
+
+def run_pcme(args, root: str, dl: Deadline, pc: dict) -> None:
+  """PCME loss at B=small (and B=128 when memory allows) and the eval subset."""
+  b = args.pcme_small_batch
+  runs = pc['loss']['runs']
+  runs[f'B{b}'] = pcme_loss(args, root, dl, b, _mem_budget())
+  pc['eval']['subset'] = dl.run('pcme_eval', dict(
+      official_root=root, n_img=1000, n_cap=5000, n_samples=7, dim=1024,
+      n_queries=args.pcme_eval_queries, query_chunk=4, eval_batch_size=8,
+      budget_s=args.child_budget_s, mem_budget_bytes=_mem_budget(),
+      label='matching_prob eval subset'), 400)
+  runs['B128'], info = pcme_b128(args, root, dl, runs[f'B{b}'], b)
+  pc['loss'].update(info)
+
+
+def run_all(args, root: str, res: dict, save: Callable[[], None]) -> None:
+  """All measurements into res, most important first, within the global time budget."""
+  dl = Deadline(args.time_budget_s, save)
+  sg = {'function': SGRAF_FNS, 'shapes': SGRAF_SHAPES, 'caption_len_range': CAPTION_LEN_RANGE,
+        'score': {}, 'train_step': {}}
+  pc = {'loss': {'function': PCME_LOSS_FN, 'runs': {}}, 'eval': {'function': PCME_EVAL_FN}}
+  do_sg, do_pc = args.only in ('all', 'sgraf'), args.only in ('all', 'pcme')
+  res.update(sgraf=sg if do_sg else None, pcme=pc if do_pc else None)
+  for threads in ([NUM_THREADS] + args.extra_threads) if do_sg else []:
+    sfx = '' if threads == NUM_THREADS else f'_{threads}thread'
+    for shape in ('paper', 'small'):
+      for module in ('SGR', 'SAF'):
+        sg['score'][f'{module}_{shape}{sfx}'] = dl.run(
+            'sgraf_score', sgraf_score_params(args, root, shape, module, threads), 300)
+    if do_pc and not pc['loss']['runs']:  # PCME before the slow SGRAF training steps
+      run_pcme(args, root, dl, pc)
+    for shape in ('small', 'paper'):
+      sg['train_step'][f'SGR_{shape}{sfx}'] = dl.run(
+          'sgraf_train', sgraf_train_params(args, root, shape, threads), 600)
+  if do_pc and not pc['loss']['runs']:
+    run_pcme(args, root, dl, pc)
 
 
 ISSUE_REFERENCE = {
@@ -523,18 +620,20 @@ ISSUE_REFERENCE = {
 
 
 def _summary(res: dict) -> dict:
+  """The headline numbers, next to what the issue reported."""
   s = {}
-  sg = res.get('sgraf', {})
+  sg = res.get('sgraf') or {}
   for k, v in sg.get('score', {}).items():
-    s[f'sgraf_{k}_pairs_per_s'] = v.get('pairs_per_s')
+    s[f'sgraf_score_{k}_pairs_per_s'] = v.get('pairs_per_s')
   for k, v in sg.get('train_step', {}).items():
     s[f'sgraf_train_{k}_s_per_step'] = v.get('median_s')
-  pc = res.get('pcme', {})
+  pc = res.get('pcme') or {}
   for k, v in pc.get('loss', {}).get('runs', {}).items():
     s[f'pcme_loss_{k}_s'] = v.get('median_s')
     s[f'pcme_loss_{k}_peak_rss_delta_gib'] = v.get('peak_rss_delta_gib')
   ev = pc.get('eval', {}).get('subset', {})
-  s['pcme_eval_1k_extrapolated_h'] = ev.get('extrapolated_1k_test_h')
+  s['pcme_eval_1k_EXTRAPOLATED_h'] = ev.get('extrapolated_1k_test_h')
+  s['issue_reference'] = ISSUE_REFERENCE
   return s
 
 
@@ -543,9 +642,15 @@ def main() -> None:
   ap.add_argument('--official-root', default='/work/official')
   ap.add_argument('--out', default='official_bench.json')
   ap.add_argument('--only', choices=('all', 'sgraf', 'pcme'), default='all')
-  ap.add_argument('--sgraf-pairs-side', type=int, default=100,
-                  help='images = captions = this many for the scoring benchmark')
-  ap.add_argument('--sgraf-train-repeats', type=int, default=1)
+  ap.add_argument('--time-budget-s', type=float, default=1200,
+                  help='global wall-clock budget; measurements past it are skipped '
+                  '(they run most important first)')
+  ap.add_argument('--child-budget-s', type=float, default=30,
+                  help='a measurement stops repeating once this much time is spent '
+                  '(always at least one timed run)')
+  ap.add_argument('--sgraf-images', type=int, default=100,
+                  help='images in the scoring grid (= the official shard_size)')
+  ap.add_argument('--sgraf-captions', type=int, default=50)
   ap.add_argument('--extra-threads', type=lambda v: [int(x) for x in v.split(',') if x],
                   default=[1], help='SGRAF also measured at these thread counts '
                   '(comma list; "" for none): on a loaded 2-core box, 2 OpenMP threads '
@@ -574,14 +679,16 @@ def main() -> None:
          'runtime_patches': RUNTIME_PATCHES, 'issue_reference': ISSUE_REFERENCE,
          'started_unix': time.time()}
   t0 = time.perf_counter()
-  if args.only in ('all', 'sgraf'):
-    res['sgraf'] = bench_sgraf(args, root)
-  if args.only in ('all', 'pcme'):
-    res['pcme'] = bench_pcme(args, root)
-  res.update(load_avg_end=os.getloadavg(), total_wall_s=time.perf_counter() - t0,
-             summary=_summary(res))
-  with open(args.out, 'w') as f:
-    json.dump(res, f, indent=1)
+
+  def save(final: bool = False) -> None:
+    res.update(complete=final, load_avg_end=os.getloadavg(),
+               total_wall_s=time.perf_counter() - t0, summary=_summary(res))
+    with open(args.out + '.tmp', 'w') as f:
+      json.dump(res, f, indent=1)
+    os.replace(args.out + '.tmp', args.out)
+
+  run_all(args, root, res, save)
+  save(final=True)
   print(json.dumps(res['summary'], indent=1))
 
 
