@@ -40,7 +40,7 @@ Efficiency: the whole tile is one computation (no loop over captions); the SGR q
 weights are folded into one matrix (``fold_query_key``, exact up to rounding) and the last SGR
 step only updates the global node, which is all the score reads.
 """
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 import flax.linen as nn
 import jax
@@ -72,40 +72,42 @@ class Linear(nn.Module):
 class TorchBatchNorm(nn.Module):
   """torch ``BatchNorm1d`` over the last axis (channels last).
 
-  Train: normalise with the biased batch variance over every other axis (``mask`` selects the
-  entries that count); running stats get momentum 0.1 with the unbiased variance. With
-  ``group_axis`` each slice along it gets its own statistics and the running stats are
-  updated once per slice in order (the official SAF per-caption loop, quirk 2).
+  Train: normalise with the biased batch variance over every other axis; running stats get
+  momentum 0.1 with the unbiased variance (torch semantics). ``update`` applies G sequential
+  updates at once (SAF's per-caption loop, quirk 2).
   """
   num_features: int
   momentum: float = 0.1
   eps: float = 1e-5
 
-  @nn.compact
-  def __call__(self, x, *, train: bool, mask=None, group_axis: Optional[int] = None):
+  def setup(self):
     c = self.num_features
-    scale = self.param("scale", nn.initializers.ones, (c,))
-    bias = self.param("bias", nn.initializers.zeros, (c,))
-    ra = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
-    rv = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
+    self.scale = self.param("scale", nn.initializers.ones, (c,))
+    self.bias = self.param("bias", nn.initializers.zeros, (c,))
+    self.mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
+    self.var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
+
+  def __call__(self, x, *, train: bool):
     if not train:
-      return K.batch_norm(x, ra.value, rv.value, scale, bias, self.eps)
-    m = jnp.ones(x.shape[:-1] + (1,), x.dtype) if mask is None else \
-        jnp.broadcast_to(mask.astype(x.dtype)[..., None], x.shape[:-1] + (1,))
-    axes = tuple(a for a in range(x.ndim - 1) if group_axis is None or a != group_axis % x.ndim)
-    n = jnp.sum(m, axis=axes, keepdims=True)
-    mean = jnp.sum(x * m, axis=axes, keepdims=True) / jnp.maximum(n, 1.0)
-    var = jnp.sum(jnp.square(x - mean) * m, axis=axes, keepdims=True) / jnp.maximum(n, 1.0)
-    if not self.is_initializing():
-      unbiased = var * n / jnp.maximum(n - 1.0, 1.0)
-      mom = self.momentum
-      flat_m, flat_v = mean.reshape(-1, c), unbiased.reshape(-1, c)
-      g = flat_m.shape[0]
-      # g sequential updates r <- (1-mom) r + mom x_t, in closed form.
-      w = mom * (1.0 - mom) ** jnp.arange(g - 1, -1, -1, dtype=x.dtype)
-      ra.value = (1.0 - mom) ** g * ra.value + jnp.einsum("g,gc->c", w, flat_m)
-      rv.value = (1.0 - mom) ** g * rv.value + jnp.einsum("g,gc->c", w, flat_v)
-    return K.batch_norm(x, mean, var, scale, bias, self.eps)
+      return K.batch_norm(x, self.mean.value, self.var.value, self.scale, self.bias, self.eps)
+    axes = tuple(range(x.ndim - 1))
+    mean, var = jnp.mean(x, axis=axes), jnp.var(x, axis=axes)
+    n = x.size // self.num_features
+    self.update(mean[None], (var * n / max(n - 1, 1))[None])
+    return K.batch_norm(x, mean, var, self.scale, self.bias, self.eps)
+
+  def affine(self):
+    """(scale, bias, running mean, running var)."""
+    return self.scale, self.bias, self.mean.value, self.var.value
+
+  def update(self, means: jax.Array, unbiased_vars: jax.Array) -> None:
+    """G sequential running-average updates r <- (1-m) r + m x_g (g = 0..G-1), closed form."""
+    if self.is_initializing():
+      return
+    mom, g = self.momentum, means.shape[0]
+    w = mom * (1.0 - mom) ** jnp.arange(g - 1, -1, -1, dtype=jnp.float32)
+    self.mean.value = (1.0 - mom) ** g * self.mean.value + jnp.einsum("g,gc->c", w, means)
+    self.var.value = (1.0 - mom) ** g * self.var.value + jnp.einsum("g,gc->c", w, unbiased_vars)
 
 
 class VisualSA(nn.Module):
@@ -176,26 +178,26 @@ class GraphReasoning(nn.Module):
 
 
 class AttentionFiltration(nn.Module):
-  """SAF (official ``AttentionFiltration``): gate Linear(S, 1) -> BatchNorm1d(1) -> sigmoid."""
+  """Weights of SAF (official ``AttentionFiltration``): gate Linear(S, 1) -> BatchNorm1d(1)."""
   sim_dim: int
-  bn_stats: str = "per_caption"   # per_caption (official) | pooled
 
   def setup(self):
     self.attn_sim_w = Linear(self.sim_dim, 1)
     self.bn = TorchBatchNorm(1)
 
-  def __call__(self, nodes, node_mask, *, train: bool):
-    logits = K.saf_gate_logits(nodes, *self.attn_sim_w())[..., None]     # (n_i, n_t, N, 1)
-    mask = jnp.broadcast_to(node_mask, logits.shape[:-1])
-    if self.bn_stats not in ("per_caption", "pooled"):
-      raise ValueError(f"saf_bn_stats={self.bn_stats!r}: use 'per_caption' or 'pooled'")
-    group = 1 if self.bn_stats == "per_caption" else None
-    gates = self.bn(logits, train=train, mask=mask, group_axis=group)[..., 0]
-    return K.attention_filtration(nodes, node_mask, gates)
+  def __call__(self) -> Dict[str, jax.Array]:
+    kernel, bias = self.attn_sim_w()
+    scale, bn_bias, mean, var = self.bn.affine()
+    return dict(kernel=kernel, bias=bias, scale=scale, bn_bias=bn_bias, mean=mean, var=var)
 
 
 class SGRAFHead(nn.Module):
-  """The official ``EncoderSimilarity``; parameter names mirror its ``state_dict``."""
+  """The official ``EncoderSimilarity``; parameter names mirror its ``state_dict``.
+
+  ``caption_chunk``: captions per block of the fused tile computation (0 = auto, the largest
+  block whose attended-region tensor fits ~4 MiB; -1 = the whole tile in one block). ``remat``
+  recomputes each block in the backward pass (less memory, ~1/3 more FLOPs).
+  """
   embed_dim: int = 1024
   sim_dim: int = 256
   num_regions: int = 36
@@ -205,10 +207,14 @@ class SGRAFHead(nn.Module):
   sa_dropout: float = 0.4
   saf_bn_stats: str = "per_caption"
   fold_query_key: bool = True
+  caption_chunk: int = 0
+  remat: bool = False
 
   def setup(self):
     if self.variant not in ("sgr", "saf"):
       raise ValueError(f"SGRAF variant={self.variant!r}: use 'sgr' or 'saf'")
+    if self.saf_bn_stats not in ("per_caption", "pooled"):
+      raise ValueError(f"saf_bn_stats={self.saf_bn_stats!r}: use 'per_caption' or 'pooled'")
     self.v_global_w = VisualSA(self.embed_dim, self.num_regions, self.sa_dropout)
     self.t_global_w = TextSA(self.embed_dim, self.sa_dropout)
     self.sim_tranloc_w = Linear(self.embed_dim, self.sim_dim)
@@ -217,7 +223,7 @@ class SGRAFHead(nn.Module):
     if self.variant == "sgr":
       self.SGR_module = [GraphReasoning(self.sim_dim) for _ in range(self.sgr_steps)]
     else:
-      self.SAF_module = AttentionFiltration(self.sim_dim, self.saf_bn_stats)
+      self.SAF_module = AttentionFiltration(self.sim_dim)
 
   def image_global(self, local, mask, *, train: bool):
     return self.v_global_w(local, mask, train=train)
@@ -225,21 +231,32 @@ class SGRAFHead(nn.Module):
   def text_global(self, local, mask, *, train: bool):
     return self.t_global_w(local, mask, train=train)
 
+  def _weights(self) -> Dict[str, Any]:
+    w = dict(tranloc=self.sim_tranloc_w(), tranglo=self.sim_tranglo_w(), eval=self.sim_eval_w())
+    if self.variant == "sgr":
+      w["sgr"] = [m() for m in self.SGR_module]
+    else:
+      w["saf"] = self.SAF_module()
+    return w
+
   def similarity(self, img: Dict[str, jax.Array], txt: Dict[str, jax.Array], *,
                  train: bool = False) -> jax.Array:
-    """(n_i, n_t) scores from reprs {'local', 'mask', 'glo'} (one fused tile computation)."""
-    ctx = K.t2v_attention(img["local"], img["mask"], txt["local"], txt["mask"], self.smooth)
-    loc = K.local_similarity(ctx, txt["local"], *self.sim_tranloc_w())
-    glo = K.global_similarity(img["glo"], txt["glo"], *self.sim_tranglo_w())
-    nodes = jnp.concatenate([glo[:, :, None], loc], axis=2)           # (n_i, n_t, L+1, S)
-    ones = jnp.ones(txt["mask"].shape[:1] + (1,), bool)
-    node_mask = jnp.concatenate([ones, txt["mask"].astype(bool)], axis=1)[None]
-    if self.variant == "sgr":
-      vec = K.graph_reasoning(nodes, node_mask, [m() for m in self.SGR_module],
-                              fold=self.fold_query_key)
+    """(n_i, n_t) scores from reprs {'local', 'mask', 'glo'}."""
+    n_i, _, d = img["local"].shape
+    n_t, n_w, _ = txt["local"].shape
+    saf_mode = "running" if not train else self.saf_bn_stats
+    if self.caption_chunk < 0 or saf_mode == "pooled":
+      chunk = n_t
+    elif self.caption_chunk == 0:
+      chunk = K.auto_caption_chunk(n_i, n_t, n_w, d)
     else:
-      vec = self.SAF_module(nodes, node_mask, train=train)
-    return K.similarity_score(vec, *self.sim_eval_w())
+      chunk = max(c for c in range(1, min(self.caption_chunk, n_t) + 1) if n_t % c == 0)
+    scores, (means, variances) = K.chunked_pair_scores(
+        img, txt, self._weights(), chunk=chunk, remat=self.remat and train,
+        variant=self.variant, smooth=self.smooth, fold=self.fold_query_key, saf_mode=saf_mode)
+    if self.variant == "saf" and train:
+      self.SAF_module.bn.update(means[:, None], variances[:, None])
+    return scores
 
   def __call__(self, img_local, img_mask, txt_local, txt_mask, *, train: bool = False):
     """Official ``EncoderSimilarity.forward`` on region / word embeddings -> (n_i, n_t)."""
@@ -266,6 +283,8 @@ class SGRAF(RetrievalModel):
   sa_dropout: float = 0.4
   saf_bn_stats: str = "per_caption"
   fold_query_key: bool = True
+  caption_chunk: int = 0
+  remat: bool = False
   word_vectors: Any = None
 
   def setup(self):
@@ -275,7 +294,7 @@ class SGRAF(RetrievalModel):
                                   word_vectors=self.word_vectors, dropout=self.word_dropout)
     self.sim_enc = SGRAFHead(self.embed_dim, self.sim_dim, self.num_regions, self.variant,
                              self.sgr_steps, self.smooth, self.sa_dropout, self.saf_bn_stats,
-                             self.fold_query_key)
+                             self.fold_query_key, self.caption_chunk, self.remat)
 
   def encode_images(self, images, *, train: bool) -> Dict[str, jax.Array]:
     mask = images["region_mask"].astype(bool)
@@ -307,5 +326,6 @@ def build_method(config, info: DataInfo) -> Method:
                 num_layers=m.num_layers, variant=m.variant, sgr_steps=m.sgr_steps,
                 smooth=m.smooth, word_dropout=m.word_dropout, sa_dropout=m.sa_dropout,
                 saf_bn_stats=m.saf_bn_stats, fold_query_key=m.fold_query_key,
+                caption_chunk=m.caption_chunk, remat=m.remat,
                 word_vectors=info.word_vectors)
   return Method("sgraf", model, sgraf_loss, hparam_names=("margin",))
