@@ -35,20 +35,24 @@ def swept(tiny_data_dir, tmp_path_factory):
   return config, workdir, rows
 
 
-def _single_run(config, variant):
-  """The reference: one variant alone, the plain jitted train step on the same batches."""
-  ds, method, tx, hparams, _ = loop.setup(config)
-  hparams = dict(hparams, **{k: np.float32(v) for k, v in variant["hparams"].items()})
-  state = state_lib.init_state(method, ds.sample_batch(config.train.batch_size), tx,
-                               variant["seed"])
+def _single_runs(config, variants):
+  """The reference: each variant alone, the plain jitted train step on the same batches."""
+  ds, method, tx, base, _ = loop.setup(config)
+  sample = ds.sample_batch(config.train.batch_size)
   sched = loop.schedule(config, ds.num_train_images, ds.k)
   fn = step_lib.make_train_step(method, tx, decay_steps=sched["decay_steps"],
                                 decay_factor=config.train.lr_decay_factor,
                                 steps_per_epoch=sched["steps_per_epoch"])
   it = ds.train_iterator(config.train.batch_size, seed=config.seed)
-  for _ in range(config.train.num_steps):
-    state, _ = fn(state, next(it), hparams)
-  return state
+  batches = [next(it) for _ in range(config.train.num_steps)]
+  out = []
+  for variant in variants:
+    hparams = dict(base, **{k: np.float32(v) for k, v in variant["hparams"].items()})
+    state = state_lib.init_state(method, sample, tx, variant["seed"])
+    for batch in batches:
+      state, _ = fn(state, batch, hparams)
+    out.append(state)
+  return out
 
 
 def test_vmapped_sweep_equals_separate_runs(swept):
@@ -59,8 +63,7 @@ def test_vmapped_sweep_equals_separate_runs(swept):
   stacked, _ = ck.restore(like)
   ck.close()
   assert np.all(np.asarray(stacked["step"]) == config.train.num_steps)
-  for k, variant in enumerate(VARIANTS):
-    ref = _single_run(config, variant)
+  for k, ref in enumerate(_single_runs(config, VARIANTS)):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a)[k], b, atol=1e-5,
                                                          rtol=1e-5),
                  stacked["params"], ref["params"])

@@ -76,7 +76,7 @@ def sweep_groups(config) -> List[Dict[str, Any]]:
     groups.append({"name": "base", "config": config, "variants": base_variants})
   for entry in sweep.get("sequential", ()) or ():
     entry = _plain(entry)
-    cfg = _with_overrides(config, entry.get("overrides", {}))
+    cfg = apply_overrides(config, entry.get("overrides", {}))
     variants = [_plain(v) for v in entry.get("variants", base_variants)]
     groups.append({"name": entry["name"], "config": cfg, "variants": variants})
   if not groups:
@@ -86,7 +86,8 @@ def sweep_groups(config) -> List[Dict[str, Any]]:
   return groups
 
 
-def _with_overrides(config, overrides: Mapping[str, Any]):
+def apply_overrides(config, overrides: Mapping[str, Any]):
+  """A copy of ``config`` with ``{"model.embed_dim": 64, ...}`` set; unknown keys raise."""
   cfg = copy.deepcopy(config)
   with cfg.unlocked():
     for dotted, value in overrides.items():

@@ -1,0 +1,105 @@
+"""Data parallelism on 8 fake CPU devices equals one device (training steps and evaluation).
+
+Everything that needs 8 devices runs in ONE subprocess (``XLA_FLAGS`` must be set before JAX
+starts; this pytest process keeps its single device) that prints a JSON report.
+"""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+_SCRIPT = textwrap.dedent("""
+    import json, os, sys
+    sys.path.insert(0, {tests!r})
+    import jax, numpy as np
+    from conftest import tiny_config
+    from xmr_jax.evaluation import engine
+    from xmr_jax.training import loop, parallel, step as step_lib
+
+    def max_diff(a, b):
+      d = jax.tree.map(lambda x, y: float(np.max(np.abs(np.asarray(x) - np.asarray(y)))), a, b)
+      return max(jax.tree.leaves(d))
+
+    def compare(method_name, **model):
+      c = tiny_config(method_name, {data!r}, **model)
+      c.train.batch_size = 16
+      # SGD: Adam's first steps are ~lr * sign(g), so float noise in near-zero gradient
+      # entries would move parameters by ~lr whatever the parallelism; SGD compares the math.
+      c.train.optimizer = "sgd"
+      c.hparams.learning_rate = 0.05
+      ds, method, tx, hp, state = loop.setup(c)
+      it = ds.train_iterator(16, seed=0)
+      batches = [next(it) for _ in range(3)]
+      kw = dict(decay_steps=0, decay_factor=0.1, steps_per_epoch=10)
+      one = jax.jit(lambda s, b, h: step_lib.train_step(s, b, h, method=method, tx=tx, **kw))
+      mesh = parallel.make_data_mesh(8)
+      eight = step_lib.make_train_step(method, tx, mesh=mesh, **kw)
+      s1 = jax.tree.map(np.asarray, state)
+      s8 = parallel.replicate(jax.tree.map(np.asarray, state), mesh)
+      out = {{"loss1": [], "loss8": [], "gn1": [], "gn8": []}}
+      for b in batches:
+        s1, m1 = one(s1, b, hp)
+        s8, m8 = eight(s8, parallel.global_batch(b, mesh), parallel.replicate(hp, mesh))
+        out["loss1"].append(float(m1["loss"])); out["loss8"].append(float(m8["loss"]))
+        out["gn1"].append(float(m1["grad_norm"])); out["gn8"].append(float(m8["grad_norm"]))
+      out["param_diff"] = max_diff(s1["params"], s8["params"])
+      out["param_scale"] = max(float(np.max(np.abs(x))) for x in jax.tree.leaves(s1["params"]))
+      out["shards"] = len(parallel.global_batch(batches[0], mesh)["tokens"].addressable_shards)
+      # Sharded evaluation (caption tiles over 8 devices) = the whole grid in one call.
+      variables = {{"params": jax.tree.map(np.asarray, s1["params"])}}
+      data = ds.eval_data("test", 16)
+      img = engine.encode_all(method, variables, data.image_batches(), "image")
+      txt = engine.encode_all(method, variables, data.text_batches(), "text")
+      full = engine.score_untiled(method, variables, img, txt)
+      tiled = engine.score_all(method, variables, img, txt, tile_images=5, tile_texts=7)
+      out["eval_shape"] = list(tiled.shape)
+      out["eval_diff"] = float(np.max(np.abs(full - tiled)))
+      return out
+
+    report = {{"devices": jax.device_count(),
+               "vsepp": compare("vsepp", embed_dim=16, word_dim=8),
+               "mmca": compare("mmca", embed_dim=8, word_dim=8, num_heads=2, ffn_dim=16,
+                               conv_dim=8, max_len=64, windows=(1, 2),
+                               num_image_layers=0)}}
+    print("REPORT" + json.dumps(report))
+""")
+
+
+@pytest.fixture(scope="module")
+def report(tiny_data_dir):
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  script = _SCRIPT.format(tests=os.path.join(REPO, "tests"), data=tiny_data_dir)
+  out = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True,
+                       text=True)
+  assert out.returncode == 0, out.stderr[-4000:]
+  line = [l for l in out.stdout.splitlines() if l.startswith("REPORT")][-1]
+  return json.loads(line[len("REPORT"):])
+
+
+def test_subprocess_has_eight_devices(report):
+  assert report["devices"] == 8
+  assert report["vsepp"]["shards"] == 8      # the batch really is split over 8 devices
+
+
+@pytest.mark.parametrize("name", ["vsepp", "mmca"])
+def test_eight_devices_train_like_one(report, name):
+  r = report[name]
+  np.testing.assert_allclose(r["loss8"], r["loss1"], rtol=1e-5, atol=1e-5)
+  # Adam and clipping are invariant to a global gradient scale, so parameters alone would not
+  # catch gradients x device count; compare the gradient norms too.
+  np.testing.assert_allclose(r["gn8"], r["gn1"], rtol=1e-5)
+  assert r["param_diff"] < 1e-5 * max(1.0, r["param_scale"])
+  assert r["loss1"][0] != r["loss1"][-1]      # the steps did change the model
+
+
+@pytest.mark.parametrize("name", ["vsepp", "mmca"])
+def test_sharded_evaluation_equals_whole_grid(report, name):
+  assert report[name]["eval_shape"] == [12, 60]
+  assert report[name]["eval_diff"] < 1e-5
