@@ -349,6 +349,16 @@ def test_train_step_loss_and_state(model_setup):
   hard_i = np.where(off, np.maximum(0.2 + s - diag[None, :], 0), 0).max(0).sum()
   np.testing.assert_allclose(float(value), hard_c + hard_i, rtol=1e-5)
   assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
+  # Warm-up epochs sum over every negative instead of taking the hardest.
+  warm_hp = {"margin": jnp.float32(0.2), "epoch": jnp.float32(0),
+             "hardneg_warmup_epochs": jnp.float32(1)}
+  summed = np.where(off, np.maximum(0.2 + s - diag[:, None], 0)
+                    + np.maximum(0.2 + s - diag[None, :], 0), 0).sum()
+  np.testing.assert_allclose(float(M.sgraf_loss(None, None, scores, warm_hp, None)[0]), summed,
+                             rtol=1e-5)
+  after_hp = dict(warm_hp, epoch=jnp.float32(1))
+  np.testing.assert_allclose(float(M.sgraf_loss(None, None, scores, after_hp, None)[0]),
+                             hard_c + hard_i, rtol=1e-5)
   assert float(sum(np.abs(g).sum() for g in jax.tree.leaves(grads))) > 0
   # The VisualSA BatchNorm running stats moved (train mode), the SGR head has no other BN.
   old = variables["batch_stats"]["sim_enc"]["v_global_w"]["embedding_local_1"]["mean"]

@@ -35,6 +35,8 @@ Where the official code has quirks we follow it, because they change reproduced 
    images (one caption each), so this rare case (about 0.22 duplicate pairs per batch of 128
    on F30K, 0.06 on COCO) does not occur; the loss masks only the diagonal, as official.
 6. The loss is summed over the batch, not averaged (official), which matters with grad clip 2.
+   An optional sum-over-negatives warm-up (``hardneg_warmup_epochs``, 0 = official) exists
+   for the short synthetic runs.
 
 Efficiency: the whole tile is one computation (no loop over captions); the SGR query/key
 weights are folded into one matrix (``fold_query_key``, exact up to rounding) and the last SGR
@@ -128,7 +130,7 @@ class VisualSA(nn.Module):
   def __call__(self, local, mask, *, train: bool):
     if local.shape[1] != self.num_regions:
       raise ValueError(f"SGRAF VisualSA has a BatchNorm over {self.num_regions} region slots "
-                       f"but got {local.shape[1]} regions; set config.model.num_regions")
+                       f"but got {local.shape[1]} regions (num_regions comes from DataInfo)")
     k, b = self.embedding_local_0()
     l_emb = local @ k + b                                            # (B, R, D)
     # Region index is the BN channel: move it last, normalise, move back.
@@ -313,10 +315,21 @@ class SGRAF(RetrievalModel):
 
 
 def sgraf_loss(img, txt, scores, hparams, rng):
-  """Hardest-negative triplet loss, summed (official ``ContrastiveLoss``, max_violation)."""
+  """Hardest-negative triplet loss, summed (official ``ContrastiveLoss``, max_violation).
+
+  Optional warm-up (not official; ``hparams['hardneg_warmup_epochs']``, presets 0): epochs
+  before it use the sum over all negatives, as in VSE++'s config, because from random init the
+  hardest-negative loss of sigmoid scores sits at 2 B margin for a long time.
+  """
   del img, txt, rng
-  loss = triplet_ranking_loss(scores, hparams["margin"], max_violation=True, reduction="sum")
-  return loss, {"pos_score": jnp.mean(jnp.diagonal(scores))}
+  margin = hparams["margin"]
+  hard = triplet_ranking_loss(scores, margin, max_violation=True, reduction="sum")
+  metrics = {"pos_score": jnp.mean(jnp.diagonal(scores))}
+  if "hardneg_warmup_epochs" not in hparams:
+    return hard, metrics
+  warm = hparams.get("epoch", jnp.float32(0)) < hparams["hardneg_warmup_epochs"]
+  summed = triplet_ranking_loss(scores, margin, max_violation=False, reduction="sum")
+  return jnp.where(warm, summed, hard), dict(metrics, hard_negatives=1.0 - warm.astype(jnp.float32))
 
 
 def build_method(config, info: DataInfo) -> Method:
@@ -328,4 +341,4 @@ def build_method(config, info: DataInfo) -> Method:
                 saf_bn_stats=m.saf_bn_stats, fold_query_key=m.fold_query_key,
                 caption_chunk=m.caption_chunk, remat=m.remat,
                 word_vectors=info.word_vectors)
-  return Method("sgraf", model, sgraf_loss, hparam_names=("margin",))
+  return Method("sgraf", model, sgraf_loss, hparam_names=("margin", "hardneg_warmup_epochs"))
