@@ -51,16 +51,17 @@ def get_config(arg=None):
   c.train.num_epochs = 30
   c.train.lr_decay_epochs = 15
   if a.data == "synthetic":
-    # Small dims for 2 CPU cores. Measured here (2 cores shared with other jobs, so CPU time
-    # / 2 is quoted): a train step at batch 128 (16,384 pairs through the cross unit, R = 36
-    # regions × 128-d, 16-token captions, forward + backward + Adam) takes ~2.0 s, and
-    # scoring runs at ~40k pairs/s, so the 1,000 × 5,000 test grid takes ~2 minutes. An epoch
-    # (the trainer's: every caption once) is 5 × (10,000 // 128) = 390 steps, ~13 minutes:
-    # too long, so we train 180 steps (~0.46 epoch, ~6 min) and evaluate once at the end.
-    # The cross term is what costs: alpha=0 trains tens of times faster.
+    # Small dims for 2 CPU cores. Measured here with experiments/bench_mmca.py (2 cores shared
+    # with other jobs, so process CPU time / 2 is quoted): a train step at batch 128 (16,384
+    # pairs through the cross unit, R = 36 regions × 128-d, 16-token captions, forward +
+    # backward + Adam) takes ~1.9 s, and scoring runs at ~24k pairs/s, so the 1,000 × 5,000
+    # test grid takes ~3.5 minutes. An epoch (the trainer's: every caption once) is
+    # 5 × (10,000 // 128) = 390 steps, ~12 minutes: too long, so we train 150 steps
+    # (~0.4 epoch, ~5 min) and evaluate once at the end. The cross term is what costs:
+    # alpha=0 trains tens of times faster.
     m.update(embed_dim=32, word_dim=32, num_heads=2, ffn_dim=32, conv_dim=16, max_len=64)
     c.hparams.learning_rate = 1e-3   # short schedule, small model
-    c.train.num_steps = 180
+    c.train.num_steps = 150
     c.train.num_epochs = 1
     c.train.lr_decay_epochs = 1      # no decay within the run
     c.train.eval_every_epochs = 1    # dev scoring is all-pairs cross-attention: only at the end
