@@ -263,7 +263,9 @@ def test_alpha_zero_is_self_attention_only(model_setup):
 def test_variants_and_text_param_hook(model_setup):
   s = model_setup
   model = _model(share_weights=True, cross_input="self_attended")
-  v = _init(model, s["images"], s["texts"], seed=1)
+  v = jax.eval_shape(lambda: model.init({"params": jax.random.PRNGKey(1)}, s["images"],
+                                        s["texts"], train=False))
+  assert set(v["params"]) == set(s["variables"]["params"]) - {"cross_unit", "cross_cnn"}
   assert "cross_unit" not in v["params"] and "cross_cnn" not in v["params"]
   new_pos = jnp.ones_like(s["variables"]["params"]["text_encoder"]["pos"])
   params = mmca.replace_text_params(s["variables"]["params"], {"pos": new_pos})
