@@ -596,7 +596,7 @@ def run_all(args, root: str, res: dict, save: Callable[[], None]) -> None:
   pc = {'loss': {'function': PCME_LOSS_FN, 'runs': {}}, 'eval': {'function': PCME_EVAL_FN}}
   do_sg, do_pc = args.only in ('all', 'sgraf'), args.only in ('all', 'pcme')
   res.update(sgraf=sg if do_sg else None, pcme=pc if do_pc else None)
-  for threads in ([NUM_THREADS] + args.extra_threads) if do_sg else []:
+  for threads in args.sgraf_threads if do_sg else []:
     sfx = '' if threads == NUM_THREADS else f'_{threads}thread'
     for shape in ('paper', 'small'):
       for module in ('SGR', 'SAF'):
@@ -651,10 +651,10 @@ def main() -> None:
   ap.add_argument('--sgraf-images', type=int, default=100,
                   help='images in the scoring grid (= the official shard_size)')
   ap.add_argument('--sgraf-captions', type=int, default=50)
-  ap.add_argument('--extra-threads', type=lambda v: [int(x) for x in v.split(',') if x],
-                  default=[1], help='SGRAF also measured at these thread counts '
-                  '(comma list; "" for none): on a loaded 2-core box, 2 OpenMP threads '
-                  'can be far slower than 1')
+  ap.add_argument('--sgraf-threads', type=lambda v: [int(x) for x in v.split(',') if x],
+                  default=[NUM_THREADS, 1], help='thread counts for SGRAF, in order '
+                  '(comma list; keys get a _<n>thread suffix unless n == 2): on a loaded '
+                  '2-core box, 2 OpenMP threads can be far slower than 1')
   ap.add_argument('--pcme-small-batch', type=int, default=64)
   ap.add_argument('--pcme-b128', choices=('auto', 'yes', 'no'), default='auto')
   ap.add_argument('--pcme-eval-queries', type=int, default=20)
