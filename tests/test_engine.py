@@ -95,3 +95,18 @@ def test_ensemble_scores_are_the_mean_of_the_members(tiny_data_dir, tmp_path):
   assert ens["i2t"]["r1"] == pytest.approx(expected["i2t"]["r1"], abs=1e-4)
   with open(os.path.join(tmp_path, "ens", "eval", "results.json")) as f:
     assert json.load(f)["members"] == members
+
+
+def test_unclipped_params_skip_global_norm_clipping():
+  import ml_collections
+  t = ml_collections.ConfigDict(dict(grad_clip=1.0, weight_decay=0.0, optimizer="sgd",
+                                     momentum=0.0))
+  tx = state_lib.make_optimizer(t, unclipped=("a",))
+  params = {"a": np.array([0.0], np.float32), "enc": {"w": np.array([0.0, 0.0], np.float32)}}
+  st = tx.init(params)
+  *head, inject = st
+  st = (*head, inject._replace(hyperparams=dict(inject.hyperparams, learning_rate=1.0)))
+  grads = {"a": np.array([10.0], np.float32), "enc": {"w": np.array([3.0, 4.0], np.float32)}}
+  updates, _ = tx.update(grads, st, params)
+  np.testing.assert_allclose(updates["a"], [-10.0], rtol=1e-6)            # not clipped
+  np.testing.assert_allclose(updates["enc"]["w"], [-0.6, -0.8], rtol=1e-6)  # norm 5 -> 1

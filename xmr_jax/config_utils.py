@@ -75,6 +75,7 @@ def base_config(method: str) -> ml_collections.ConfigDict:
       eval_every_epochs=1,
       checkpoint_every_steps=500,
       max_to_keep=2,
+      num_devices=0,           # devices of the data mesh; 0 = all visible devices
   ))
   c.eval = ml_collections.ConfigDict(dict(
       split="test",

@@ -250,4 +250,4 @@ def build_method(config, info: DataInfo) -> Method:
   loss_fn = make_loss_fn(official_kl=m.official_kl, reduction=m.reduction,
                          use_uniformity=m.use_uniformity)
   return Method(name="pcme", model=model, loss_fn=loss_fn,
-                hparam_names=("vib_beta", "uniform_lambda"))
+                hparam_names=("vib_beta", "uniform_lambda"), unclipped_params=UNCLIPPED_PARAMS)

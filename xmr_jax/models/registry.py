@@ -28,6 +28,9 @@ class Method:
   # Names of the scalar hyperparameters the loss reads from ``hparams`` (DESIGN.md: swept
   # scalars live in the hparams pytree). The values come from ``config.hparams``.
   hparam_names: Tuple[str, ...] = ()
+  # Top-level parameter names whose gradients skip global-norm clipping (PCME's a and b: the
+  # official code clips only the encoders' gradients).
+  unclipped_params: Tuple[str, ...] = ()
 
 
 def get_method(config, info: DataInfo) -> Method:

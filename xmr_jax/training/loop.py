@@ -48,7 +48,7 @@ def setup(config, workdir: Optional[str] = None):
   """Dataset, method, optimiser, initial state and hparams for ``config``."""
   ds = datasets.load(config)
   method = get_method(config, ds.info)
-  tx = state_lib.make_optimizer(config.train)
+  tx = state_lib.make_optimizer(config.train, method.unclipped_params)
   hparams = state_lib.hparams_from_config(config, method)
   sample = ds.sample_batch(config.train.batch_size)
   state = state_lib.init_state(method, sample, tx, config.seed)

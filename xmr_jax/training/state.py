@@ -3,7 +3,7 @@
 State is a plain dict pytree ``{params, batch_stats, opt_state, step, rng}`` so it checkpoints
 with orbax and vmaps over a sweep axis without wrappers.
 """
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, Mapping, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +16,7 @@ from xmr_jax.types import image_inputs, text_inputs
 State = Dict[str, Any]
 
 
-def make_optimizer(train_config) -> optax.GradientTransformation:
+def make_optimizer(train_config, unclipped: Tuple[str, ...] = ()) -> optax.GradientTransformation:
   """Global-norm clipping, optional L2 weight decay, then Adam or SGD with momentum.
 
   Official VSE++/SCAN/SGRAF/PCME: ``clip_grad_norm_`` then Adam (``train.optimizer='adam'``);
@@ -24,11 +24,17 @@ def make_optimizer(train_config) -> optax.GradientTransformation:
   whose gradient 2 * alpha * theta is ``add_decayed_weights(2 * weight_decay)`` here. The
   learning rate is an injected hyperparameter, set every step from ``hparams['learning_rate']``
   times the step-decay factor (``learning_rate_at``), so a sweep can vmap over it.
+  ``unclipped``: top-level parameter names left out of the clipping (and of its global norm).
   """
   t = train_config
   parts = []
   if t.grad_clip and t.grad_clip > 0:
-    parts.append(optax.clip_by_global_norm(t.grad_clip))
+    clip = optax.clip_by_global_norm(t.grad_clip)
+    if unclipped:
+      mask = lambda params: {k: jax.tree.map(lambda _: k not in unclipped, v)
+                             for k, v in params.items()}
+      clip = optax.masked(clip, mask)
+    parts.append(clip)
   if t.get("weight_decay", 0.0):
     parts.append(optax.add_decayed_weights(2.0 * t.weight_decay))
   kind = t.get("optimizer", "adam")

@@ -160,7 +160,7 @@ def run_group(config, variants, workdir: str, *, progress: bool = True):
   from xmr_jax.training.loop import schedule   # the main loop's epochs -> steps rule
   ds = datasets.load(config)
   method = get_method(config, ds.info)
-  tx = state_lib.make_optimizer(config.train)
+  tx = state_lib.make_optimizer(config.train, method.unclipped_params)
   hparams = stack_hparams(state_lib.hparams_from_config(config, method), variants)
   sample = ds.sample_batch(config.train.batch_size)
   states = init_states(method, sample, tx, [v.get("seed", config.seed) for v in variants])
