@@ -126,7 +126,7 @@ def test_get_tokenizer_caches(tmp_path, sp_model):
   sp = get_tokenizer("sentencepiece", cache_dir=str(tmp_path),
                      train_captions=SP_CAPTIONS, vocab_size=60)
   files = os.listdir(tmp_path)
-  assert len(files) == 1 and files[0].startswith("spm_unigram_60_")
+  assert len(files) == 1 and files[0].startswith("spm_bpe_60_")
   assert sp.model_proto == sp_model.model_proto
   cached = get_tokenizer("spm", cache_dir=str(tmp_path),
                          train_captions=SP_CAPTIONS, vocab_size=60)
@@ -147,3 +147,16 @@ def test_get_tokenizer_caches(tmp_path, sp_model):
   assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")]
   with pytest.raises(ValueError, match="unknown tokenizer kind"):
     get_tokenizer("bpe", cache_dir=str(tmp_path), train_captions=CAPTIONS)
+
+
+def test_sentencepiece_keeps_frequent_words_whole_on_a_small_vocabulary():
+  # A corpus shaped like the synthetic benchmark's: few words, many sentences. The unigram
+  # trainer split "orange" into letters here; BPE must keep each frequent word one piece.
+  colours = ["red", "orange", "purple", "yellow", "brown"]
+  things = ["dog", "boat", "bicycle", "giraffe", "table"]
+  caps = [f"a {c} {t} to the left of a medium {c2} {t2}"
+          for c in colours for t in things for c2 in colours for t2 in things]
+  tok = SentencePieceTokenizer.train(caps * 4, vocab_size=200)
+  text = "a purple giraffe to the left of a medium orange bicycle"
+  ids = tok.encode_many([text])[0]
+  assert [tok.decode([i]) for i in ids[1:-1]] == text.split()   # one piece per word
