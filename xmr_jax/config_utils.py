@@ -54,7 +54,7 @@ def base_config(method: str) -> ml_collections.ConfigDict:
       tokenizer="sentencepiece",   # sentencepiece | word (SCAN word2idx vocab json)
       vocab_path="",           # explicit vocab json / sentencepiece model (else built + cached)
       vocab_size=1000,         # sentencepiece vocabulary size
-      len_buckets=(16, 32, 64),  # captions padded to the smallest bucket that fits
+      len_buckets=(16, 24, 32, 64),  # captions padded to the smallest bucket that fits
       word_embeddings="",      # optional GloVe-format text file to initialise word vectors
       train_split="train", dev_split="dev", test_split="test",
   ))
