@@ -42,7 +42,7 @@ Efficiency: the whole tile is one computation (no loop over captions); the SGR q
 weights are folded into one matrix (``fold_query_key``, exact up to rounding) and the last SGR
 step only updates the global node, which is all the score reads.
 """
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import flax.linen as nn
 import jax
@@ -76,11 +76,15 @@ class TorchBatchNorm(nn.Module):
 
   Train: normalise with the biased batch variance over every other axis; running stats get
   momentum 0.1 with the unbiased variance (torch semantics). ``update`` applies G sequential
-  updates at once (SAF's per-caption loop, quirk 2).
+  updates at once (SAF's per-caption loop, quirk 2). ``axis_name``: under a data-parallel
+  ``shard_map`` the batch statistics are reduced over that mesh axis (equal shards, so the
+  mean of per-device moments is the global moment), so the result does not depend on the
+  device count.
   """
   num_features: int
   momentum: float = 0.1
   eps: float = 1e-5
+  axis_name: Optional[str] = None
 
   def setup(self):
     c = self.num_features
@@ -93,8 +97,15 @@ class TorchBatchNorm(nn.Module):
     if not train:
       return K.batch_norm(x, self.mean.value, self.var.value, self.scale, self.bias, self.eps)
     axes = tuple(range(x.ndim - 1))
-    mean, var = jnp.mean(x, axis=axes), jnp.var(x, axis=axes)
     n = x.size // self.num_features
+    if self.axis_name is None:
+      mean, var = jnp.mean(x, axis=axes), jnp.var(x, axis=axes)
+    else:
+      # Global moments from per-device means of x and of the squared deviation from the
+      # global mean (exact for equal shards; no E[x^2] - mean^2 cancellation).
+      mean = jax.lax.pmean(jnp.mean(x, axis=axes), self.axis_name)
+      var = jax.lax.pmean(jnp.mean(jnp.square(x - mean), axis=axes), self.axis_name)
+      n = n * jax.lax.psum(1, self.axis_name)
     self.update(mean[None], (var * n / max(n - 1, 1))[None])
     return K.batch_norm(x, mean, var, self.scale, self.bias, self.eps)
 
@@ -117,13 +128,14 @@ class VisualSA(nn.Module):
   embed_dim: int
   num_regions: int
   dropout: float = 0.4
+  axis_name: Optional[str] = None    # data-parallel BatchNorm statistics (TorchBatchNorm)
 
   def setup(self):
     d = self.embed_dim
     self.embedding_local_0 = Linear(d, d)
-    self.embedding_local_1 = TorchBatchNorm(self.num_regions)
+    self.embedding_local_1 = TorchBatchNorm(self.num_regions, axis_name=self.axis_name)
     self.embedding_global_0 = Linear(d, d)
-    self.embedding_global_1 = TorchBatchNorm(d)
+    self.embedding_global_1 = TorchBatchNorm(d, axis_name=self.axis_name)
     self.embedding_common_0 = Linear(d, 1)
     self.drop = nn.Dropout(self.dropout)
 
@@ -211,13 +223,15 @@ class SGRAFHead(nn.Module):
   fold_query_key: bool = True
   caption_chunk: int = 0
   remat: bool = False
+  axis_name: Optional[str] = None
 
   def setup(self):
     if self.variant not in ("sgr", "saf"):
       raise ValueError(f"SGRAF variant={self.variant!r}: use 'sgr' or 'saf'")
     if self.saf_bn_stats not in ("per_caption", "pooled"):
       raise ValueError(f"saf_bn_stats={self.saf_bn_stats!r}: use 'per_caption' or 'pooled'")
-    self.v_global_w = VisualSA(self.embed_dim, self.num_regions, self.sa_dropout)
+    self.v_global_w = VisualSA(self.embed_dim, self.num_regions, self.sa_dropout,
+                               axis_name=self.axis_name)
     self.t_global_w = TextSA(self.embed_dim, self.sa_dropout)
     self.sim_tranloc_w = Linear(self.embed_dim, self.sim_dim)
     self.sim_tranglo_w = Linear(self.embed_dim, self.sim_dim)
@@ -288,6 +302,10 @@ class SGRAF(RetrievalModel):
   caption_chunk: int = 0
   remat: bool = False
   word_vectors: Any = None
+  # Set by xmr_jax.training.parallel under a data mesh: VisualSA's train-mode BatchNorm then
+  # reduces its statistics over all devices. SAF's per-caption statistics need nothing: each
+  # device scores its captions against the gathered images of the whole batch.
+  axis_name: Optional[str] = None
 
   def setup(self):
     self.img_enc = RegionEncoder(self.embed_dim)
@@ -296,7 +314,8 @@ class SGRAF(RetrievalModel):
                                   word_vectors=self.word_vectors, dropout=self.word_dropout)
     self.sim_enc = SGRAFHead(self.embed_dim, self.sim_dim, self.num_regions, self.variant,
                              self.sgr_steps, self.smooth, self.sa_dropout, self.saf_bn_stats,
-                             self.fold_query_key, self.caption_chunk, self.remat)
+                             self.fold_query_key, self.caption_chunk, self.remat,
+                             axis_name=self.axis_name)
 
   def encode_images(self, images, *, train: bool) -> Dict[str, jax.Array]:
     mask = images["region_mask"].astype(bool)
