@@ -318,3 +318,15 @@ def test_evaluate_with_labels_and_pmrp_errors():
     M.pmrp(SP, LABELS, LABELS[:, :3], k=1)
   with pytest.raises(ValueError, match="zetas"):
     M.pmrp(SP, LABELS, k=1, zetas=(-1,))
+
+
+def test_recall_by_bins_hand_case():
+  # values sorted: idx 3 (0.1), 0 (0.2), 2 (0.5), 1 (0.9), 4 (1.0) -> bins [3, 0, 2] and [1, 4]
+  values = [0.2, 0.9, 0.5, 0.1, 1.0]
+  ranks = [1, 3, 1, 2, 1]
+  out = M.recall_by_bins(values, ranks, num_bins=2)
+  assert out["count"] == [3, 2]
+  np.testing.assert_allclose(out["recall"], [100 * 2 / 3, 50.0])
+  np.testing.assert_allclose(out["mean_value"], [(0.1 + 0.2 + 0.5) / 3, 0.95])
+  with pytest.raises(ValueError, match="equal-length"):
+    M.recall_by_bins([1.0, 2.0], [1])

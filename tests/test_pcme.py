@@ -308,3 +308,22 @@ def test_pixel_input_encodes():
       method=method.model.encode_images))(images)
   assert img["samples"].shape == (2, 3, 16)
   np.testing.assert_allclose(np.linalg.norm(img["mu"], axis=-1), 1.0, rtol=1e-5)
+
+
+def test_training_writes_the_uncertainty_plot(tiny_data_dir, tmp_path):
+  import json
+  import os
+  from conftest import tiny_config
+  from xmr_jax.training import loop
+  config = tiny_config("pcme", tiny_data_dir)
+  config.model.embed_dim = 16
+  config.model.word_dim = 8
+  config.train.num_steps = 2
+  workdir = str(tmp_path / "pcme")
+  res = loop.train_and_evaluate(config, workdir)
+  assert "pmrp" in res
+  with open(os.path.join(workdir, "eval", "uncertainty.json")) as f:
+    unc = json.load(f)
+  assert len(unc["per_item"]["image"]) == 12 and len(unc["per_item"]["text"]) == 60
+  assert sum(unc["recall_by_bin"]["i2t (image uncertainty)"]["count"]) == 12
+  assert os.path.getsize(os.path.join(workdir, "plots", "uncertainty.png")) > 1000

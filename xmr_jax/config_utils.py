@@ -63,7 +63,7 @@ def base_config(method: str) -> ml_collections.ConfigDict:
   c.hparams = ml_collections.ConfigDict(dict(learning_rate=2e-4, margin=0.2))
   c.train = ml_collections.ConfigDict(dict(
       batch_size=128,
-      num_epochs=30,
+      num_epochs=30.0,         # may be fractional
       num_steps=-1,            # > 0 overrides num_epochs
       lr_decay_epochs=15,      # step decay: lr *= lr_decay_factor every lr_decay_epochs
       lr_decay_factor=0.1,

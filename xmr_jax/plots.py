@@ -331,3 +331,20 @@ def plot_alignments(examples: list[dict[str, Any]], out_png: str | os.PathLike, 
 def _rect(xy, width, height, colour):
   from matplotlib.patches import Rectangle
   return Rectangle(xy, width, height, fill=False, edgecolor=colour, linewidth=1.5)
+
+
+def plot_recall_by_bins(curves: dict[str, dict[str, list]], out_png: str | os.PathLike, *,
+                        xlabel: str = "uncertainty bin (low -> high)", ylabel: str = "R@1",
+                        title: str = "", dpi: int = 100) -> str:
+  """One line per entry of ``curves`` ({name: recall_by_bins(...) output}) over bin index."""
+  fig = Figure(figsize=(5.5, 4))
+  ax = fig.add_subplot(1, 1, 1)
+  for name, c in curves.items():
+    ax.plot(np.arange(1, len(c["recall"]) + 1), c["recall"], marker="o", label=name)
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.set_title(title)
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  return _save(fig, out_png, dpi)

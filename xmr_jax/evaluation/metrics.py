@@ -386,3 +386,21 @@ def pmrp(scores: Any, img_labels: Any, cap_labels: Any = None,
                            true_match_plausible=true_match_plausible,
                            drop_unlabeled=drop_unlabeled)
   return {d: float(np.mean(list(v.values()))) for d, v in per_zeta.items()}
+
+
+def recall_by_bins(values: Any, ranks: Any, num_bins: int = 10, k: int = 1) -> dict[str, list]:
+  """R@k of queries grouped into equal-count bins of ``values`` (e.g. PCME uncertainty).
+
+  Queries are sorted by value (stable), split into ``num_bins`` near-equal consecutive groups
+  (``np.array_split``); per bin returns the mean value and the percentage of ranks <= k.
+  PCME fig. 5 reads recall against these uncertainty levels.
+  """
+  values, ranks = np.asarray(values, np.float64), np.asarray(ranks)
+  if values.shape != ranks.shape or values.ndim != 1:
+    raise ValueError(f"recall_by_bins: values {values.shape} and ranks {ranks.shape} must be "
+                     "equal-length vectors")
+  num_bins = max(1, min(num_bins, values.size))
+  groups = np.array_split(np.argsort(values, kind="stable"), num_bins)
+  return {"mean_value": [float(values[g].mean()) for g in groups],
+          "recall": [float(100.0 * np.mean(ranks[g] <= k)) for g in groups],
+          "count": [int(g.size) for g in groups]}

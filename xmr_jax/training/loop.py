@@ -39,7 +39,8 @@ def schedule(config, num_train_images: int, captions_per_image: int) -> Dict[str
   if num_train_images < bs:
     raise ValueError(f"train.batch_size={bs} exceeds the {num_train_images} training images")
   per_epoch = captions_per_image * (num_train_images // bs)
-  total = config.train.num_steps if config.train.num_steps > 0 else per_epoch * config.train.num_epochs
+  total = (config.train.num_steps if config.train.num_steps > 0
+           else round(per_epoch * config.train.num_epochs))
   return {"steps_per_epoch": per_epoch, "total_steps": int(total),
           "decay_steps": int(per_epoch * config.train.lr_decay_epochs)}
 

@@ -31,14 +31,15 @@ def train_step(state: State, batch: Mapping[str, Any], hparams: Mapping[str, jax
                forward=None) -> Tuple[State, Dict[str, jax.Array]]:
   """One optimisation step; pure in (state, batch, hparams), so it jits and vmaps.
 
-  ``hparams`` gains ``step`` and ``epoch`` (float32) for losses with schedules (DeFrag's
+  ``hparams`` gains ``step`` and the fractional ``epoch`` (float32) for losses with schedules (DeFrag's
   fragment-then-MIL switch) without recompiling. ``forward`` replaces ``loss_and_aux`` (same
   signature without ``method``), e.g. the mesh version ``parallel.sharded_loss_and_aux``.
   """
   step = state["step"]
   hp = dict(hparams)
   hp["step"] = step.astype(jnp.float32)
-  hp["epoch"] = jnp.floor(step / max(steps_per_epoch, 1)).astype(jnp.float32)
+  # Fractional epochs (step / steps_per_epoch): schedules may switch mid-epoch.
+  hp["epoch"] = (step / max(steps_per_epoch, 1)).astype(jnp.float32)
   rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), step)
   forward = forward or functools.partial(loss_and_aux, method)
   grad_fn = jax.value_and_grad(forward, has_aux=True)
