@@ -93,6 +93,6 @@ def _synthetic(c, a):
   c.train.batch_size = 64
   c.hparams.learning_rate = 5e-4
   c.hparams.hardneg_warmup_epochs = 1e6
-  c.train.num_epochs = 1.0 if a.variant == "sgr" else 1.5
+  c.train.num_epochs = 1.0
   c.train.lr_decay_epochs = 100   # no decay within so short a run
   c.eval.dev_max_images = 200
