@@ -53,3 +53,15 @@ def test_positive_mask_excludes_extra_true_pairs():
 def test_unknown_reduction_is_an_error():
   with pytest.raises(ValueError, match="reduction"):
     triplet_ranking_loss(S, 0.2, reduction="avg")
+
+
+def test_warmup_switches_from_sum_to_hardest_at_the_epoch():
+  from xmr_jax.losses import triplet_loss_with_warmup
+  s = np.array([[0.9, 0.8, 0.1], [0.0, 0.5, 0.45], [0.3, 0.45, 0.7]], np.float32)
+  hp = {"margin": np.float32(0.3), "hardneg_warmup_epochs": np.float32(1.0)}
+  warm, m = triplet_loss_with_warmup(s, dict(hp, epoch=np.float32(0.5)))
+  hard, m2 = triplet_loss_with_warmup(s, dict(hp, epoch=np.float32(1.0)))
+  assert float(warm) == pytest.approx(1.4, abs=1e-6) and float(m["hard_negatives"]) == 0.0
+  assert float(hard) == pytest.approx(1.15, abs=1e-6) and float(m2["hard_negatives"]) == 1.0
+  plain, m3 = triplet_loss_with_warmup(s, {"margin": np.float32(0.3)})
+  assert float(plain) == pytest.approx(1.15, abs=1e-6) and m3 == {}

@@ -36,3 +36,21 @@ def triplet_ranking_loss(scores: jax.Array, margin, *, max_violation: bool = Tru
   if reduction == "mean":
     return total / b
   raise ValueError(f"triplet_ranking_loss: unknown reduction {reduction!r} (use 'sum' or 'mean')")
+
+
+def triplet_loss_with_warmup(scores: jax.Array, hparams, *, reduction: str = "sum"):
+  """Hardest-negative triplet loss, with an optional sum-over-negatives warm-up.
+
+  Returns ``(loss, metrics)``. While ``hparams['epoch'] < hparams['hardneg_warmup_epochs']``
+  the loss is the sum over all negatives (VSE++ eq. 3; VSE∞'s ``vse_mean_warmup_epochs``),
+  afterwards the hardest negative (eq. 5). Without ``hardneg_warmup_epochs`` in ``hparams``
+  it is the hardest-negative loss throughout, as the official VSE++/SGRAF/MMCA code. Both
+  scalars are traced, so a schedule or a sweep over them never recompiles.
+  """
+  margin = hparams["margin"]
+  hard = triplet_ranking_loss(scores, margin, max_violation=True, reduction=reduction)
+  if "hardneg_warmup_epochs" not in hparams:
+    return hard, {}
+  warm = hparams.get("epoch", jnp.float32(0)) < hparams["hardneg_warmup_epochs"]
+  summed = triplet_ranking_loss(scores, margin, max_violation=False, reduction=reduction)
+  return jnp.where(warm, summed, hard), {"hard_negatives": 1.0 - warm.astype(jnp.float32)}

@@ -17,7 +17,7 @@ Architecture (paper §3, our reading):
   Y = [R ‖ X] (R + L tokens, softmax(QKᵀ/√d)V across both modalities, padding masked); the
   output is split, the region part averaged (i1), the word part through an n-gram CNN (c1).
 * **Score** (§3.3): S(I, T) = ⟨i0, c0⟩ + α⟨i1, c1⟩; **loss**: hardest-negative bidirectional
-  triplet loss (eq. 15, ``triplet_ranking_loss(max_violation=True)``), summed over the batch.
+  triplet loss (eq. 15, ``triplet_loss_with_warmup``), summed over the batch.
 
 Choices the paper leaves open (all documented defaults, most behind a config field):
 
@@ -53,7 +53,7 @@ import numpy as np
 
 from xmr_jax.kernels import cross_attention as ca
 from xmr_jax.kernels.common import l2norm, masked_mean
-from xmr_jax.losses import triplet_ranking_loss
+from xmr_jax.losses import triplet_loss_with_warmup
 from xmr_jax.models.base import RetrievalModel
 from xmr_jax.models.encoders import RegionEncoder
 from xmr_jax.models.registry import Method
@@ -252,10 +252,10 @@ def replace_text_params(params: Mapping[str, Any], pretrained: Mapping[str, Any]
 
 
 def loss_fn(img, txt, scores, hparams, rng):
-  """Eq. 15: hardest-negative bidirectional triplet loss on S, summed over the batch."""
+  """Eq. 15: hardest-negative bidirectional triplet loss on S, summed over the batch (with
+  the optional sum-over-negatives warm-up of ``triplet_loss_with_warmup``; presets: none)."""
   del img, txt, rng
-  return triplet_ranking_loss(scores, hparams["margin"], max_violation=True,
-                              reduction="sum"), {}
+  return triplet_loss_with_warmup(scores, hparams, reduction="sum")
 
 
 def build_method(config, info: DataInfo) -> Method:
@@ -267,4 +267,4 @@ def build_method(config, info: DataInfo) -> Method:
                cross_input=m.cross_input, share_weights=m.share_weights,
                normalize=m.normalize, score_chunk=m.score_chunk,
                word_vectors=info.word_vectors)
-  return Method("mmca", model, loss_fn, hparam_names=("margin",))
+  return Method("mmca", model, loss_fn, hparam_names=("margin", "hardneg_warmup_epochs"))

@@ -50,7 +50,7 @@ import jax.numpy as jnp
 
 from xmr_jax.kernels import sgraf as K
 from xmr_jax.kernels.common import masked_mean
-from xmr_jax.losses import triplet_ranking_loss
+from xmr_jax.losses import triplet_loss_with_warmup
 from xmr_jax.models.base import RetrievalModel
 from xmr_jax.models.encoders import GRUTextEncoder, RegionEncoder
 from xmr_jax.models.registry import Method
@@ -341,14 +341,8 @@ def sgraf_loss(img, txt, scores, hparams, rng):
   hardest-negative loss of sigmoid scores sits at 2 B margin for a long time.
   """
   del img, txt, rng
-  margin = hparams["margin"]
-  hard = triplet_ranking_loss(scores, margin, max_violation=True, reduction="sum")
-  metrics = {"pos_score": jnp.mean(jnp.diagonal(scores))}
-  if "hardneg_warmup_epochs" not in hparams:
-    return hard, metrics
-  warm = hparams.get("epoch", jnp.float32(0)) < hparams["hardneg_warmup_epochs"]
-  summed = triplet_ranking_loss(scores, margin, max_violation=False, reduction="sum")
-  return jnp.where(warm, summed, hard), dict(metrics, hard_negatives=1.0 - warm.astype(jnp.float32))
+  loss, metrics = triplet_loss_with_warmup(scores, hparams, reduction="sum")
+  return loss, dict(metrics, pos_score=jnp.mean(jnp.diagonal(scores)))
 
 
 def build_method(config, info: DataInfo) -> Method:

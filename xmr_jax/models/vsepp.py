@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from xmr_jax.kernels.common import l2norm, masked_mean
-from xmr_jax.losses import triplet_ranking_loss
+from xmr_jax.losses import triplet_loss_with_warmup, triplet_ranking_loss
 from xmr_jax.models.base import RetrievalModel
 from xmr_jax.models.encoders import GRUTextEncoder, PixelCNN, last_valid
 from xmr_jax.models.registry import Method
@@ -69,13 +69,10 @@ def make_triplet_loss(max_violation: bool, reduction: str):
   """
   def loss_fn(img, txt, scores, hparams, rng):
     del img, txt, rng
-    margin = hparams["margin"]
     if not max_violation:
-      return triplet_ranking_loss(scores, margin, max_violation=False, reduction=reduction), {}
-    hard = triplet_ranking_loss(scores, margin, max_violation=True, reduction=reduction)
-    warm = hparams["epoch"] < hparams["hardneg_warmup_epochs"]
-    summed = triplet_ranking_loss(scores, margin, max_violation=False, reduction=reduction)
-    return jnp.where(warm, summed, hard), {"hard_negatives": 1.0 - warm.astype(jnp.float32)}
+      return triplet_ranking_loss(scores, hparams["margin"], max_violation=False,
+                                  reduction=reduction), {}
+    return triplet_loss_with_warmup(scores, hparams, reduction=reduction)
   return loss_fn
 
 
