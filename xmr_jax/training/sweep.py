@@ -128,8 +128,12 @@ def init_states(method, sample_batch, tx, seeds: Sequence[int]):
   Equal to K calls of ``state.init_state(..., seed)``: the key data of ``key(seed)`` is what
   ``init_state`` wraps, and vmapping random draws over keys does not change them.
   """
-  keys = jnp.stack([jax.random.key_data(jax.random.key(int(s))) for s in seeds])
-  return jax.jit(jax.vmap(lambda k: state_lib.init_state(method, sample_batch, tx, k)))(keys)
+  # One jitted init per variant, then stacked (init runs once, not per step). A single
+  # jit(vmap(init)) over 6 variants never completed on the 2-core CPU box (XLA CPU; 2 variants
+  # did), which hung the CLI sweep; per-variant init gives the same arrays.
+  init = jax.jit(lambda k: state_lib.init_state(method, sample_batch, tx, k))
+  states = [init(jax.random.key_data(jax.random.key(int(s)))) for s in seeds]
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
 
 
 def make_sweep_step(method, tx, *, decay_steps: int, decay_factor: float,
