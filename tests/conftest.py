@@ -35,3 +35,11 @@ def tiny_config(method: str, data_dir: str, **model):
   for k, v in model.items():
     c.model[k] = v
   return c
+
+
+def train_tiny(method: str, data_dir: str, workdir: str, steps: int = 2, **model):
+  """Trains ``tiny_config(method)`` for ``steps`` steps end to end; returns the test results."""
+  from xmr_jax.training import loop
+  config = tiny_config(method, data_dir, **model)
+  config.train.num_steps = steps
+  return loop.train_and_evaluate(config, workdir)

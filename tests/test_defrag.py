@@ -355,13 +355,8 @@ def test_bigram_and_word_fragments(kind):
 
 def test_training_writes_the_alignment_plot(tiny_data_dir, tmp_path):
   import os
-  from conftest import tiny_config
-  from xmr_jax.training import loop
-  config = tiny_config("defrag", tiny_data_dir)
-  config.model.embed_dim = 16
-  config.model.word_dim = 8
-  config.train.num_steps = 2
+  from conftest import train_tiny
   workdir = str(tmp_path / "defrag")
-  res = loop.train_and_evaluate(config, workdir)
+  res = train_tiny("defrag", tiny_data_dir, workdir, embed_dim=16, word_dim=8)
   assert 0 <= res["rsum"] <= 600
   assert os.path.getsize(os.path.join(workdir, "plots", "alignments.png")) > 1000

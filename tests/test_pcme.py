@@ -313,14 +313,9 @@ def test_pixel_input_encodes():
 def test_training_writes_the_uncertainty_plot(tiny_data_dir, tmp_path):
   import json
   import os
-  from conftest import tiny_config
-  from xmr_jax.training import loop
-  config = tiny_config("pcme", tiny_data_dir)
-  config.model.embed_dim = 16
-  config.model.word_dim = 8
-  config.train.num_steps = 2
+  from conftest import train_tiny
   workdir = str(tmp_path / "pcme")
-  res = loop.train_and_evaluate(config, workdir)
+  res = train_tiny("pcme", tiny_data_dir, workdir, embed_dim=16, word_dim=8)
   assert "pmrp" in res
   with open(os.path.join(workdir, "eval", "uncertainty.json")) as f:
     unc = json.load(f)
