@@ -42,7 +42,9 @@ def get_config(arg=None):
   m.saf_bn_stats = "per_caption"    # official per-caption BatchNorm statistics (model docstring)
   m.fold_query_key = True           # SGR: W_q W_k^T folded into one matrix (exact)
   m.caption_chunk = 0               # 0 = auto cache-sized caption blocks, -1 = whole tile
+  m.image_chunk = 0                 # images per block: 0 = auto (<= 2), -1 = every image
   m.remat = True                    # recompute blocks in backward: less memory, faster on CPU
+  m.sparse_backward = True          # SGR: backward through the ~3B pairs with a gradient (exact)
   c.hparams.learning_rate = 2e-4    # opts.py learning_rate (Adam)
   c.hparams.margin = 0.2            # opts.py margin
   c.hparams.hardneg_warmup_epochs = 0.0   # official: hardest negatives from the first step

@@ -366,6 +366,36 @@ def test_train_step_loss_and_state(model_setup):
   assert not np.allclose(np.asarray(old), np.asarray(new))
 
 
+@pytest.mark.parametrize("warmup", [0.0, 1.0])
+def test_sparse_backward_equals_dense(model_setup, warmup):
+  """SGR's sparse backward (only the pairs with a gradient) gives the dense gradients: with the
+  hardest-negative loss (<= 3B scores carry a gradient: sparse branch) and with the sum over
+  negatives (more: the dense fallback)."""
+  x = model_setup
+  hp = {"margin": jnp.float32(0.2), "epoch": jnp.float32(0),
+        "hardneg_warmup_epochs": jnp.float32(warmup)}
+
+  def grads(model):
+    def loss(params):
+      (_, _, scores), _ = model.apply(
+          {"params": params, "batch_stats": x["variables"]["batch_stats"]}, x["images"],
+          x["texts"], train=True, rngs={"dropout": jax.random.PRNGKey(1)},
+          mutable=["batch_stats"])
+      return M.sgraf_loss(None, None, scores, hp, None)[0], scores
+    return jax.jit(jax.value_and_grad(loss, has_aux=True))(x["variables"]["params"])
+
+  (v_s, scores), g_s = grads(x["model"])                      # sparse_backward=True (default)
+  (v_d, _), g_d = grads(x["model"].clone(sparse_backward=False))
+  np.testing.assert_allclose(float(v_s), float(v_d), rtol=1e-6)
+  d_scores = jax.grad(lambda s: M.sgraf_loss(None, None, s, hp, None)[0])(scores)
+  nnz = int(np.sum(np.asarray(d_scores) != 0))
+  assert (nnz <= 15) if warmup == 0.0 else (nnz > 15), nnz      # which branch ran
+  flat_s, flat_d = jax.tree.leaves(g_s), jax.tree.leaves(g_d)
+  assert len(flat_s) == len(flat_d) and sum(np.abs(g).sum() for g in flat_d) > 0
+  for a, b in zip(flat_s, flat_d):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=1e-4)
+
+
 def test_converter_rejects_mismatch():
   sd = _state_dict(_fixture("sgr"))
   with pytest.raises(ValueError, match="variant"):

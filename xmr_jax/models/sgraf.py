@@ -40,7 +40,11 @@ Where the official code has quirks we follow it, because they change reproduced 
 
 Efficiency: the whole tile is one computation (no loop over captions); the SGR query/key
 weights are folded into one matrix (``fold_query_key``, exact up to rounding) and the last SGR
-step only updates the global node, which is all the score reads.
+step only updates the global node, which is all the score reads. In training, SGR's B x B
+scores are computed without storing per-pair intermediates and the backward pass
+differentiates only the pairs that get a gradient (``sparse_backward``: under the
+hardest-negative loss the positives and one hardest negative per row and per column, ~3 B of
+the B^2 pairs; exact, with a dense fallback for losses that touch more pairs).
 """
 from typing import Any, Dict, Optional
 
@@ -208,9 +212,15 @@ class AttentionFiltration(nn.Module):
 class SGRAFHead(nn.Module):
   """The official ``EncoderSimilarity``; parameter names mirror its ``state_dict``.
 
-  ``caption_chunk``: captions per block of the fused tile computation (0 = auto, the largest
-  block whose attended-region tensor fits ~4 MiB; -1 = the whole tile in one block). ``remat``
+  ``image_chunk`` x ``caption_chunk``: the block of pairs computed as one fused computation
+  (``kernels.sgraf.chunked_pair_scores``). 0 = auto (at most 2 images, then the largest
+  caption block whose attended-region tensor fits 8 MiB: ``kernels.sgraf.auto_blocks``);
+  ``image_chunk=-1`` = every image of the tile in each block; ``caption_chunk=-1`` = the whole
+  tile in one block. ``remat``
   recomputes each block in the backward pass (less memory, ~1/3 more FLOPs).
+  ``sparse_backward`` (SGR only): the train-mode scores differentiate only the pairs whose
+  score gets a gradient (``kernels.sgraf.sparse_grad_scores``: ~3 B of the B^2 pairs under the
+  hardest-negative loss; exact, with a dense fallback for any other loss).
   """
   embed_dim: int = 1024
   sim_dim: int = 256
@@ -223,6 +233,8 @@ class SGRAFHead(nn.Module):
   fold_query_key: bool = True
   caption_chunk: int = 0
   remat: bool = False
+  sparse_backward: bool = True
+  image_chunk: int = 0
   axis_name: Optional[str] = None
 
   def setup(self):
@@ -261,15 +273,20 @@ class SGRAFHead(nn.Module):
     n_i, _, d = img["local"].shape
     n_t, n_w, _ = txt["local"].shape
     saf_mode = "running" if not train else self.saf_bn_stats
+    # Train-mode SAF statistics pool over every image of a caption: no image blocks.
+    all_images = self.image_chunk < 0 or (train and self.variant == "saf")
+    ci, ct = K.auto_blocks(n_i, n_t, n_w, d,
+                           max_images=n_i if all_images else (self.image_chunk or 2))
     if self.caption_chunk < 0 or saf_mode == "pooled":
-      chunk = n_t
-    elif self.caption_chunk == 0:
-      chunk = K.auto_caption_chunk(n_i, n_t, n_w, d)
-    else:
-      chunk = max(c for c in range(1, min(self.caption_chunk, n_t) + 1) if n_t % c == 0)
+      ci, ct = n_i, n_t
+    elif self.caption_chunk > 0:
+      ct = K.largest_divisor(n_t, self.caption_chunk)
+    kw = dict(variant=self.variant, smooth=self.smooth, fold=self.fold_query_key,
+              saf_mode=saf_mode)
+    if train and self.variant == "sgr" and self.sparse_backward:
+      return K.sparse_grad_scores(img, txt, self._weights(), chunk=ct, image_chunk=ci, **kw)
     scores, (means, variances) = K.chunked_pair_scores(
-        img, txt, self._weights(), chunk=chunk, remat=self.remat and train,
-        variant=self.variant, smooth=self.smooth, fold=self.fold_query_key, saf_mode=saf_mode)
+        img, txt, self._weights(), chunk=ct, image_chunk=ci, remat=self.remat and train, **kw)
     if self.variant == "saf" and train:
       self.SAF_module.bn.update(means[:, None], variances[:, None])
     return scores
@@ -301,6 +318,8 @@ class SGRAF(RetrievalModel):
   fold_query_key: bool = True
   caption_chunk: int = 0
   remat: bool = False
+  sparse_backward: bool = True
+  image_chunk: int = 0
   word_vectors: Any = None
   # Set by xmr_jax.training.parallel under a data mesh: VisualSA's train-mode BatchNorm then
   # reduces its statistics over all devices. SAF's per-caption statistics need nothing: each
@@ -315,7 +334,7 @@ class SGRAF(RetrievalModel):
     self.sim_enc = SGRAFHead(self.embed_dim, self.sim_dim, self.num_regions, self.variant,
                              self.sgr_steps, self.smooth, self.sa_dropout, self.saf_bn_stats,
                              self.fold_query_key, self.caption_chunk, self.remat,
-                             axis_name=self.axis_name)
+                             self.sparse_backward, self.image_chunk, axis_name=self.axis_name)
 
   def encode_images(self, images, *, train: bool) -> Dict[str, jax.Array]:
     mask = images["region_mask"].astype(bool)
@@ -353,5 +372,7 @@ def build_method(config, info: DataInfo) -> Method:
                 smooth=m.smooth, word_dropout=m.word_dropout, sa_dropout=m.sa_dropout,
                 saf_bn_stats=m.saf_bn_stats, fold_query_key=m.fold_query_key,
                 caption_chunk=m.caption_chunk, remat=m.remat,
+                sparse_backward=m.sparse_backward, image_chunk=m.image_chunk,
                 word_vectors=info.word_vectors)
-  return Method("sgraf", model, sgraf_loss, hparam_names=("margin", "hardneg_warmup_epochs"))
+  return Method("sgraf", model, sgraf_loss, hparam_names=("margin", "hardneg_warmup_epochs"),
+                text_padding=("mask", ("local",)))
