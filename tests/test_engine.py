@@ -1,4 +1,5 @@
 """The evaluation engine: tiled all-pairs scoring equals one big call; eval mode; optimiser."""
+import dataclasses
 import json
 import os
 
@@ -110,3 +111,28 @@ def test_unclipped_params_skip_global_norm_clipping():
   updates, _ = tx.update(grads, st, params)
   np.testing.assert_allclose(updates["a"], [-10.0], rtol=1e-6)            # not clipped
   np.testing.assert_allclose(updates["enc"]["w"], [-0.6, -0.8], rtol=1e-6)  # norm 5 -> 1
+
+
+def test_length_groups_trim_padding_and_keep_scores(tiny_data_dir):
+  """SGRAF captions scored in length groups (padding trimmed per group) = one padded grid."""
+  config = tiny_config("sgraf", tiny_data_dir, embed_dim=8, word_dim=6, sim_dim=6)
+  ds, method, _, _, state = loop.setup(config)
+  variables = loop._variables(state)
+  data = ds.eval_data("test", 16)
+  img = engine.encode_all(method, variables, data.image_batches(), "image")
+  txt = engine.encode_all(method, variables, data.text_batches(), "text")
+  lengths = txt["mask"].sum(1)
+  groups = engine.group_by_length(method, txt, 3, multiple=7)
+  assert len(groups) >= 2
+  np.testing.assert_array_equal(np.sort(np.concatenate([i for i, _ in groups])), np.arange(60))
+  for idx, sub in groups:
+    assert sub["local"].shape[1] == sub["mask"].shape[1] == lengths[idx].max()
+    np.testing.assert_array_equal(sub["glo"], txt["glo"][idx])
+  assert groups[0][1]["mask"].shape[1] < txt["mask"].shape[1]       # padding was trimmed
+  full = engine.score_all(method, variables, img, txt, tile_images=5, tile_texts=7)
+  grouped = engine.score_all(method, variables, img, txt, tile_images=5, tile_texts=7,
+                             length_groups=3)
+  np.testing.assert_allclose(grouped, full, rtol=1e-6, atol=1e-6)
+  # Methods without a declared padded axis are left as one group.
+  plain = dataclasses.replace(method, text_padding=None)
+  assert len(engine.group_by_length(plain, txt, 3)) == 1

@@ -82,6 +82,10 @@ def base_config(method: str) -> ml_collections.ConfigDict:
       protocol="default",      # default | coco1k | coco5k
       tile_images=128,
       tile_texts=512,
+      # Captions are sorted by length and scored in up to this many groups, each with its
+      # padding trimmed to the group's longest caption (methods that declare a padded text
+      # axis, Method.text_padding); 1 = off. Scores are identical either way.
+      length_groups=4,
       encode_batch_size=256,
       dev_max_images=1000,     # dev evaluation during training uses at most this many images
   ))

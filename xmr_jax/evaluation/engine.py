@@ -6,7 +6,7 @@ under ``jax.lax.map``, so it compiles once per (tile shape) and peak device memo
 by a tile row (tile_images x N_txt scores plus one tile's intermediates), not by N.
 """
 import time
-from typing import Any, Callable, Iterable, Mapping, Optional, Tuple
+from typing import Any, Callable, Iterable, List, Mapping, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -62,14 +62,61 @@ def _pad_rows(tree: PyTree, multiple: int) -> Tuple[PyTree, int]:
   return tree, n
 
 
+def group_by_length(method, txt: PyTree, n_groups: int,
+                  multiple: int = 1) -> List[Tuple[np.ndarray, PyTree]]:
+  """Captions split into at most ``n_groups`` groups of similar length, padding trimmed.
+
+  Only for methods that declare ``Method.text_padding`` = (mask key, keys with a word axis);
+  otherwise (or with ``n_groups`` <= 1) one group holds every caption unchanged. Captions are
+  sorted by length (stable) and cut into equal runs rounded to ``multiple`` (the caption
+  tile), each run's word axis cut to its longest caption; runs that end up with the same
+  length are merged, so the scorer compiles once per distinct length. Returns
+  [(caption indices, sub-tree)], the indices covering 0..N_txt-1 once.
+  """
+  n_txt = jax.tree.leaves(txt)[0].shape[0]
+  spec = method.text_padding
+  if n_groups <= 1 or spec is None or spec[0] not in txt:
+    return [(np.arange(n_txt), txt)]
+  mask_key, keys = spec
+  lengths = np.asarray(txt[mask_key]).sum(1)
+  order = np.argsort(lengths, kind="stable")
+  size = max(multiple, -(-n_txt // n_groups // multiple) * multiple)
+  groups = []
+  for start in range(0, n_txt, size):
+    idx = order[start:start + size]
+    top = max(int(lengths[idx].max()), 1)
+    if groups and groups[-1][1] == top:
+      groups[-1] = (np.concatenate([groups[-1][0], idx]), top)
+    else:
+      groups.append((idx, top))
+  out = []
+  for idx, top in groups:
+    sub = {k: (np.asarray(v)[idx, :top] if k in keys or k == mask_key else np.asarray(v)[idx])
+           for k, v in txt.items()}
+    out.append((idx, sub))
+  return out
+
+
 def score_all(method, variables, img: PyTree, txt: PyTree, *, tile_images: int = 128,
               tile_texts: int = 512, progress: bool = False,
-              num_devices: Optional[int] = None) -> np.ndarray:
+              num_devices: Optional[int] = None, length_groups: int = 1) -> np.ndarray:
   """All-pairs (N_img, N_txt) scores, tile by tile. Padded rows (repeats) are cut off.
 
   With more than one local device (``num_devices``: default all of this process's) the caption
-  tiles are spread over them (``training.parallel.score_all_sharded``).
+  tiles are spread over them (``training.parallel.score_all_sharded``). ``length_groups`` > 1
+  scores captions grouped by length with their padding trimmed (``group_by_length``; same
+  scores, fewer FLOPs for methods whose cost grows with the padded caption length).
   """
+  groups = group_by_length(method, txt, length_groups, multiple=tile_texts)
+  if len(groups) > 1:
+    out = None
+    for idx, sub in groups:
+      part = score_all(method, variables, img, sub, tile_images=tile_images,
+                       tile_texts=tile_texts, progress=progress, num_devices=num_devices)
+      if out is None:
+        out = np.empty((part.shape[0], jax.tree.leaves(txt)[0].shape[0]), part.dtype)
+      out[:, idx] = part
+    return out
   if (num_devices or jax.local_device_count()) > 1:
     from xmr_jax.training import parallel  # lazy: evaluation does not need training otherwise
     mesh = parallel.local_mesh(num_devices)

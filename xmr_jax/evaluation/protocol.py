@@ -22,7 +22,8 @@ def score_split(config, ds, method, variables, *, split: str, max_images: Option
                           progress=progress, desc=f"encode {split} captions")
   t1 = time.time()
   scores = engine.score_all(method, variables, img, txt, tile_images=config.eval.tile_images,
-                            tile_texts=config.eval.tile_texts, progress=progress)
+                            tile_texts=config.eval.tile_texts,
+                            length_groups=config.eval.get("length_groups", 1), progress=progress)
   t2 = time.time()
   if not np.all(np.isfinite(scores)):
     raise FloatingPointError(f"{method.name}: non-finite scores on split {split!r}")

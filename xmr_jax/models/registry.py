@@ -5,7 +5,7 @@ Modules are imported lazily so that one method's optional dependencies never aff
 """
 import dataclasses
 import importlib
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import jax
 
@@ -31,6 +31,11 @@ class Method:
   # Top-level parameter names whose gradients skip global-norm clipping (PCME's a and b: the
   # official code clips only the encoders' gradients).
   unclipped_params: Tuple[str, ...] = ()
+  # Text representations with a padded word axis (axis 1): (mask key, keys of the arrays
+  # carrying that axis). The evaluation engine then scores captions in length groups with the
+  # padding trimmed (``engine.score_all(length_groups=...)``); declare it only when scores do
+  # not depend on padding (each such method has a mask-invariance test).
+  text_padding: Optional[Tuple[str, Tuple[str, ...]]] = None
 
 
 def get_method(config, info: DataInfo) -> Method:
