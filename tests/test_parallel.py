@@ -96,8 +96,13 @@ def test_eight_devices_train_like_one(report, name):
   np.testing.assert_allclose(r["loss8"], r["loss1"], rtol=1e-5, atol=1e-5)
   # Adam and clipping are invariant to a global gradient scale, so parameters alone would not
   # catch gradients x device count; compare the gradient norms too.
-  np.testing.assert_allclose(r["gn8"], r["gn1"], rtol=1e-5)
-  assert r["param_diff"] < 1e-5 * max(1.0, r["param_scale"])
+  np.testing.assert_allclose(r["gn8"][0], r["gn1"][0], rtol=1e-5)
+  # Later steps start from parameters that differ by rounding (the two runs block their GEMMs
+  # differently), and a hinge sitting near zero can switch on in one run and not the other:
+  # measured 1.4e-4 relative in the step-2 gradient norm on an AMD EPYC CPU. A device-count
+  # bug (gradients x 8, unreduced BatchNorm statistics) is orders of magnitude larger.
+  np.testing.assert_allclose(r["gn8"][1:], r["gn1"][1:], rtol=1e-3)
+  assert r["param_diff"] < 1e-4 * max(1.0, r["param_scale"])
   assert r["loss1"][0] != r["loss1"][-1]      # the steps did change the model
 
 
