@@ -1,24 +1,39 @@
-"""SGRAF throughput: score pairs/s and train-step time, with achieved GFLOP/s.
+"""SGRAF throughput against the official PyTorch code, same shapes, same machine, one run.
 
-  python experiments/bench_sgraf.py --out=/tmp/bench_sgraf.json [--train_paper]
+  python experiments/bench_sgraf.py --out=bench_sgraf.json \
+      [--official_python=/work/torchvenv/bin/python --official_root=/work/official]
 
-Measures, for both variants (SGR, SAF):
-* ``score``: eval-mode ``SGRAFHead.similarity`` on one tile of images x captions (caption
-  lengths uniform in 8..20, padded to 20) at paper dims (36 x 1024, sim 256) and at the
-  synthetic config's dims (36 x 128, sim 32, lengths 10..16 padded to 16);
-* ``train``: one jitted SGD step of the whole ``SGRAF`` model at batch 128 (B x B pairs,
-  train-mode BatchNorms, dropout) at the synthetic dims (paper dims with ``--train_paper``);
-* a plain fp32 GEMM (2048^3) on the same machine at the same time, as the attainable peak
-  (the machine may be shared; the nominal 2-core peak is ~150-170 GFLOP/s).
+Shapes (``DIMS``): ``paper`` (36 regions x 2048 -> 1024, sim 256, word 300), ``small`` (the
+official benchmark's small shape: 16 regions x 128 -> 256, sim 64, word 128) and
+``synthetic`` (this repo's default config: 36 x 128 -> 128, sim 32, word 64). Captions of 8-20
+words (synthetic: 10-16), as ``experiments/official_bench.py``.
 
-FLOPs are counted analytically (``pair_flops``: the matmul FLOPs per image-caption pair at the
-padded caption length, as the kernels compute them; XLA's cost analysis counts a ``lax.map``
-body once, so it is not used). Train GFLOP/s use the usual 3 x forward (no remat recompute).
-Writes one JSON.
+Measures, for SGR and SAF:
+* ``score``: eval-mode scores of an images x captions grid through the evaluation engine
+  (``engine.score_all``: caption tiles grouped by length, padding trimmed; the ``engine``
+  numbers are what a user's evaluation gets), and of one tile padded to the longest caption
+  (``tile``: the kernel alone, every caption padded);
+* ``train``: one jitted SGD step of the whole ``SGRAF`` model at batch 128 (encoders, B x B
+  train-mode scores, hardest-negative loss, backward): SGR with and without
+  ``sparse_backward``, SAF (its per-caption BatchNorm statistics couple the pairs, so it
+  always takes the dense backward);
+* a 2048^3 fp32 GEMM before and after, as the attainable matmul peak at that moment.
+
+With ``--official_python`` the official code is then timed by ``official_bench.py --only
+sgraf`` (in that interpreter: a torch venv; see experiments/README_official.md) right after,
+on the same shapes, and the JSON gets ``ratio_vs_official`` (> 1 = xmr_jax faster).
+
+FLOPs are counted analytically (``pair_flops``: matmul FLOPs of one pair at the padded caption
+length, as the kernels compute them); train GFLOP/s use 3 x forward over the B x B pairs (the
+dense backward; the sparse one does less work, so its GFLOP/s is an "effective" rate).
 """
 import argparse
 import json
+import os
 import platform
+import subprocess
+import sys
+import tempfile
 import time
 from typing import Any, Callable, Dict
 
@@ -26,10 +41,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from xmr_jax.evaluation import engine
 from xmr_jax.models import sgraf as M
+from xmr_jax.models.registry import Method
 
-PAPER = dict(region_dim=2048, embed_dim=1024, sim_dim=256, word_dim=300, min_len=8, max_len=20)
-SYNTH = dict(region_dim=128, embed_dim=128, sim_dim=32, word_dim=64, min_len=10, max_len=16)
+DIMS = {
+    "paper": dict(regions=36, region_dim=2048, embed_dim=1024, sim_dim=256, word_dim=300,
+                  min_len=8, max_len=20),
+    "small": dict(regions=16, region_dim=128, embed_dim=256, sim_dim=64, word_dim=128,
+                  min_len=8, max_len=20),
+    "synthetic": dict(regions=36, region_dim=128, embed_dim=128, sim_dim=32, word_dim=64,
+                      min_len=10, max_len=16),
+}
+VOCAB = 10000     # as official_bench.py
 
 
 def _time(fn: Callable, *args, repeats: int) -> Dict[str, float]:
@@ -42,11 +66,10 @@ def _time(fn: Callable, *args, repeats: int) -> Dict[str, float]:
   return {"median_s": float(np.median(times)), "min_s": float(np.min(times))}
 
 
-def pair_flops(dims: Dict[str, int], variant: str, regions: int = 36, steps: int = 3) -> float:
-  """Forward matmul FLOPs of one image-caption pair (padded length L, N = L + 1 nodes)."""
-  d, s, length = dims["embed_dim"], dims["sim_dim"], dims["max_len"]
-  n = length + 1
-  flops = 2 * 2 * regions * length * d        # region-word scores + attended vectors
+def pair_flops(dims: Dict[str, int], variant: str, length: int, steps: int = 3) -> float:
+  """Forward matmul FLOPs of one image-caption pair at caption length ``length``."""
+  d, s, r, n = dims["embed_dim"], dims["sim_dim"], dims["regions"], length + 1
+  flops = 2 * 2 * r * length * d              # region-word scores + attended vectors
   flops += 2 * length * d * s + 2 * d * s     # local and global similarity projections
   if variant == "sgr":                        # folded query/key: 2 N S^2 + 2 N S^2 + 4 N^2 S
     flops += (steps - 1) * (4 * n * s * s + 4 * n * n * s) + 4 * s * s + 4 * n * s
@@ -55,49 +78,74 @@ def pair_flops(dims: Dict[str, int], variant: str, regions: int = 36, steps: int
   return float(flops + 2 * s)
 
 
-def _reprs(rng, n_img, n_txt, dims, regions=36):
+def _model(variant: str, dims: Dict[str, int], **kw) -> M.SGRAF:
+  return M.SGRAF(vocab_size=VOCAB, region_dim=dims["region_dim"], word_dim=dims["word_dim"],
+                 embed_dim=dims["embed_dim"], sim_dim=dims["sim_dim"],
+                 num_regions=dims["regions"], variant=variant, remat=True, **kw)
+
+
+def _batch(rng, b: int, dims: Dict[str, int]):
+  lens = rng.integers(dims["min_len"], dims["max_len"] + 1, size=b)
+  mask = np.arange(dims["max_len"])[None] < lens[:, None]
+  images = dict(regions=rng.normal(size=(b, dims["regions"], dims["region_dim"])).astype(
+      np.float32), region_mask=np.ones((b, dims["regions"]), bool))
+  texts = dict(tokens=(rng.integers(1, VOCAB, size=(b, dims["max_len"])) * mask).astype(np.int32),
+               token_mask=mask)
+  return images, texts, lens
+
+
+def _reprs(rng, n_img: int, n_txt: int, dims: Dict[str, int]):
+  """l2-normalised region / word embeddings and global vectors, as the encoders leave them."""
   l2 = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
-  d, length = dims["embed_dim"], dims["max_len"]
+  d, length, r = dims["embed_dim"], dims["max_len"], dims["regions"]
   lens = rng.integers(dims["min_len"], length + 1, size=n_txt)
   mask = np.arange(length)[None] < lens[:, None]
-  img = dict(local=l2(rng.normal(size=(n_img, regions, d))).astype(np.float32),
-             mask=np.ones((n_img, regions), bool),
-             glo=l2(rng.normal(size=(n_img, d))).astype(np.float32))
+  img = dict(local=l2(rng.normal(size=(n_img, r, d))).astype(np.float32),
+             mask=np.ones((n_img, r), bool), glo=l2(rng.normal(size=(n_img, d))).astype(np.float32))
   txt = dict(local=(l2(rng.normal(size=(n_txt, length, d))) * mask[..., None]).astype(np.float32),
              mask=mask, glo=l2(rng.normal(size=(n_txt, d))).astype(np.float32))
-  return img, txt
+  return img, txt, lens
 
 
-def bench_score(variant: str, dims: Dict[str, int], n_img: int, n_txt: int,
+def bench_score(variant: str, shape: str, n_img: int, n_txt: int, tile_texts: int,
                 repeats: int) -> Dict[str, Any]:
-  """Eval-mode scores of one n_img x n_txt tile."""
+  """Scores of an n_img x n_txt grid: through the engine (length groups) and as one tile."""
+  dims = DIMS[shape]
   rng = np.random.default_rng(0)
-  img, txt = _reprs(rng, n_img, n_txt, dims)
-  head = M.SGRAFHead(dims["embed_dim"], dims["sim_dim"], 36, variant)
-  v = head.init(jax.random.PRNGKey(0), img["local"][:1], img["mask"][:1], txt["local"][:1],
-                txt["mask"][:1])
-  fn = jax.jit(lambda v, i, t: head.apply(v, i, t, method=M.SGRAFHead.similarity))
-  t = _time(fn, v, img, txt, repeats=repeats)
+  img, txt, lens = _reprs(rng, n_img, n_txt, dims)
+  model = _model(variant, dims)
+  images, texts, _ = _batch(rng, 2, dims)
+  v = jax.jit(lambda k: model.init({"params": k}, images, texts, train=False))(
+      jax.random.PRNGKey(0))
+  method = Method("sgraf", model, M.sgraf_loss, text_padding=("mask", ("local",)))
   pairs = n_img * n_txt
-  flops = pair_flops(dims, variant) * pairs
-  return dict(variant=variant, dims=dims, tile=[n_img, n_txt], **t,
-              pairs_per_s=pairs / t["median_s"], flops=flops,
-              gflops_per_s=flops / t["median_s"] / 1e9)
+  res = dict(variant=variant, shape=shape, dims=dims, grid=[n_img, n_txt],
+             caption_len_mean=float(lens.mean()))
+  # The engine: the whole grid, caption tiles of tile_texts grouped by length.
+  run = lambda: engine.score_all(method, v, img, txt, tile_images=n_img, tile_texts=tile_texts,
+                                 length_groups=4)
+  t = _time(run, repeats=repeats)
+  flops = sum(pair_flops(dims, variant, int(n)) for n in lens) * n_img   # at the true lengths
+  res["engine"] = dict(t, tile=[n_img, tile_texts], length_groups=4,
+                       pairs_per_s=pairs / t["median_s"],
+                       gflops_per_s_true_lengths=flops / t["median_s"] / 1e9)
+  # One tile, every caption padded to the longest.
+  sub = jax.tree.map(lambda a: a[:tile_texts], txt)
+  fn = jax.jit(lambda v, i, t: model.apply(v, i, t, method=M.SGRAF.score))
+  t = _time(fn, v, img, sub, repeats=repeats)
+  tile_pairs = n_img * tile_texts
+  flops = pair_flops(dims, variant, dims["max_len"]) * tile_pairs
+  res["tile"] = dict(t, tile=[n_img, tile_texts], pairs_per_s=tile_pairs / t["median_s"],
+                     gflops_per_s=flops / t["median_s"] / 1e9)
+  return res
 
 
-def bench_train(variant: str, dims: Dict[str, int], batch: int, repeats: int) -> Dict[str, Any]:
+def bench_train(variant: str, shape: str, batch: int, repeats: int,
+                sparse_backward: bool = True) -> Dict[str, Any]:
   """One SGD step of the whole model (forward, B x B scores, loss, backward, update)."""
-  rng = np.random.default_rng(0)
-  length = dims["max_len"]
-  lens = rng.integers(dims["min_len"], length + 1, size=batch)
-  mask = np.arange(length)[None] < lens[:, None]
-  images = dict(regions=rng.normal(size=(batch, 36, dims["region_dim"])).astype(np.float32),
-                region_mask=np.ones((batch, 36), bool))
-  texts = dict(tokens=(rng.integers(1, 1000, size=(batch, length)) * mask).astype(np.int32),
-               token_mask=mask)
-  model = M.SGRAF(vocab_size=1000, region_dim=dims["region_dim"], word_dim=dims["word_dim"],
-                  embed_dim=dims["embed_dim"], sim_dim=dims["sim_dim"], variant=variant,
-                  remat=True)
+  dims = DIMS[shape]
+  images, texts, lens = _batch(np.random.default_rng(0), batch, dims)
+  model = _model(variant, dims, sparse_backward=sparse_backward)
   v = jax.jit(lambda k: model.init({"params": k}, images, texts, train=False))(
       jax.random.PRNGKey(0))
 
@@ -111,10 +159,10 @@ def bench_train(variant: str, dims: Dict[str, int], batch: int, repeats: int) ->
     (value, upd), grads = jax.value_and_grad(loss, has_aux=True)(params, stats, key)
     return jax.tree.map(lambda p, g: p - 1e-4 * g, params, grads), upd["batch_stats"], value
 
-  args = (v["params"], v["batch_stats"], jax.random.PRNGKey(1))
-  t = _time(step, *args, repeats=repeats)
-  flops = 3 * pair_flops(dims, variant) * batch * batch
-  return dict(variant=variant, dims=dims, batch=batch, **t, flops=flops,
+  t = _time(step, v["params"], v["batch_stats"], jax.random.PRNGKey(1), repeats=repeats)
+  flops = 3 * pair_flops(dims, variant, dims["max_len"]) * batch * batch
+  return dict(variant=variant, shape=shape, dims=dims, batch=batch,
+              sparse_backward=sparse_backward and variant == "sgr", **t,
               gflops_per_s=flops / t["median_s"] / 1e9)
 
 
@@ -124,33 +172,89 @@ def bench_gemm(n: int = 2048, repeats: int = 5) -> Dict[str, float]:
   return dict(n=n, **t, gflops_per_s=2 * n ** 3 / t["median_s"] / 1e9)
 
 
+def run_official(python: str, root: str, budget_s: int) -> Dict[str, Any]:
+  """official_bench.py --only sgraf in its own interpreter; returns its JSON."""
+  script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "official_bench.py")
+  with tempfile.TemporaryDirectory() as tmp:
+    out = os.path.join(tmp, "official.json")
+    cmd = [python, script, "--official-root", root, "--out", out, "--only", "sgraf",
+           "--sgraf-threads", "2", "--time-budget-s", str(budget_s)]
+    print("running", " ".join(cmd), flush=True)
+    proc = subprocess.run(cmd, stdout=sys.stdout, stderr=sys.stderr)
+    if not os.path.exists(out):
+      raise RuntimeError(f"official_bench.py wrote no JSON (exit code {proc.returncode})")
+    with open(out) as f:
+      return json.load(f)
+
+
+def ratios(ours: Dict[str, Any], official: Dict[str, Any]) -> Dict[str, float]:
+  """xmr_jax speed / official speed at the same shape (> 1: xmr_jax is faster)."""
+  out = {}
+  off = official.get("sgraf") or {}
+  for r in ours["score"]:
+    o = off.get("score", {}).get(f"{r['variant'].upper()}_{r['shape']}", {})
+    if o.get("pairs_per_s"):
+      out[f"score_{r['variant']}_{r['shape']}"] = r["engine"]["pairs_per_s"] / o["pairs_per_s"]
+      out[f"score_{r['variant']}_{r['shape']}_padded_tile"] = (
+          r["tile"]["pairs_per_s"] / o["pairs_per_s"])
+  for r in ours["train"]:
+    o = off.get("train_step", {}).get(f"{r['variant'].upper()}_{r['shape']}", {})
+    if o.get("median_s"):
+      key = f"train_{r['variant']}_{r['shape']}" + ("" if r["sparse_backward"] else "_dense")
+      out[key] = o["median_s"] / r["median_s"]
+  return out
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--out", default="bench_sgraf.json")
   p.add_argument("--repeats", type=int, default=3)
-  p.add_argument("--paper_tile", default="32,128", help="images,captions of the paper-dims tile")
-  p.add_argument("--synth_tile", default="128,128", help="images,captions at synthetic dims")
-  p.add_argument("--train_paper", action="store_true", help="also time a paper-dims train step")
+  p.add_argument("--shapes", default="paper,small,synthetic")
+  p.add_argument("--grid", default="paper=32x512,small=128x1024,synthetic=128x1024",
+                 help="images x captions scored per shape")
+  p.add_argument("--tile_texts", type=int, default=512)
+  p.add_argument("--train_skip", default="saf:paper",
+                 help="variant:shape train steps not timed (the official bench times only SGR; "
+                 "a paper-dims SAF step takes ~100 s on 2 cores)")
+  p.add_argument("--train_dense", default="small,synthetic",
+                 help="shapes where SGR is also timed with sparse_backward off")
+  p.add_argument("--official_python", default="", help="a torch venv's python: also time "
+                 "the official code (experiments/README_official.md)")
+  p.add_argument("--official_root", default="/work/official")
+  p.add_argument("--official_budget_s", type=int, default=900)
   args = p.parse_args()
-  results = dict(backend=jax.default_backend(), devices=[str(d) for d in jax.devices()],
-                 machine=platform.processor() or platform.machine(), gemm_before=bench_gemm())
-  pt, st = ([int(x) for x in s.split(",")] for s in (args.paper_tile, args.synth_tile))
-  results["score"] = [bench_score(v, dims, *tile, repeats=args.repeats)
-                      for dims, tile in ((PAPER, pt), (SYNTH, st)) for v in ("sgr", "saf")]
-  train_dims = (SYNTH, PAPER) if args.train_paper else (SYNTH,)
-  results["train"] = [bench_train(v, dims, 128, repeats=args.repeats)
-                      for dims in train_dims for v in ("sgr", "saf")]
-  results["gemm_after"] = bench_gemm()
+  shapes = [s for s in args.shapes.split(",") if s]
+  grid = {k: [int(x) for x in v.split("x")] for k, v in
+          (kv.split("=") for kv in args.grid.split(","))}
+  res = dict(backend=jax.default_backend(), devices=[str(d) for d in jax.devices()],
+             machine=platform.processor() or platform.machine(), jax=jax.__version__,
+             load_average_start=os.getloadavg(), gemm_before=bench_gemm())
+  res["score"] = [bench_score(v, s, *grid[s], args.tile_texts, args.repeats)
+                  for s in shapes for v in ("sgr", "saf")]
+  skip = set(args.train_skip.split(","))
+  res["train"] = [bench_train(v, s, 128, args.repeats) for s in shapes for v in ("sgr", "saf")
+                  if f"{v}:{s}" not in skip]
+  res["train"] += [bench_train("sgr", s, 128, args.repeats, sparse_backward=False)
+                   for s in args.train_dense.split(",") if s in shapes]
+  res["gemm_after"] = bench_gemm()
+  res["load_average_end"] = os.getloadavg()
+  if args.official_python:
+    res["official"] = run_official(args.official_python, args.official_root,
+                                   args.official_budget_s)
+    res["ratio_vs_official"] = ratios(res, res["official"])
   with open(args.out, "w") as f:
-    json.dump(results, f, indent=1)
-  for r in results["score"]:
-    print(f"score {r['variant']} D={r['dims']['embed_dim']} tile={r['tile']}: "
-          f"{r['pairs_per_s']:.0f} pairs/s, {r['gflops_per_s']:.1f} GFLOP/s")
-  for r in results["train"]:
-    print(f"train {r['variant']} D={r['dims']['embed_dim']} B=128: {r['median_s']:.2f} s/step, "
-          f"{r['gflops_per_s']:.1f} GFLOP/s")
-  print(f"fp32 GEMM: {results['gemm_before']['gflops_per_s']:.1f} / "
-        f"{results['gemm_after']['gflops_per_s']:.1f} GFLOP/s (before / after)")
+    json.dump(res, f, indent=1)
+  for r in res["score"]:
+    print(f"score {r['variant']} {r['shape']}: engine {r['engine']['pairs_per_s']:.0f} pairs/s "
+          f"({r['engine']['gflops_per_s_true_lengths']:.1f} GFLOP/s), padded tile "
+          f"{r['tile']['pairs_per_s']:.0f} pairs/s ({r['tile']['gflops_per_s']:.1f} GFLOP/s)")
+  for r in res["train"]:
+    print(f"train {r['variant']} {r['shape']} B=128 sparse={r['sparse_backward']}: "
+          f"{r['median_s']:.2f} s/step")
+  print(f"fp32 GEMM: {res['gemm_before']['gflops_per_s']:.1f} / "
+        f"{res['gemm_after']['gflops_per_s']:.1f} GFLOP/s (before / after)")
+  if "ratio_vs_official" in res:
+    print("xmr_jax / official:", json.dumps(res["ratio_vs_official"], indent=1))
 
 
 if __name__ == "__main__":
