@@ -57,7 +57,8 @@ def get_config(arg=None):
     c.data.name = "precomp"
     c.data.tokenizer = "vocab"      # SCAN word vocab (official vocab/*_precomp_vocab.json)
     c.train.num_epochs, c.train.lr_decay_epochs = _SCHEDULES[(a.data, a.variant)]
-    # Smaller image tiles keep one caption block's (tile_images, L, 1024) tensor in cache.
+    # The head blocks each tile itself (<= 2 images x a cache-sized caption block); 32-image
+    # tiles keep each row's host-side score buffer small.
     c.eval.tile_images = 32
     if a.data == "coco":
       c.eval.protocol = "coco1k"

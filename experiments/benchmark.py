@@ -85,16 +85,19 @@ def bench_eval(config, ds, method, state, n_images: int) -> dict:
     n = jax.tree.leaves(reprs)[0].shape[0]
     enc[side] = {"items": n, "items_per_sec": n / dt, "reprs": reprs}
   img, txt = enc["image"].pop("reprs"), enc["text"].pop("reprs")
+  groups = config.eval.get("length_groups", 1)   # as the evaluation protocol scores
   small = jax.tree.map(lambda x: x[:config.eval.tile_images], img)
   engine.score_all(method, variables, small, txt, tile_images=config.eval.tile_images,
-                   tile_texts=config.eval.tile_texts)          # compile the row scorer
+                   tile_texts=config.eval.tile_texts,
+                   length_groups=groups)   # compile the row scorer of every length group
   t0 = time.perf_counter()
   scores = engine.score_all(method, variables, img, txt, tile_images=config.eval.tile_images,
-                            tile_texts=config.eval.tile_texts)
+                            tile_texts=config.eval.tile_texts, length_groups=groups)
   dt = time.perf_counter() - t0
   pairs = scores.shape[0] * scores.shape[1]
   return {"encode": enc, "score": {"pairs": pairs, "seconds": dt, "pairs_per_sec": pairs / dt,
-                                   "tile": [config.eval.tile_images, config.eval.tile_texts]}}
+                                   "tile": [config.eval.tile_images, config.eval.tile_texts],
+                                   "length_groups": groups}}
 
 
 def main(argv):

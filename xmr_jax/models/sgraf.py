@@ -277,7 +277,7 @@ class SGRAFHead(nn.Module):
     all_images = self.image_chunk < 0 or (train and self.variant == "saf")
     ci, ct = K.auto_blocks(n_i, n_t, n_w, d,
                            max_images=n_i if all_images else (self.image_chunk or 2))
-    if self.caption_chunk < 0 or saf_mode == "pooled":
+    if self.caption_chunk < 0 or (self.variant == "saf" and saf_mode == "pooled"):
       ci, ct = n_i, n_t
     elif self.caption_chunk > 0:
       ct = K.largest_divisor(n_t, self.caption_chunk)
