@@ -24,6 +24,7 @@ def get_config(arg=None):
   a = parse_arg(arg, runlocal=False, data="synthetic", objective="full", fragments="dependency",
                 mil=True, shared_relation_matrix=False, whole_image="mean", variant="paper")
   c = base_config("defrag")
+  c.evals = ("retrieval", "retrieval_examples", "alignments")   # + fragment alignments (fig. 4)
   m = c.model
   m.fragments = a.fragments
   m.objective = a.objective

@@ -25,6 +25,7 @@ def get_config(arg=None):
   a = parse_arg(arg, runlocal=False, data="synthetic", image_input="regions", score="mc",
                 official=False)
   c = base_config("pcme")
+  c.evals = ("retrieval", "retrieval_examples", "uncertainty")   # + recall by uncertainty (fig. 5)
   m = c.model
   m.word_dim = 300
   m.embed_dim = 1024

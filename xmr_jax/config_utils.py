@@ -4,7 +4,9 @@ Config files live in ``configs/<method>.py`` and follow big_vision's convention:
 ``get_config(arg=None)`` where ``arg`` is the text after the colon in
 ``--config=configs/sgraf.py:variant=saf,runlocal``.
 """
-from typing import Any, Dict
+import importlib.util
+import os
+from typing import Any, Dict, Optional
 
 import ml_collections
 
@@ -39,6 +41,28 @@ def parse_arg(arg: str, **defaults) -> ml_collections.ConfigDict:
       except ValueError as e:
         raise ValueError(f"config argument {key}={value!r}: expected {type(default).__name__}") from e
   return ml_collections.ConfigDict(result)
+
+
+def load_config(path: str, arg: Optional[str] = None) -> ml_collections.ConfigDict:
+  """``get_config(arg)`` of the config file at ``path`` (e.g. a method config a sweep extends).
+
+  Sweep files resolve ``path`` against their own location (``config_path(__file__, ...)``),
+  so they work from any working directory and from an installed (non-editable) package.
+  Raises FileNotFoundError naming the path when it does not exist.
+  """
+  path = os.path.abspath(path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"config file {path} does not exist")
+  name = "xmr_config_" + os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def config_path(anchor_file: str, *parts: str) -> str:
+  """A path relative to the directory of ``anchor_file`` (pass ``__file__``)."""
+  return os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(anchor_file)), *parts))
 
 
 def base_config(method: str) -> ml_collections.ConfigDict:
@@ -89,6 +113,10 @@ def base_config(method: str) -> ml_collections.ConfigDict:
       encode_batch_size=256,
       dev_max_images=1000,     # dev evaluation during training uses at most this many images
   ))
+  # Evaluators run after training, in order (xmr_jax/evaluation/__init__.py): ``retrieval``
+  # first (R@K, rsum, PMRP; the others read its scores), then pictures and analyses. Method
+  # configs append theirs (PCME ``uncertainty``, DeFrag ``alignments``).
+  c.evals = ("retrieval", "retrieval_examples")
   return c
 
 

@@ -10,7 +10,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from xmr_jax import training
-from xmr_jax.training import parallel, sweep
+from xmr_jax.common import mesh
+from xmr_jax.training import sweep
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/vsepp.py:runlocal.",
@@ -28,7 +29,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   # Orbax logs every save at INFO; our progress bar and tables say what matters.
   logging.set_verbosity(logging.WARNING)
-  parallel.maybe_initialize_distributed()   # before anything touches a device
+  mesh.maybe_initialize_distributed()   # before anything touches a device
   if FLAGS.ensemble:
     if FLAGS.mode != "eval":
       raise app.UsageError("--ensemble goes with --mode=eval")

@@ -33,6 +33,8 @@ Batch = Dict[str, Any]
 
 IMAGE_KEYS = ("regions", "region_mask", "boxes", "pixels")
 TEXT_KEYS = ("tokens", "token_mask", "deps", "deps_mask")
+# Inputs a method may ask the data for (``Method.inputs``); regions and captions always come.
+OPTIONAL_INPUTS = ("pixels", "deps", "boxes")
 
 
 def image_inputs(batch: Mapping[str, Any]) -> Dict[str, Any]:

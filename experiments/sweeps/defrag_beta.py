@@ -15,13 +15,14 @@ Arguments: runlocal, data=synthetic|f30k, betas=0.25/0.5/1 ('/'-separated; Drive
 import ml_collections
 
 from xmr_jax.config_utils import parse_arg
-from xmr_jax.training.sweep import method_config
+from xmr_jax.config_utils import config_path, load_config
 
 
 def get_config(arg=None):
   a = parse_arg(arg, runlocal=False, data="synthetic", betas="0.25/0.5/1", smoothings="5/20",
                 seed=0)
-  c = method_config("defrag", f"runlocal={a.runlocal},data={a.data}")
+  c = load_config(config_path(__file__, "..", "..", "configs", "defrag.py"),
+                  f"runlocal={a.runlocal},data={a.data}")
   variants = [dict(name=f"beta{b}", hparams=dict(global_weight=float(b)), seed=a.seed)
               for b in a.betas.split("/")]
   sequential = [dict(name=f"smooth{n}", overrides={"model.smoothing": float(n)})

@@ -14,12 +14,13 @@ first step (their parameters differ); the sampling key of a variant depends only
 import ml_collections
 
 from xmr_jax.config_utils import parse_arg
-from xmr_jax.training.sweep import method_config
+from xmr_jax.config_utils import config_path, load_config
 
 
 def get_config(arg=None):
   a = parse_arg(arg, runlocal=False, data="synthetic", betas="0/1e-5/1e-4/1e-3", seed=0)
-  c = method_config("pcme", f"runlocal={a.runlocal},data={a.data}")
+  c = load_config(config_path(__file__, "..", "..", "configs", "pcme.py"),
+                  f"runlocal={a.runlocal},data={a.data}")
   c.sweep = ml_collections.ConfigDict(dict(variants=[
       dict(name=f"beta{b}", hparams=dict(vib_beta=float(b)), seed=a.seed)
       for b in a.betas.split("/")]))

@@ -13,12 +13,13 @@ it, with seed spread as the error bar.
 import ml_collections
 
 from xmr_jax.config_utils import parse_arg
-from xmr_jax.training.sweep import method_config
+from xmr_jax.config_utils import config_path, load_config
 
 
 def get_config(arg=None):
   a = parse_arg(arg, runlocal=False, data="synthetic", margins="0.1/0.2/0.3", seeds=2)
-  c = method_config("vsepp", f"runlocal={a.runlocal},data={a.data}")
+  c = load_config(config_path(__file__, "..", "..", "configs", "vsepp.py"),
+                  f"runlocal={a.runlocal},data={a.data}")
   margins = [float(m) for m in a.margins.split("/")]
   c.sweep = ml_collections.ConfigDict(dict(variants=[
       dict(name=f"margin{m:g}_seed{s}", hparams=dict(margin=m), seed=s)

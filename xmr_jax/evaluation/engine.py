@@ -1,29 +1,47 @@
 """The evaluation engine: encode every image and caption once, then score all pairs in tiles.
 
 ``score`` of cross-attention methods is quadratic in pairs, so the N_img x N_txt grid is cut
-into fixed-size tiles: one jitted function scores one image tile against every caption tile
-under ``jax.lax.map``, so it compiles once per (tile shape) and peak device memory is bounded
-by a tile row (tile_images x N_txt scores plus one tile's intermediates), not by N.
+into fixed-size tiles. One jitted function scores one image tile against every caption tile:
+the caption tiles are sharded over the devices of a ``"data"`` mesh (a one-device mesh on one
+device: the same code path) and each device ``lax.map``s its tiles. It compiles once per tile
+shape and peak device memory is bounded by a tile row (tile_images x N_txt scores plus one
+tile's intermediates per device), not by N.
 """
-import time
+import collections
 from typing import Any, Callable, Iterable, List, Mapping, Optional, Tuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
+from xmr_jax.common import mesh as mesh_lib
 from xmr_jax.types import image_inputs, text_inputs
 
 PyTree = Any
+# Compiled encoders and row scorers, keyed by (Method.key, ...): what determines the program.
+# Bounded, so building many models in one process (tests, sweeps) does not keep them all.
+_CACHE_SIZE = 16
+_COMPILED: "collections.OrderedDict[tuple, Callable]" = collections.OrderedDict()
+
+
+def _cached(key: tuple, make: Callable[[], Callable]) -> Callable:
+  if key in _COMPILED:
+    _COMPILED.move_to_end(key)
+  else:
+    _COMPILED[key] = make()
+    while len(_COMPILED) > _CACHE_SIZE:
+      _COMPILED.popitem(last=False)
+  return _COMPILED[key]
 
 
 def encode_all(method, variables, batches: Iterable[Mapping[str, Any]], side: str, *,
                seed: int = 0, progress: bool = False, desc: str = "") -> PyTree:
-  """Encodes batches (each with a ``valid`` row mask) and concatenates the real rows (numpy).
+  """Encodes batches (each with a ``valid`` (B,) row mask) and concatenates the real rows.
 
-  Each batch is encoded with ``rngs={'sampling': fold_in(key(seed), batch_index)}`` so methods
-  that sample (PCME) are deterministic for a fixed seed and batch size.
+  ``side`` is ``"image"`` or ``"text"``. Each batch is encoded with ``rngs={'sampling':
+  fold_in(key(seed), batch_index)}`` so methods that sample (PCME) are deterministic for a
+  fixed seed and batch size. Returns the repr pytree as numpy arrays, item axis first.
   """
   fn = _encoder(method, side)
   key = jax.random.key(seed)
@@ -37,33 +55,34 @@ def encode_all(method, variables, batches: Iterable[Mapping[str, Any]], side: st
   return jax.tree.map(lambda *xs: np.concatenate(xs, 0), *parts)
 
 
-_ENCODERS = {}
-
-
 def _encoder(method, side: str) -> Callable:
-  cache_key = (id(method.model), side)
-  if cache_key not in _ENCODERS:
-    pick = image_inputs if side == "image" else text_inputs
-    name = "encode_images" if side == "image" else "encode_texts"
+  if side not in ("image", "text"):
+    raise ValueError(f"encode_all: side must be 'image' or 'text', got {side!r}")
+  pick = image_inputs if side == "image" else text_inputs
+  name = "encode_images" if side == "image" else "encode_texts"
+  model = method.model
 
-    @jax.jit
+  def make():
     def fn(variables, batch, key):
-      return method.model.apply(variables, pick(batch), train=False, method=name,
-                                rngs={"sampling": key})
-    _ENCODERS[cache_key] = (method.model, fn)  # hold the model so its id stays unique
-  return _ENCODERS[cache_key][1]
+      return model.apply(variables, pick(batch), train=False, method=name,
+                         rngs={"sampling": key})
+    return jax.jit(fn)
+  return _cached((method.key, side), make)
 
 
-def _pad_rows(tree: PyTree, multiple: int) -> Tuple[PyTree, int]:
+def pad_rows(tree: PyTree, multiple: int) -> PyTree:
+  """Numpy leaves with the leading axis padded to a multiple by repeating the last row."""
   n = jax.tree.leaves(tree)[0].shape[0]
   pad = (-n) % multiple
-  if pad:
-    tree = jax.tree.map(lambda x: np.concatenate([x, np.repeat(x[-1:], pad, 0)], 0), tree)
-  return tree, n
+
+  def fill(x):
+    x = np.asarray(x)
+    return np.concatenate([x, np.repeat(x[-1:], pad, 0)], 0) if pad else x
+  return jax.tree.map(fill, tree)
 
 
 def group_by_length(method, txt: PyTree, n_groups: int,
-                  multiple: int = 1) -> List[Tuple[np.ndarray, PyTree]]:
+                    multiple: int = 1) -> List[Tuple[np.ndarray, PyTree]]:
   """Captions split into at most ``n_groups`` groups of similar length, padding trimmed.
 
   Only for methods that declare ``Method.text_padding`` = (mask key, keys with a word axis);
@@ -89,74 +108,71 @@ def group_by_length(method, txt: PyTree, n_groups: int,
       groups[-1] = (np.concatenate([groups[-1][0], idx]), top)
     else:
       groups.append((idx, top))
-  out = []
-  for idx, top in groups:
-    sub = {k: (np.asarray(v)[idx, :top] if k in keys or k == mask_key else np.asarray(v)[idx])
-           for k, v in txt.items()}
-    out.append((idx, sub))
-  return out
+  trim = lambda k, v, idx, top: np.asarray(v)[idx, :top] if k in keys or k == mask_key \
+      else np.asarray(v)[idx]
+  return [(idx, {k: trim(k, v, idx, top) for k, v in txt.items()}) for idx, top in groups]
 
 
 def score_all(method, variables, img: PyTree, txt: PyTree, *, tile_images: int = 128,
-              tile_texts: int = 512, progress: bool = False,
-              num_devices: Optional[int] = None, length_groups: int = 1) -> np.ndarray:
-  """All-pairs (N_img, N_txt) scores, tile by tile. Padded rows (repeats) are cut off.
+              tile_texts: int = 512, mesh: Optional[jax.sharding.Mesh] = None,
+              length_groups: int = 1, progress: bool = False) -> np.ndarray:
+  """All-pairs (N_img, N_txt) scores of encoded reprs, tile by tile: the one tiled scorer.
 
-  With more than one local device (``num_devices``: default all of this process's) the caption
-  tiles are spread over them (``training.parallel.score_all_sharded``). ``length_groups`` > 1
-  scores captions grouped by length with their padding trimmed (``group_by_length``; same
-  scores, fewer FLOPs for methods whose cost grows with the padded caption length).
+  ``mesh``: a ``"data"`` mesh whose devices share the caption tiles (default: every local
+  device, ``common.mesh.local_mesh``). ``length_groups`` > 1 scores captions grouped by length
+  with their padding trimmed (``group_by_length``; same scores, fewer FLOPs for methods whose
+  cost grows with the padded caption length). Padded rows (repeats) are cut off.
   """
-  groups = group_by_length(method, txt, length_groups, multiple=tile_texts)
-  if len(groups) > 1:
-    out = None
-    for idx, sub in groups:
-      part = score_all(method, variables, img, sub, tile_images=tile_images,
-                       tile_texts=tile_texts, progress=progress, num_devices=num_devices)
-      if out is None:
-        out = np.empty((part.shape[0], jax.tree.leaves(txt)[0].shape[0]), part.dtype)
-      out[:, idx] = part
-    return out
-  if (num_devices or jax.local_device_count()) > 1:
-    from xmr_jax.training import parallel  # lazy: evaluation does not need training otherwise
-    mesh = parallel.local_mesh(num_devices)
-    return parallel.score_all_sharded(method, variables, img, txt, tile_images=tile_images,
-                                      tile_texts=tile_texts, mesh=mesh)
+  mesh = mesh or mesh_lib.local_mesh()
   n_img = jax.tree.leaves(img)[0].shape[0]
   n_txt = jax.tree.leaves(txt)[0].shape[0]
-  tile_images = min(tile_images, n_img)
-  tile_texts = min(tile_texts, n_txt)
-  img, _ = _pad_rows(img, tile_images)
-  txt, _ = _pad_rows(txt, tile_texts)
-  n_txt_tiles = jax.tree.leaves(txt)[0].shape[0] // tile_texts
-  txt_tiles = jax.tree.map(lambda x: jnp.asarray(x).reshape((n_txt_tiles, tile_texts) + x.shape[1:]),
-                           txt)
-  row_fn = _row_scorer(method)
+  out = None
+  for idx, sub in group_by_length(method, txt, length_groups, multiple=tile_texts):
+    part = _score_grid(method, variables, img, sub, tile_images, tile_texts, mesh, progress)
+    if out is None:
+      out = np.empty((n_img, n_txt), part.dtype)
+    out[:, idx] = part
+  return out
+
+
+def _score_grid(method, variables, img, txt, tile_images, tile_texts, mesh, progress):
+  """One caption group: image tiles one after another, caption tiles sharded over the mesh."""
+  n_dev = mesh.shape[mesh_lib.DATA_AXIS]
+  n_img = jax.tree.leaves(img)[0].shape[0]
+  n_txt = jax.tree.leaves(txt)[0].shape[0]
+  # Small splits: shrink the tiles so that every device gets at least one caption tile.
+  tile_images, tile_texts = min(tile_images, n_img), min(tile_texts, -(-n_txt // n_dev))
+  img = pad_rows(img, tile_images)
+  txt = pad_rows(txt, tile_texts * n_dev)
+  n_tiles = jax.tree.leaves(txt)[0].shape[0] // tile_texts
+  tiles = jax.tree.map(lambda x: x.reshape((n_tiles, tile_texts) + x.shape[1:]), txt)
+  tiles = jax.device_put(tiles, NamedSharding(mesh, P(mesh_lib.DATA_AXIS)))
+  variables = mesh_lib.replicate(variables, mesh)
+  row_fn = _row_scorer(method, mesh)
   rows = []
   n_rows = jax.tree.leaves(img)[0].shape[0] // tile_images
   for r in tqdm(range(n_rows), desc="score tiles", disable=not progress, leave=False):
     tile = jax.tree.map(lambda x: x[r * tile_images:(r + 1) * tile_images], img)
-    out = row_fn(variables, tile, txt_tiles)             # (n_txt_tiles, tile_i, tile_t)
-    rows.append(np.asarray(jnp.transpose(out, (1, 0, 2)).reshape(tile_images, -1)))
+    out = np.asarray(row_fn(variables, mesh_lib.replicate(tile, mesh), tiles))  # (T, ti, tt)
+    rows.append(out.transpose(1, 0, 2).reshape(tile_images, -1))
   return np.concatenate(rows, 0)[:n_img, :n_txt]
 
 
-_ROW_SCORERS = {}
+def _row_scorer(method, mesh: jax.sharding.Mesh) -> Callable:
+  model = method.model
 
-
-def _row_scorer(method) -> Callable:
-  key = id(method.model)
-  if key not in _ROW_SCORERS:
-    @jax.jit
-    def fn(variables, img_tile, txt_tiles):
-      score = lambda t: method.model.apply(variables, img_tile, t, train=False, method="score")
+  def make():
+    def local(variables, img_tile, txt_tiles):
+      score = lambda t: model.apply(variables, img_tile, t, train=False, method="score")
       return jax.lax.map(score, txt_tiles)
-    _ROW_SCORERS[key] = (method.model, fn)
-  return _ROW_SCORERS[key][1]
+    axis = P(mesh_lib.DATA_AXIS)
+    return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), axis), out_specs=axis))
+  devices = tuple(d.id for d in mesh.devices.flat)
+  return _cached((method.key, "score", devices), make)
 
 
 def score_untiled(method, variables, img: PyTree, txt: PyTree) -> np.ndarray:
-  """Reference: the whole grid in one call (small N only; used by tests)."""
-  return np.asarray(method.model.apply(variables, jax.tree.map(jnp.asarray, img),
-                                       jax.tree.map(jnp.asarray, txt), train=False,
+  """Reference: the whole (N_img, N_txt) grid in one call (small N only; used by tests)."""
+  return np.asarray(method.model.apply(variables, jax.tree.map(np.asarray, img),
+                                       jax.tree.map(np.asarray, txt), train=False,
                                        method="score"))

@@ -16,8 +16,6 @@ from typing import Optional, Tuple
 import jax
 import jax.numpy as jnp
 
-from xmr_jax import losses
-
 NORMALIZATIONS = ("paper", "matlab")
 ACCUMULATIONS = ("sum", "max")
 
@@ -130,15 +128,6 @@ def fragment_alignment_loss(dots: jax.Array, img_mask: jax.Array, txt_mask: jax.
   d, valid, _ = _flatten(dots, img_mask, txt_mask, positive)
   w = alignment_weights(y, valid)
   return jnp.sum(w * jnp.maximum(0.0, margin - y * d)), y
-
-
-def global_ranking_loss(sim: jax.Array, margin) -> jax.Array:
-  """Global ranking objective C_G (paper eq. 9) on the (B, B) matrix S_kl, diagonal = pairs.
-
-  sum_k [sum_l max(0, S_lk - S_kk + margin) + sum_l max(0, S_kl - S_kk + margin)], both
-  directions summed over every negative (DeFragCost.m ``gcost``: no hardest negative).
-  """
-  return losses.triplet_ranking_loss(sim, margin, max_violation=False, reduction="sum")
 
 
 def pair_alignments(img_frags: jax.Array, img_mask: jax.Array, txt_frags: jax.Array,

@@ -25,32 +25,22 @@ DriverSetParams.m, DeFragRun.m, initParams.m).
   ``milstart = 0.75 maxepochs``) and C_G from ``model.global_start_epoch`` on. Both switches are
   traced ``jnp.where``s, so nothing recompiles. Without ``epoch`` in hparams both are on.
 """
-import math
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, FrozenSet, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from xmr_jax.kernels import fragments as K
 from xmr_jax.kernels.common import masked_mean
+from xmr_jax.losses.defrag import make_loss
 from xmr_jax.models.base import RetrievalModel
+from xmr_jax.models.encoders import word_embedding_init
 from xmr_jax.models.registry import Method
 from xmr_jax.types import DataInfo
 
 FRAGMENTS = ("dependency", "bigram", "word")
 WHOLE_IMAGE = ("mean", "pixels", "none")
-OBJECTIVES = ("full", "fragment_only", "global_only")
-
-
-def _word_init(table):
-  """Pretrained vectors when given with the right shape, else N(0, 0.1) (random W_e)."""
-  def init(key, shape, dtype=jnp.float32):
-    if table is not None and tuple(np.shape(table)) == tuple(shape):
-      return jnp.asarray(table, dtype)
-    return 0.1 * jax.random.normal(key, shape, dtype)
-  return init
 
 
 class DeFrag(RetrievalModel):
@@ -78,7 +68,8 @@ class DeFrag(RetrievalModel):
       raise ValueError(f"DeFrag: whole_image={self.whole_image!r}; choose one of {WHOLE_IMAGE}")
     dep = self.fragments == "dependency"
     vocab = self.word_vocab_size if dep else self.vocab_size
-    self.word_embed = nn.Embed(vocab, self.word_dim, embedding_init=_word_init(self.word_vectors))
+    self.word_embed = nn.Embed(vocab, self.word_dim, embedding_init=word_embedding_init(
+        self.word_vectors, nn.initializers.normal(0.1)))  # random W_e: N(0, 0.1)
     n_rel = self.num_relations if dep and not self.shared_relation_matrix else 1
     fan_in = self.word_dim * (1 if self.fragments == "word" else 2)
     # One (fan_in, D) matrix per relation type, W_R of eq. 1, stacked.
@@ -153,40 +144,22 @@ class DeFrag(RetrievalModel):
     return {"index": index, "score": score}
 
 
-def make_loss(objective: str, use_mil: bool, mil_start_epoch: float, global_start_epoch: float):
-  """loss_fn(img, txt, scores, hparams, rng): C_F + beta C_G with the epoch schedule.
-
-  hparams: ``margin`` (Delta of C_G), ``global_weight`` (beta), ``fragment_margin`` (the 1 of
-  eq. 5, DeFragCost.m ``lmargin``) and, from the trainer, ``epoch``.
-  """
-  if objective not in OBJECTIVES:
-    raise ValueError(f"DeFrag: objective={objective!r}; choose one of {OBJECTIVES}")
-
-  def loss_fn(img, txt, scores, hparams, rng):
-    del rng
-    epoch = hparams.get("epoch", jnp.asarray(math.inf, jnp.float32))
-    mil_on = jnp.logical_and(use_mil, epoch >= mil_start_epoch)
-    global_on = (epoch >= global_start_epoch).astype(jnp.float32)
-    dots = K.fragment_scores(img["frags"], txt["frags"])
-    c_f, y = K.fragment_alignment_loss(dots, img["mask"], txt["mask"], mil=mil_on,
-                                       margin=hparams["fragment_margin"])
-    c_g = K.global_ranking_loss(scores, hparams["margin"])
-    if objective == "fragment_only":
-      loss = c_f
-    elif objective == "global_only":
-      loss = c_g
-    else:
-      loss = c_f + global_on * hparams["global_weight"] * c_g
-    b = scores.shape[0]
-    metrics = {"fragment_loss": c_f, "global_loss": c_g, "mil_on": mil_on.astype(jnp.float32),
-               "pos_score_mean": jnp.trace(scores) / b}
-    return loss, metrics
-
-  return loss_fn
+def inputs(model_config) -> FrozenSet[str]:
+  """Dependency fragments read the parsed triples of every caption (``deps``)."""
+  return frozenset({"deps"} if model_config.fragments == "dependency" else ())
 
 
 def build_method(config, info: DataInfo) -> Method:
+  """DeFrag from ``config.model`` (configs/defrag.py).
+
+  Raises ValueError when ``data.word_embeddings`` is combined with dependency fragments: the
+  vectors index the caption tokenizer's vocabulary, the dependency fragments another one.
+  """
   m = config.model
+  if info.word_vectors is not None and m.fragments == "dependency":
+    raise ValueError("data.word_embeddings initialises the caption tokenizer's words, but "
+                     "DeFrag's dependency fragments embed the words of the dependency "
+                     "vocabulary; unset data.word_embeddings or use model.fragments=bigram")
   model = DeFrag(vocab_size=info.vocab_size, word_vocab_size=max(info.word_vocab_size, 1),
                  num_relations=max(info.num_relations, 1), word_dim=m.word_dim,
                  embed_dim=m.embed_dim, fragments=m.fragments,
@@ -197,37 +170,5 @@ def build_method(config, info: DataInfo) -> Method:
                  threshold=m.threshold, word_vectors=info.word_vectors)
   loss_fn = make_loss(m.objective, m.use_mil, m.mil_start_epoch, m.global_start_epoch)
   return Method("defrag", model, loss_fn,
-                hparam_names=("margin", "global_weight", "fragment_margin"))
-
-
-def write_plots(config, ds, method, variables, workdir, scores, data, *, num_examples: int = 4):
-  """``plots/alignments.png``: for test pairs (image i, its first caption), each sentence
-  fragment drawn against the region it aligns to best (paper fig. 4)."""
-  import os
-  from xmr_jax import plots
-  from xmr_jax.types import image_inputs, text_inputs
-  n = min(num_examples, len(data.captions) // data.k)
-  head = ds.eval_data(config.eval.split, n * data.k, max_images=n)
-  images = next(iter(head.image_batches()))
-  texts = next(iter(head.text_batches()))
-  pick = np.arange(n) * data.k                      # the first caption of each image
-  apply = lambda fn, x: method.model.apply(variables, x, train=False, method=fn)
-  img = apply("encode_images", {k: v[:n] for k, v in image_inputs(images).items()})
-  txt = apply("encode_texts", {k: v[pick] for k, v in text_inputs(texts).items()})
-  al = jax.tree.map(np.asarray, method.model.apply(variables, img, txt, method="alignments"))
-  examples = []
-  for i in range(n):
-    triples = head.deps[i * data.k] if head.deps is not None else []
-    labels = [f"{r}({h}, {d})" for r, h, d in triples]
-    if not labels:   # bigram/word fragments: label by position
-      labels = [f"fragment {j}" for j in range(int((al["index"][i] >= 0).sum()))]
-    boxes, scores = [], []
-    for j, label in enumerate(labels[:al["index"].shape[1]]):
-      r = int(al["index"][i, j])
-      has_box = head.boxes is not None and 0 <= r < head.boxes.shape[1]
-      boxes.append(tuple(head.boxes[i, r]) if has_box else None)
-      scores.append(float(al["score"][i, j]))
-    examples.append({"caption": head.captions[i * data.k], "fragments": labels[:len(boxes)],
-                     "boxes": boxes, "scores": scores,
-                     "pixels": None if head.pixels is None else np.asarray(head.pixels[i])})
-  plots.plot_alignments(examples, os.path.join(workdir, "plots", "alignments.png"))
+                hparam_names=("margin", "global_weight", "fragment_margin"),
+                alignments="alignments")

@@ -3,7 +3,7 @@
 Padding is masked everywhere: padded regions/words come out as exact zeros and never
 influence real positions.
 """
-from typing import Optional
+from typing import Callable, Optional
 
 import flax.linen as nn
 import jax
@@ -31,12 +31,32 @@ class RegionEncoder(nn.Module):
     return x * region_mask[..., None].astype(x.dtype)
 
 
-def _embedding_init(word_vectors: Optional[np.ndarray]):
+def word_embedding_init(word_vectors: Optional[np.ndarray], fallback: Callable):
+  """The initialiser of a (vocab_size, word_dim) word embedding table.
+
+  ``word_vectors`` (vocab_size, word_dim) float32 (``DataInfo.word_vectors``, from
+  ``data.word_embeddings``) are copied in; without them ``fallback(key, shape, dtype)`` draws
+  the method's random init. Raises ValueError when the vectors' shape differs from the table's
+  (a GloVe file of another dimension than ``model.word_dim``): never a silent random init.
+  """
   if word_vectors is None:
-    # SCAN/SGRAF init the word embedding uniformly in [-0.1, 0.1].
-    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -0.1, 0.1)
+    return fallback
   table = np.asarray(word_vectors, np.float32)
-  return lambda key, shape, dtype=jnp.float32: jnp.asarray(table, dtype).reshape(shape)
+
+  def init(key, shape, dtype=jnp.float32):
+    del key
+    if tuple(table.shape) != tuple(shape):
+      raise ValueError(
+          f"data.word_embeddings gives vectors of shape {table.shape} but the model's word "
+          f"embedding is {tuple(shape)} (vocab_size, model.word_dim); set "
+          f"model.word_dim={table.shape[1]} or use vectors of dimension {shape[1]}")
+    return jnp.asarray(table, dtype)
+  return init
+
+
+def uniform_init(scale: float) -> Callable:
+  """U(-scale, scale), SCAN/SGRAF/VSE++'s word-embedding init (``uniform_(-0.1, 0.1)``)."""
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -scale, scale)
 
 
 class GRUTextEncoder(nn.Module):
@@ -59,7 +79,8 @@ class GRUTextEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, tokens: jax.Array, token_mask: jax.Array, *, train: bool) -> jax.Array:
-    emb = nn.Embed(self.vocab_size, self.word_dim, embedding_init=_embedding_init(self.word_vectors),
+    emb = nn.Embed(self.vocab_size, self.word_dim, embedding_init=word_embedding_init(
+                       self.word_vectors, uniform_init(0.1)),
                    name="embed")(tokens)
     emb = nn.Dropout(self.dropout, deterministic=not train)(emb)
     lengths = jnp.sum(token_mask.astype(jnp.int32), axis=-1)

@@ -44,18 +44,17 @@ Choices the paper leaves open (all documented defaults, most behind a config fie
 7. α = 0 (a static ``config.model.alpha``) skips the cross module entirely: no cross
    parameters are created, reprs hold only i0/c0, and S = ⟨i0, c0⟩.
 """
-from typing import Any, Dict, Mapping, Sequence
+from typing import Any, Dict, FrozenSet, Mapping, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from xmr_jax.kernels import cross_attention as ca
 from xmr_jax.kernels.common import l2norm, masked_mean
-from xmr_jax.losses import triplet_loss_with_warmup
+from xmr_jax.losses import triplet_objective
 from xmr_jax.models.base import RetrievalModel
-from xmr_jax.models.encoders import RegionEncoder
+from xmr_jax.models.encoders import RegionEncoder, word_embedding_init
 from xmr_jax.models.registry import Method
 from xmr_jax.types import DataInfo
 
@@ -115,13 +114,6 @@ class NgramCNNParams(nn.Module):
     return p
 
 
-def _embedding_init(word_vectors):
-  if word_vectors is None:
-    return nn.initializers.normal(0.02)        # BERT's embedding init
-  table = np.asarray(word_vectors, np.float32)
-  return lambda key, shape, dtype=jnp.float32: jnp.asarray(table, dtype).reshape(shape)
-
-
 class TransformerTextEncoder(nn.Module):
   """The BERT stand-in: embedding -> FC -> + learned positions -> LN -> Transformer units."""
   vocab_size: int
@@ -139,8 +131,8 @@ class TransformerTextEncoder(nn.Module):
     if length > self.max_len:
       raise ValueError(f"MMCA: captions of {length} tokens exceed config.model.max_len="
                        f"{self.max_len}; raise it (positions are learned up to max_len)")
-    emb = nn.Embed(self.vocab_size, self.word_dim, embedding_init=_embedding_init(
-        self.word_vectors), name="embed")(tokens)
+    emb = nn.Embed(self.vocab_size, self.word_dim, embedding_init=word_embedding_init(
+        self.word_vectors, nn.initializers.normal(0.02)), name="embed")(tokens)
     x = nn.Dense(self.dim, kernel_init=_xavier, name="word_fc")(emb)
     pos = self.param("pos", nn.initializers.normal(0.02), (self.max_len, self.dim))
     x = nn.LayerNorm(epsilon=ca.LN_EPS, name="emb_ln")(x + pos[:length])
@@ -255,14 +247,19 @@ def replace_text_params(params: Mapping[str, Any], pretrained: Mapping[str, Any]
   return out
 
 
-def loss_fn(img, txt, scores, hparams, rng):
-  """Eq. 15: hardest-negative bidirectional triplet loss on S, summed over the batch (with
-  the optional sum-over-negatives warm-up of ``triplet_loss_with_warmup``; presets: none)."""
-  del img, txt, rng
-  return triplet_loss_with_warmup(scores, hparams, reduction="sum")
+# Eq. 15: hardest-negative bidirectional triplet loss on S, summed over the batch (with the
+# optional sum-over-negatives warm-up of ``triplet_loss_with_warmup``; presets: none).
+loss_fn = triplet_objective(max_violation=True, reduction="sum")
+
+
+def inputs(model_config) -> FrozenSet[str]:
+  """MMCA reads region features and captions only."""
+  del model_config
+  return frozenset()
 
 
 def build_method(config, info: DataInfo) -> Method:
+  """MMCA from ``config.model`` (configs/mmca.py)."""
   m = config.model
   model = MMCA(vocab_size=info.vocab_size, embed_dim=m.embed_dim, word_dim=m.word_dim,
                num_heads=m.num_heads, ffn_dim=m.ffn_dim, conv_dim=m.conv_dim,

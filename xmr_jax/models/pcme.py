@@ -20,7 +20,7 @@ concatenates D/2-wide directions read at the last real word.
 The reprs are ``{'mu': (N, D), 'logsigma': (N, D), 'samples': (N, J, D)}`` with the J samples
 drawn in ``encode_*`` from the ``'sampling'`` rng, so ``score`` is deterministic.
 """
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, FrozenSet, Mapping, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -29,8 +29,9 @@ import numpy as np
 
 from xmr_jax.kernels import pcme as K
 from xmr_jax.kernels.common import l2norm, masked_mean, masked_softmax
+from xmr_jax.losses.pcme import make_loss_fn
 from xmr_jax.models.base import RetrievalModel
-from xmr_jax.models.encoders import PixelCNN, last_valid
+from xmr_jax.models.encoders import PixelCNN, last_valid, word_embedding_init
 from xmr_jax.models.registry import Method
 from xmr_jax.types import DataInfo
 
@@ -112,13 +113,6 @@ class BiGRULast(nn.Module):
     return last_valid(jnp.concatenate([fwd, bwd], -1), mask)
 
 
-def _word_init(word_vectors: Optional[np.ndarray]):
-  if word_vectors is None:
-    return _xavier   # official EncoderText.init_weights without GloVe
-  table = np.asarray(word_vectors, np.float32)
-  return lambda key, shape, dtype=jnp.float32: jnp.asarray(table, dtype).reshape(shape)
-
-
 class PCME(RetrievalModel):
   """PCME model; see the module docstring. ``score_method`` picks the evaluation scorer."""
   vocab_size: int
@@ -153,7 +147,8 @@ class PCME(RetrievalModel):
     self.img_fc = nn.Dense(self.embed_dim, kernel_init=_torch_default)
     self.img_fc2 = nn.Dense(self.embed_dim, kernel_init=_torch_default)
     self.embed = nn.Embed(self.vocab_size, self.word_dim,
-                          embedding_init=_word_init(self.word_vectors))
+                          embedding_init=word_embedding_init(
+                              self.word_vectors, _xavier))  # official init_weights without GloVe
     self.txt_rnn = BiGRULast(self.embed_dim // 2)
     self.txt_sigma_rnn = BiGRULast(self.embed_dim // 2)
     self.negative_scale = self.param("negative_scale",
@@ -189,7 +184,8 @@ class PCME(RetrievalModel):
     logsigma = self.txt_uncertain(self.txt_sigma_rnn(emb, mask), emb, mask)
     return self._gaussian(mu, logsigma)
 
-  def match_log_odds(self, img: Dict[str, Array], txt: Dict[str, Array]) -> Array:
+  def match_log_odds(self, img: Dict[str, Array], txt: Dict[str, Array], *,
+                     train: bool = False) -> Array:
     """log p - log(1 - p) of the MC match probability, (n_img, n_txt): the training scores."""
     log_p, log_q = K.match_log_probs(img["samples"], txt["samples"], self.negative_scale,
                                      self.shift, official_sigmoid=self.official_sigmoid,
@@ -216,23 +212,19 @@ class PCME(RetrievalModel):
     return img, txt, self.match_log_odds(img, txt)
 
 
-def make_loss_fn(*, official_kl: bool = False, reduction: str = "sum",
-                 use_uniformity: bool = False):
-  """PCME loss (eq. 6 + beta VIB [+ lambda uniformity]) over the (B, B) match log-odds.
+def inputs(model_config) -> FrozenSet[str]:
+  """The pixel encoder reads rendered images; the region encoder needs nothing optional."""
+  return frozenset({"pixels"} if model_config.image_input == "pixels" else ())
 
-  ``scores`` must come from ``PCME.__call__`` (log p - log(1 - p)); log p and log(1 - p) are
-  recovered exactly as -softplus(-L) and -softplus(L). Reads ``hparams['vib_beta']`` and
-  ``hparams['uniform_lambda']``.
+
+def uncertainty_of(official_kl: bool):
+  """Per-item uncertainty of encoded reprs: the mean of sigma^2 over dimensions (N,).
+
+  As the paper's analysis (fig. 5): sigma^2 = exp(2 logsigma), or exp(logsigma) under the
+  official log-variance reading (``official_kl``).
   """
-  def loss_fn(img, txt, scores, hparams, rng):
-    del rng
-    log_p, log_q = K.log_probs_from_log_odds(scores)
-    return K.pcme_loss_from_log_probs(
-        log_p, log_q, img["mu"], img["logsigma"], img["samples"], txt["mu"], txt["logsigma"],
-        txt["samples"], vib_beta=hparams["vib_beta"],
-        uniform_lambda=hparams.get("uniform_lambda", 0.0), official_kl=official_kl,
-        reduction=reduction, use_uniformity=use_uniformity)
-  return loss_fn
+  power = 1.0 if official_kl else 2.0
+  return lambda repr_: np.mean(np.exp(power * np.asarray(repr_["logsigma"])), axis=-1)
 
 
 def build_method(config, info: DataInfo) -> Method:
@@ -250,36 +242,5 @@ def build_method(config, info: DataInfo) -> Method:
   loss_fn = make_loss_fn(official_kl=m.official_kl, reduction=m.reduction,
                          use_uniformity=m.use_uniformity)
   return Method(name="pcme", model=model, loss_fn=loss_fn,
-                hparam_names=("vib_beta", "uniform_lambda"), unclipped_params=UNCLIPPED_PARAMS)
-
-
-def write_plots(config, ds, method, variables, workdir, scores, data, *, num_bins: int = 10):
-  """``plots/uncertainty.png`` and ``eval/uncertainty.json``: recall by uncertainty bin.
-
-  As the paper's analysis (fig. 5), each query's uncertainty is the mean of sigma^2 over its
-  dimensions (exp(2 logsigma), or exp(logsigma) with the official log-variance reading); queries
-  are split into equal-count bins of uncertainty and R@1 is computed per bin, for image queries
-  (i2t) and caption queries (t2i). Uses the same seeded encoding as the evaluation.
-  """
-  import os
-  from xmr_jax import plots
-  from xmr_jax.evaluation import engine, metrics
-  from xmr_jax.training.logging import atomic_write_json
-  power = 1.0 if method.model.official_kl else 2.0
-  unc = {}
-  for side, batches in (("image", data.image_batches), ("text", data.text_batches)):
-    reprs = engine.encode_all(method, variables, batches(), side, seed=config.seed)
-    unc[side] = np.mean(np.exp(power * reprs["logsigma"]), axis=-1)
-  curves = {
-      "i2t (image uncertainty)": metrics.recall_by_bins(
-          unc["image"], metrics.i2t_ranks(scores, data.k), num_bins),
-      "t2i (caption uncertainty)": metrics.recall_by_bins(
-          unc["text"], metrics.t2i_ranks(scores, data.k), num_bins)}
-  summary = {side: {"mean": float(u.mean()), "p10": float(np.percentile(u, 10)),
-                    "p50": float(np.percentile(u, 50)), "p90": float(np.percentile(u, 90))}
-             for side, u in unc.items()}
-  atomic_write_json(os.path.join(workdir, "eval", "uncertainty.json"),
-                    {"summary": summary, "recall_by_bin": curves,
-                     "per_item": {k: v.astype(float).round(6).tolist() for k, v in unc.items()}})
-  plots.plot_recall_by_bins(curves, os.path.join(workdir, "plots", "uncertainty.png"),
-                            title="PCME: R@1 by uncertainty")
+                hparam_names=("vib_beta", "uniform_lambda"), unclipped_params=UNCLIPPED_PARAMS,
+                train_score="match_log_odds", uncertainty=uncertainty_of(m.official_kl))

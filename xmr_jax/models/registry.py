@@ -1,16 +1,26 @@
-"""Method registry: a config's ``method`` name -> model, loss and default swept scalars.
+"""The method contract: a config's ``method`` name -> a :class:`Method`.
 
-Each ``xmr_jax/models/<name>.py`` defines ``build_method(config, info: DataInfo) -> Method``.
+``Method`` says everything generic code (trainer, evaluation engine, evaluators, data) needs
+to know about a method, so nothing outside ``xmr_jax/models`` names one
+(docs/architecture.md, "The method contract"). Each ``xmr_jax/models/<name>.py`` defines
+
+* ``inputs(model_config) -> frozenset``: the optional batch inputs the method reads
+  (``"pixels"``, ``"deps"``, ``"boxes"``), asked for before the data is opened;
+* ``build_method(config, info: DataInfo) -> Method``.
+
 Modules are imported lazily so that one method's optional dependencies never affect another.
 """
 import dataclasses
+import hashlib
 import importlib
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, Optional, Tuple
 
+import flax.linen as nn
 import jax
+import numpy as np
 
 from xmr_jax.models.base import RetrievalModel
-from xmr_jax.types import DataInfo
+from xmr_jax.types import OPTIONAL_INPUTS, DataInfo
 
 METHODS = ("vsepp", "defrag", "pcme", "sgraf", "mmca")
 
@@ -21,27 +31,87 @@ LossFn = Callable[[Any, Any, jax.Array, Dict[str, jax.Array], jax.Array],
 
 @dataclasses.dataclass(frozen=True)
 class Method:
-  """Everything the generic trainer and evaluator need to know about a method."""
+  """Everything the generic trainer, evaluation engine and evaluators need about a method.
+
+  Attributes:
+    name: the config's ``method``; used in messages and results only, never to branch on.
+    model: the Flax module (``encode_images`` / ``encode_texts`` / ``score``, models/base.py).
+    loss_fn: the training loss on the (B, B) training scores (``xmr_jax.losses``).
+    hparam_names: scalar hyperparameters the loss reads from ``hparams`` (swept scalars).
+    unclipped_params: top-level parameter names whose gradients skip global-norm clipping
+      (PCME's a and b: the official code clips only the encoders' gradients).
+    text_padding: ``(mask key, keys with a word axis)`` of the text repr when scores do not
+      depend on padding (each such method has a mask-invariance test); the engine then
+      scores captions in length groups with the padding trimmed.
+    train_score: the model method giving the (B, B) training matrix from ``(img, txt,
+      train=True)``: ``"score"``, or PCME's ``"match_log_odds"`` (its loss decodes log-odds).
+    for_mesh: the cross-device hook: ``for_mesh(axis_name)`` returns the model to train under
+      a data mesh (SGRAF: train-mode BatchNorm statistics reduced over ``axis_name``); None
+      when the model needs nothing.
+    inputs: optional batch inputs the method reads (``types.OPTIONAL_INPUTS``).
+    uncertainty: ``uncertainty(repr) -> (N,) float`` per-item uncertainty of an encoded
+      image or caption batch (PCME's mean sigma^2), for the ``uncertainty`` evaluator.
+    alignments: name of the model method ``(img, txt) -> {"index", "score"}`` giving the best
+      image fragment of every sentence fragment of matched pairs (DeFrag), for the
+      ``alignments`` evaluator.
+    key: a fingerprint of what determines the compiled programs (the model's class and
+      fields, array fields by content; ``model_fingerprint``): compiled encoders and scorers
+      are cached under it. Filled in when left empty.
+  """
   name: str
   model: RetrievalModel
   loss_fn: LossFn
-  # Names of the scalar hyperparameters the loss reads from ``hparams`` (DESIGN.md: swept
-  # scalars live in the hparams pytree). The values come from ``config.hparams``.
   hparam_names: Tuple[str, ...] = ()
-  # Top-level parameter names whose gradients skip global-norm clipping (PCME's a and b: the
-  # official code clips only the encoders' gradients).
   unclipped_params: Tuple[str, ...] = ()
-  # Text representations with a padded word axis (axis 1): (mask key, keys of the arrays
-  # carrying that axis). The evaluation engine then scores captions in length groups with the
-  # padding trimmed (``engine.score_all(length_groups=...)``); declare it only when scores do
-  # not depend on padding (each such method has a mask-invariance test).
   text_padding: Optional[Tuple[str, Tuple[str, ...]]] = None
+  train_score: str = "score"
+  for_mesh: Optional[Callable[[str], RetrievalModel]] = None
+  inputs: FrozenSet[str] = frozenset()
+  uncertainty: Optional[Callable[[Any], np.ndarray]] = None
+  alignments: Optional[str] = None
+  key: str = ""
+
+  def __post_init__(self):
+    if not self.key:
+      object.__setattr__(self, "key", model_fingerprint(self.model))
+
+
+def model_fingerprint(model: RetrievalModel) -> str:
+  """sha1 of a Flax module's class and fields (arrays by content, submodules recursively).
+
+  Two modules with equal fingerprints build the same programs, so compiled functions can be
+  shared between them; unlike ``id(model)`` the key survives rebuilding the same method.
+  """
+  h = hashlib.sha1(type(model).__qualname__.encode())
+  for f in dataclasses.fields(model):
+    if f.name in ("parent", "name"):
+      continue
+    value = getattr(model, f.name)
+    if isinstance(value, nn.Module):   # a submodule field
+      h.update(model_fingerprint(value).encode())
+    elif isinstance(value, (np.ndarray, jax.Array)):
+      h.update(f"{f.name}{value.shape}{value.dtype}".encode())
+      h.update(np.ascontiguousarray(value).tobytes())
+    else:
+      h.update(f"{f.name}={value!r};".encode())
+  return h.hexdigest()
+
+
+def _module(name: str):
+  if name not in METHODS:
+    raise ValueError(f"config.method={name!r} is not a known method; choose one of {METHODS}")
+  return importlib.import_module(f"xmr_jax.models.{name}")
+
+
+def method_inputs(config) -> FrozenSet[str]:
+  """The optional batch inputs ``config``'s method reads (before any data is opened)."""
+  needs = frozenset(_module(config.method).inputs(config.model))
+  unknown = needs - set(OPTIONAL_INPUTS)
+  assert not unknown, f"{config.method}.inputs returned unknown inputs {sorted(unknown)}"
+  return needs
 
 
 def get_method(config, info: DataInfo) -> Method:
-  """Builds the method named by ``config.method``."""
-  name = config.method
-  if name not in METHODS:
-    raise ValueError(f"config.method={name!r} is not a known method; choose one of {METHODS}")
-  module = importlib.import_module(f"xmr_jax.models.{name}")
-  return module.build_method(config, info)
+  """Builds the method named by ``config.method``; ValueError for an unknown name."""
+  method = _module(config.method).build_method(config, info)
+  return dataclasses.replace(method, inputs=method_inputs(config))

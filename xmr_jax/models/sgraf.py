@@ -46,7 +46,7 @@ differentiates only the pairs that get a gradient (``sparse_backward``: under th
 hardest-negative loss the positives and one hardest negative per row and per column, ~3 B of
 the B^2 pairs; exact, with a dense fallback for losses that touch more pairs).
 """
-from typing import Any, Dict, Optional
+from typing import Any, Dict, FrozenSet, Optional
 
 import flax.linen as nn
 import jax
@@ -54,7 +54,7 @@ import jax.numpy as jnp
 
 from xmr_jax.kernels import sgraf as K
 from xmr_jax.kernels.common import masked_mean
-from xmr_jax.losses import triplet_loss_with_warmup
+from xmr_jax.losses import triplet_objective
 from xmr_jax.models.base import RetrievalModel
 from xmr_jax.models.encoders import GRUTextEncoder, RegionEncoder
 from xmr_jax.models.registry import Method
@@ -321,7 +321,7 @@ class SGRAF(RetrievalModel):
   sparse_backward: bool = True
   image_chunk: int = 0
   word_vectors: Any = None
-  # Set by xmr_jax.training.parallel under a data mesh: VisualSA's train-mode BatchNorm then
+  # Set through ``Method.for_mesh`` under a data mesh (the trainer's hook): VisualSA's train-mode BatchNorm then
   # reduces its statistics over all devices. SAF's per-caption statistics need nothing: each
   # device scores its captions against the gathered images of the whole batch.
   axis_name: Optional[str] = None
@@ -352,19 +352,24 @@ class SGRAF(RetrievalModel):
     return self.sim_enc.similarity(img, txt, train=train)
 
 
-def sgraf_loss(img, txt, scores, hparams, rng):
-  """Hardest-negative triplet loss, summed (official ``ContrastiveLoss``, max_violation).
+# Hardest-negative triplet loss, summed (official ``ContrastiveLoss``, max_violation), with the
+# optional sum-over-negatives warm-up (not official; presets 0): from random init the
+# hardest-negative loss of sigmoid scores sits at 2 B margin for a long time.
+sgraf_loss = triplet_objective(max_violation=True, reduction="sum", report_positive=True)
 
-  Optional warm-up (not official; ``hparams['hardneg_warmup_epochs']``, presets 0): epochs
-  before it use the sum over all negatives, as in VSE++'s config, because from random init the
-  hardest-negative loss of sigmoid scores sits at 2 B margin for a long time.
-  """
-  del img, txt, rng
-  loss, metrics = triplet_loss_with_warmup(scores, hparams, reduction="sum")
-  return loss, dict(metrics, pos_score=jnp.mean(jnp.diagonal(scores)))
+
+def inputs(model_config) -> FrozenSet[str]:
+  """SGRAF reads region features and captions only."""
+  del model_config
+  return frozenset()
 
 
 def build_method(config, info: DataInfo) -> Method:
+  """SGRAF (SGR or SAF, ``model.variant``) from ``config.model`` (configs/sgraf.py).
+
+  Under a data mesh (``Method.for_mesh``) VisualSA's train-mode BatchNorm reduces its
+  statistics over the mesh axis.
+  """
   m = config.model
   model = SGRAF(vocab_size=info.vocab_size, region_dim=info.region_dim, word_dim=m.word_dim,
                 embed_dim=m.embed_dim, sim_dim=m.sim_dim, num_regions=info.num_regions,
@@ -375,4 +380,5 @@ def build_method(config, info: DataInfo) -> Method:
                 sparse_backward=m.sparse_backward, image_chunk=m.image_chunk,
                 word_vectors=info.word_vectors)
   return Method("sgraf", model, sgraf_loss, hparam_names=("margin", "hardneg_warmup_epochs"),
-                text_padding=("mask", ("local",)))
+                text_padding=("mask", ("local",)),
+                for_mesh=lambda axis: model.clone(axis_name=axis))

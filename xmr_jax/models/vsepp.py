@@ -13,14 +13,14 @@ Negatives", BMVC 2018); official code fartashf/vsepp ``model.py``.
   (``reduction='mean'`` divides by B instead; this only rescales the learning rate for Adam
   marginally but changes the effective gradient-clipping threshold).
 """
-from typing import Any, Dict
+from typing import Any, Dict, FrozenSet
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from xmr_jax.kernels.common import l2norm, masked_mean
-from xmr_jax.losses import triplet_loss_with_warmup, triplet_ranking_loss
+from xmr_jax.losses import triplet_objective
 from xmr_jax.models.base import RetrievalModel
 from xmr_jax.models.encoders import GRUTextEncoder, PixelCNN, last_valid
 from xmr_jax.models.registry import Method
@@ -59,27 +59,20 @@ class VSEPP(RetrievalModel):
     return img["emb"] @ txt["emb"].T
 
 
-def make_triplet_loss(max_violation: bool, reduction: str):
-  """The triplet loss on the B x B scores, margin read from hparams (sweepable).
-
-  With ``max_violation``, the epochs before ``hparams['hardneg_warmup_epochs']`` use the sum
-  over negatives instead (VSE∞'s ``vse_mean_warmup_epochs``): from random initialisation the
-  hardest-negative loss can sit at its collapsed value 2·B·margin for a long time. The
-  official VSE++ has no warm-up (``hardneg_warmup_epochs = 0``, the presets' value).
-  """
-  def loss_fn(img, txt, scores, hparams, rng):
-    del img, txt, rng
-    if not max_violation:
-      return triplet_ranking_loss(scores, hparams["margin"], max_violation=False,
-                                  reduction=reduction), {}
-    return triplet_loss_with_warmup(scores, hparams, reduction=reduction)
-  return loss_fn
+def inputs(model_config) -> FrozenSet[str]:
+  """The pixel encoder reads rendered images; the region encoder needs nothing optional."""
+  return frozenset({"pixels"} if model_config.image_input == "pixels" else ())
 
 
 def build_method(config, info: DataInfo) -> Method:
+  """VSE++ from ``config.model`` (configs/vsepp.py)."""
   m = config.model
   model = VSEPP(vocab_size=info.vocab_size, word_dim=m.word_dim, embed_dim=m.embed_dim,
                 num_layers=m.num_layers, image_input=m.image_input,
                 word_vectors=info.word_vectors)
-  return Method("vsepp", model, make_triplet_loss(m.max_violation, m.loss_reduction),
+  # The hardest-negative loss (eq. 5) with an optional sum-over-negatives warm-up: from random
+  # initialisation it can sit at its collapsed value 2 B margin for a long time (VSE∞'s
+  # vse_mean_warmup_epochs); the official VSE++ has none (hardneg_warmup_epochs = 0).
+  loss_fn = triplet_objective(max_violation=m.max_violation, reduction=m.loss_reduction)
+  return Method("vsepp", model, loss_fn,
                 hparam_names=("margin", "hardneg_warmup_epochs"))

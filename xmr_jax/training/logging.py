@@ -25,12 +25,3 @@ class MetricsWriter:
 
   def close(self):
     self._tb.close()
-
-
-def atomic_write_json(path: str, obj) -> None:
-  """Write JSON via a temporary file + rename, so readers never see half a file."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.tmp.{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)

@@ -1,7 +1,8 @@
 """Train state and optimiser.
 
-State is a plain dict pytree ``{params, batch_stats, opt_state, step, rng}`` so it checkpoints
-with orbax and vmaps over a sweep axis without wrappers.
+State is a plain dict pytree ``{params, batch_stats, opt_state, step, rng, alive}`` so it
+checkpoints with orbax and vmaps over a sweep axis without wrappers. ``alive`` (bool) turns
+False at the first non-finite step; the step then keeps the last finite state (step.py).
 """
 from typing import Any, Dict, Mapping, Tuple
 
@@ -65,6 +66,13 @@ def hparams_from_config(config, method: Method) -> Dict[str, jax.Array]:
   return hp
 
 
+def stack_hparams(base: Mapping[str, jax.Array], variants) -> Dict[str, jax.Array]:
+  """(K,) float32 arrays: ``base`` with each variant's ``hparams`` overrides (sweeps)."""
+  rows = [{**{k: float(v) for k, v in base.items()},
+           **{k: float(v) for k, v in var.get("hparams", {}).items()}} for var in variants]
+  return {k: jnp.asarray([r[k] for r in rows], jnp.float32) for k in base}
+
+
 def init_state(method: Method, sample_batch: Mapping[str, Any], tx: optax.GradientTransformation,
                seed) -> State:
   """Initial parameters from ``seed`` (an int or a uint32 array, so it can be vmapped)."""
@@ -79,7 +87,31 @@ def init_state(method: Method, sample_batch: Mapping[str, Any], tx: optax.Gradie
       "opt_state": tx.init(params),
       "step": jnp.zeros((), jnp.int32),
       "rng": jax.random.key_data(rng),
+      "alive": jnp.ones((), bool),
   }
+
+
+def init_states(method: Method, sample_batch: Mapping[str, Any],
+                tx: optax.GradientTransformation, seeds) -> State:
+  """K initial states stacked on a leading axis, variant k from ``jax.random.key(seeds[k])``.
+
+  Equal to K calls of :func:`init_state`: the key data of ``key(seed)`` is what ``init_state``
+  wraps, and vmapping random draws over keys does not change them.
+  """
+  # One jitted init per variant, then stacked (init runs once, not per step). A single
+  # jit(vmap(init)) over 6 variants never completed on the 2-core CPU box (XLA CPU; 2 variants
+  # did), which hung the CLI sweep; per-variant init gives the same arrays.
+  init = jax.jit(lambda k: init_state(method, sample_batch, tx, k))
+  states = [init(jax.random.key_data(jax.random.key(int(s)))) for s in seeds]
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+
+
+def variables_of(state: State):
+  """The Flax variables (``params`` [+ ``batch_stats``]) of a train state."""
+  v = {"params": state["params"]}
+  if state["batch_stats"]:
+    v["batch_stats"] = state["batch_stats"]
+  return v
 
 
 def num_params(params) -> int:

@@ -1,4 +1,4 @@
-"""Pure loss functions shared by several methods."""
+"""Triplet ranking losses on a (B, B) score matrix: VSE++, SGRAF, MMCA (and DeFrag's C_G)."""
 import jax
 import jax.numpy as jnp
 
@@ -54,3 +54,27 @@ def triplet_loss_with_warmup(scores: jax.Array, hparams, *, reduction: str = "su
   warm = hparams.get("epoch", jnp.float32(0)) < hparams["hardneg_warmup_epochs"]
   summed = triplet_ranking_loss(scores, margin, max_violation=False, reduction=reduction)
   return jnp.where(warm, summed, hard), {"hard_negatives": 1.0 - warm.astype(jnp.float32)}
+
+
+def triplet_objective(*, max_violation: bool = True, reduction: str = "sum",
+                      report_positive: bool = False):
+  """``loss_fn(img, txt, scores, hparams, rng) -> (loss, metrics)`` for the trainer.
+
+  ``max_violation``: the hardest-negative loss (VSE++ eq. 5, official VSE++/SGRAF
+  ``ContrastiveLoss(max_violation=True)``, MMCA eq. 15) with the optional sum-over-negatives
+  warm-up of :func:`triplet_loss_with_warmup`; else the sum over negatives throughout (VSE0,
+  eq. 3). Reads ``hparams['margin']`` (and ``hardneg_warmup_epochs``, ``epoch``).
+  ``report_positive`` adds ``pos_score``, the mean score of the true pairs (SGRAF logs it:
+  its sigmoid scores show a collapse as a constant).
+  """
+  def loss_fn(img, txt, scores, hparams, rng):
+    del img, txt, rng
+    if max_violation:
+      loss, metrics = triplet_loss_with_warmup(scores, hparams, reduction=reduction)
+    else:
+      loss, metrics = triplet_ranking_loss(scores, hparams["margin"], max_violation=False,
+                                           reduction=reduction), {}
+    if report_positive:
+      metrics = dict(metrics, pos_score=jnp.mean(jnp.diagonal(scores)))
+    return loss, metrics
+  return loss_fn
