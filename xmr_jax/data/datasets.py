@@ -67,7 +67,7 @@ class Dataset:
     if d.word_embeddings:
       from xmr_jax.data import embeddings
       vectors = embeddings.load_word_vectors(d.word_embeddings, self.tokenizer,
-                                             config.model.word_dim, seed=config.seed)
+                                             seed=config.seed)
     self.info = dataclasses.replace(info, word_vectors=vectors)
 
   def split(self, name: str) -> precomp.PrecompSplit:
