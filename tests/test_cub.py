@@ -256,8 +256,7 @@ def test_trainer_reads_export_as_precomp(built):
   c = base_config("pcme")
   c.data.name, c.data.dir, c.data.captions_per_image = "precomp", built["out_px"], 10
   c.data.tokenizer = "word"
-  c.model.image_input = "pixels"
-  ds = datasets.load(c)
+  ds = datasets.open_dataset(c.data, needs={"pixels"})   # what model.image_input=pixels needs
   batch = ds.sample_batch(4)
   assert ds.k == 10 and batch["pixels"].shape == (4, SIZE, SIZE, 3)
   ev = ds.eval_data("test", 4)
