@@ -13,7 +13,9 @@ from xmr_jax.data.synthetic.store import generate
 
 def main(argv: Optional[Sequence[str]] = None) -> str:
   """Parses ``argv`` (default: sys.argv), generates the benchmark, prints and returns its path."""
-  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  # prog: run as the package's __main__, argparse would call itself "__main__.py".
+  ap = argparse.ArgumentParser(prog="python -m xmr_jax.data.synthetic",
+                               description=__doc__.split("\n")[0])
   ap.add_argument("--out", required=True, help="dataset directory to create")
   ap.add_argument("--seed", type=int, default=0)
   ap.add_argument("--n-train", type=int, default=10000)
