@@ -1,5 +1,8 @@
 """CUB captions: TFDS builder from a manual dir, PCME's class splits, precomp export, errors.
 
+The import-direction checks (cub <- tfds_cub <- cub_export) are in test_data_imports.py, which
+runs without tensorflow_datasets.
+
 The fixture is a miniature CUB in the real layout: 4 classes (ids 3, 17, 120, 200) x 3 tiny
 JPEGs, 10 captions each, 3 train classes / 1 test class, one held-out image per train class.
 """
@@ -14,6 +17,7 @@ tfds = pytest.importorskip("tensorflow_datasets")
 from PIL import Image  # pylint: disable=g-import-not-at-top
 
 from xmr_jax.data import cub  # pylint: disable=g-import-not-at-top
+from xmr_jax.data import cub_export  # pylint: disable=g-import-not-at-top
 from xmr_jax.data import precomp  # pylint: disable=g-import-not-at-top
 from xmr_jax.data import tfds_cub  # pylint: disable=g-import-not-at-top
 from xmr_jax.data.precomp import DataError  # pylint: disable=g-import-not-at-top
@@ -92,8 +96,8 @@ def built(tmp_path_factory):
   data_dir = str(root / "tfds")
   px = tfds_cub.build(manual, data_dir, "pixels", image_size=SIZE)
   rg = tfds_cub.build(manual, data_dir, "regions", num_regions=R, feature_dim=F)
-  out_px = cub.export_precomp(px, str(root / "precomp_px"))
-  out_rg = cub.export_precomp(rg, str(root / "precomp_rg"))
+  out_px = cub_export.export_precomp(px, str(root / "precomp_px"))
+  out_rg = cub_export.export_precomp(rg, str(root / "precomp_rg"))
   return dict(root=root, manual=manual, records=records, held=held, feats=feats, px=px, rg=rg,
               data_dir=data_dir, out_px=out_px, out_rg=out_rg)
 
@@ -194,7 +198,7 @@ def test_export_regions_and_from_data_dir(built, tmp_path):
   np.testing.assert_array_equal(s.images, built["feats"][[r["image_id"] - 1 for r in want]])
   assert s.pixels is None
   # From a TFDS data_dir root plus the config name: same files as from the builder.
-  out = cub.export_precomp(built["data_dir"], str(tmp_path / "again"), "regions2x3",
+  out = cub_export.export_precomp(built["data_dir"], str(tmp_path / "again"), "regions2x3",
                            splits=("test",))
   t = precomp.load_split(out, "test", captions_per_image=10)
   np.testing.assert_array_equal(t.images, s.images)
@@ -203,7 +207,7 @@ def test_export_regions_and_from_data_dir(built, tmp_path):
 
 def test_export_of_unbuilt_dataset_names_the_path(tmp_path):
   with pytest.raises(DataError, match="dataset_info.json"):
-    cub.export_precomp(str(tmp_path), str(tmp_path / "out"), "pixels")
+    cub_export.export_precomp(str(tmp_path), str(tmp_path / "out"), "pixels")
 
 
 @pytest.fixture()
@@ -252,8 +256,7 @@ def test_trainer_reads_export_as_precomp(built):
   c = base_config("pcme")
   c.data.name, c.data.dir, c.data.captions_per_image = "precomp", built["out_px"], 10
   c.data.tokenizer = "word"
-  c.model.image_input = "pixels"
-  ds = datasets.load(c)
+  ds = datasets.open_dataset(c.data, needs={"pixels"})   # what model.image_input=pixels needs
   batch = ds.sample_batch(4)
   assert ds.k == 10 and batch["pixels"].shape == (4, SIZE, SIZE, 3)
   ev = ds.eval_data("test", 4)
@@ -261,7 +264,7 @@ def test_trainer_reads_export_as_precomp(built):
 
 
 def test_cli_reuses_the_build_and_exports(built, tmp_path):
-  out = cub.main(["--manual-dir", built["manual"], "--data-dir", built["data_dir"],
+  out = cub_export.main(["--manual-dir", built["manual"], "--data-dir", built["data_dir"],
                   "--out", str(tmp_path / "cli"), "--image-size", str(SIZE)])
   a = precomp.load_split(out, "dev", captions_per_image=10)
   b = precomp.load_split(built["out_px"], "dev", captions_per_image=10)

@@ -128,7 +128,7 @@ def test_get_tokenizer_caches(tmp_path, sp_model):
   files = os.listdir(tmp_path)
   assert len(files) == 1 and files[0].startswith("spm_bpe_60_")
   assert sp.model_proto == sp_model.model_proto
-  cached = get_tokenizer("spm", cache_dir=str(tmp_path),
+  cached = get_tokenizer("sentencepiece", cache_dir=str(tmp_path),
                          train_captions=SP_CAPTIONS, vocab_size=60)
   assert cached.model_proto == sp.model_proto
   w1 = get_tokenizer("word", cache_dir=str(tmp_path), train_captions=CAPTIONS)
@@ -145,8 +145,9 @@ def test_get_tokenizer_caches(tmp_path, sp_model):
                 word_threshold=2)
   assert len(os.listdir(tmp_path)) == 4
   assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")]
-  with pytest.raises(ValueError, match="unknown tokenizer kind"):
-    get_tokenizer("bpe", cache_dir=str(tmp_path), train_captions=CAPTIONS)
+  for alias in ("bpe", "spm", "vocab"):     # no silent aliases: the message lists the kinds
+    with pytest.raises(ValueError, match=r"unknown tokenizer kind .*'sentencepiece', 'word'"):
+      get_tokenizer(alias, cache_dir=str(tmp_path), train_captions=CAPTIONS)
 
 
 def test_sentencepiece_keeps_frequent_words_whole_on_a_small_vocabulary():

@@ -71,7 +71,7 @@ def base_config(method: str) -> ml_collections.ConfigDict:
   c.method = method
   c.seed = 0
   c.data = ml_collections.ConfigDict(dict(
-      name="synthetic",        # synthetic | precomp | tfds
+      name="synthetic",        # synthetic | precomp (TFDS-built data: export it to precomp)
       dir="",                  # dataset dir (precomp) or cache dir override (synthetic)
       captions_per_image=5,
       synthetic=dict(n_train=10000, n_dev=500, n_test=1000, seed=0, pixels=True),
@@ -79,7 +79,7 @@ def base_config(method: str) -> ml_collections.ConfigDict:
       vocab_path="",           # explicit vocab json / sentencepiece model (else built + cached)
       vocab_size=1000,         # sentencepiece vocabulary size
       len_buckets=(16, 24, 32, 64),  # captions padded to the smallest bucket that fits
-      word_embeddings="",      # optional GloVe-format text file to initialise word vectors
+      word_embeddings="",      # optional GloVe-format text file (its own dim) for word vectors
       train_split="train", dev_split="dev", test_split="test",
   ))
   c.model = ml_collections.ConfigDict()

@@ -1,12 +1,17 @@
-"""One entry point from a config to data: ``load(config) -> Dataset``.
+"""One entry point from the data config to data: ``open_dataset(config.data, needs=...)``.
 
-``config.data.name``:
+``open_dataset`` reads only the ``config.data`` section; what a method needs beyond region
+features and tokens comes as ``needs`` (a frozenset of :data:`NEEDS`), never from the model
+config. ``data.name``:
+
   * ``synthetic`` (default): the built-in benchmark, generated once into ``$XMR_DATA_DIR``
-    (default ``~/.cache/xmr_jax``) with ``config.data.synthetic`` sizes;
-  * ``precomp``: any directory in the SCAN precomp layout (Flickr30K, MS-COCO, ours) given by
-    ``config.data.dir``.
-The tokenizer is trained (sentencepiece) or built (SCAN word vocab) from the training
-captions and cached beside the data, or in the cache dir when the data dir is read-only.
+    (default ``~/.cache/xmr_jax``) with ``data.synthetic`` sizes;
+  * ``precomp``: any directory in the SCAN precomp layout (Flickr30K, MS-COCO, ours, a CUB
+    export) given by ``data.dir``.
+
+The tokenizer (``data.tokenizer``, one of :data:`~xmr_jax.data.tokenizers.TOKENIZER_KINDS`) is
+trained (sentencepiece) or built (SCAN word vocab) from the training captions and cached
+beside the data, or in the cache dir when the data dir is read-only.
 """
 import dataclasses
 import functools
@@ -16,11 +21,27 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import numpy as np
 
-from xmr_jax import types
-from xmr_jax.data import pipeline, precomp, synthetic, tokenizers
+from xmr_jax.data import embeddings, pipeline, precomp, synthetic, tokenizers
+
+# Optional batch inputs a method may need: rendered ``pixels``, dependency triples ``deps``
+# (DeFrag), region ``boxes``. A needed input missing from the data is a DataError up front.
+NEEDS = frozenset({"pixels", "deps", "boxes"})
+DATA_NAMES = ("synthetic", "precomp")
+
+_MISSING = {
+    "pixels": ("pixels.npy", "the method reads pixels (model.image_input='pixels'): use data "
+                             "with (N, H, W, 3) uint8 pixels (data.synthetic.pixels=True, or a "
+                             "CUB pixels export) or model.image_input='regions'"),
+    "deps": ("deps.jsonl", "the method reads dependency triples (DeFrag with "
+                           "fragments='dependency'): write one JSON list of [relation, head, "
+                           "dependent] triples per caption"),
+    "boxes": ("boxes.npy", "the method reads region boxes: write (N, R, 4) float32 boxes "
+                           "x0, y0, x1, y1 in [0, 1]"),
+}
 
 
 def cache_root() -> str:
+  """``$XMR_DATA_DIR`` or ``~/.cache/xmr_jax``: generated data and read-only dirs' tokenizers."""
   return os.path.expanduser(os.environ.get("XMR_DATA_DIR", "~/.cache/xmr_jax"))
 
 
@@ -38,62 +59,124 @@ class EvalData:
   deps: Optional[list] = None
 
 
-class Dataset:
-  """Splits, tokenizer and batch makers for one config."""
+def check_needs(needs) -> frozenset:
+  """``needs`` as a frozenset of :data:`NEEDS` names; ValueError for anything else."""
+  if isinstance(needs, str):
+    raise ValueError(f"open_dataset(needs={needs!r}): needs is a set of names, e.g. "
+                     f"frozenset({{{needs!r}}}), not a string")
+  needs = frozenset(needs)
+  unknown = needs - NEEDS
+  if unknown:
+    raise ValueError(f"open_dataset(needs=...): unknown {sorted(unknown)}; the optional batch "
+                     f"inputs are {sorted(NEEDS)}")
+  return needs
 
-  def __init__(self, config, data_dir: str):
-    d = config.data
-    self.config, self.data_dir = config, data_dir
+
+def check_tokenizer(name: str) -> str:
+  """``data.tokenizer`` if it is a tokenizer kind; else a ValueError naming the key and choices."""
+  if name == "vocab":
+    raise ValueError("config.data.tokenizer='vocab' was removed: use "
+                     "--config.data.tokenizer=word (the SCAN word vocabulary; "
+                     "config.data.vocab_path may name an official vocab json)")
+  if name not in tokenizers.TOKENIZER_KINDS:
+    raise ValueError(f"config.data.tokenizer={name!r} is unknown; choose one of "
+                     f"{list(tokenizers.TOKENIZER_KINDS)}")
+  return name
+
+
+def check_name(name: str) -> str:
+  """``data.name`` if it is a data source; else a ValueError naming the key and the fix."""
+  if name == "tfds":
+    raise ValueError("config.data.name='tfds' was removed: build the dataset and export it to "
+                     "the SCAN precomp layout (for CUB: python -m xmr_jax.data.cub_export "
+                     "--manual-dir M --data-dir D --out DIR), then set "
+                     "--config.data.name=precomp --config.data.dir=DIR")
+  if name not in DATA_NAMES:
+    raise ValueError(f"config.data.name={name!r}: use one of {list(DATA_NAMES)}")
+  return name
+
+
+def _require(split: precomp.PrecompSplit, needs: frozenset) -> None:
+  """DataError naming the missing file if ``split`` lacks an input in ``needs``."""
+  for need in sorted(needs):
+    if getattr(split, need) is None:
+      suffix, why = _MISSING[need]
+      raise precomp.DataError(f"{split.data_dir}/{split.split}_{suffix} is missing; {why}")
+
+
+class Dataset:
+  """Splits, tokenizer and batch makers for one data config (``config.data``).
+
+  Attributes:
+    data_config: the ``config.data`` ConfigDict this dataset was opened with (read only).
+    data_dir: the dataset directory (SCAN precomp layout).
+    needs: the optional inputs batches carry (:data:`NEEDS`); boxes also come whenever the
+      training split has them.
+    k: captions per image.
+    tokenizer: WordVocab or SentencePieceTokenizer.
+    info: :class:`~xmr_jax.types.DataInfo`; ``word_vectors`` is (vocab_size, D) float32 from
+      ``data.word_embeddings`` (D the file's dimension) or None.
+  """
+
+  def __init__(self, data_config, data_dir: str, *, needs=frozenset(), seed: int = 0):
+    """Opens the training split, builds the tokenizer, checks ``needs`` against the files.
+
+    Raises:
+      ValueError: unknown ``needs`` or ``data.tokenizer``.
+      DataError: a split file is missing or malformed, or lacks a needed input.
+    """
+    d = data_config
+    self.data_config, self.data_dir = d, data_dir
+    self.needs = check_needs(needs)
     self._splits: Dict[str, precomp.PrecompSplit] = {}
     train = self.split(d.train_split)
     self.k = train.k
-    tok_captions = list(train.captions)
-    kind = {"vocab": "word"}.get(d.tokenizer, d.tokenizer)
-    if kind == "word" and not d.vocab_path:   # SCAN builds its vocab from train + dev
-      tok_captions += self.split(d.dev_split).captions
-    self.tokenizer = tokenizers.get_tokenizer(
-        kind, cache_dir=_writable_cache_dir(data_dir), train_captions=tok_captions,
-        vocab_size=d.vocab_size, vocab_path=d.vocab_path, seed=0)
-    self.deps_vocab = None
-    if _needs_deps(config):
-      if train.deps is None:
-        raise precomp.DataError(f"{data_dir}/{d.train_split}_deps.jsonl is missing; "
-                                f"{config.method} with fragments=dependency needs triples")
-      self.deps_vocab = pipeline.DepsVocab.build(train.deps)
-    self.with_pixels = _needs_pixels(config)
-    self.with_boxes = train.boxes is not None
+    self.tokenizer = self._make_tokenizer(train)
+    _require(train, self.needs)
+    self.deps_vocab = pipeline.DepsVocab.build(train.deps) if "deps" in self.needs else None
+    self.with_pixels = "pixels" in self.needs
+    self.with_boxes = train.boxes is not None   # needed boxes were checked by _require
     info = pipeline.data_info(train, self.tokenizer, self.deps_vocab)
     vectors = None
     if d.word_embeddings:
-      from xmr_jax.data import embeddings
-      vectors = embeddings.load_word_vectors(d.word_embeddings, self.tokenizer,
-                                             config.model.word_dim, seed=config.seed)
+      vectors = embeddings.load_word_vectors(d.word_embeddings, self.tokenizer, seed=seed)
     self.info = dataclasses.replace(info, word_vectors=vectors)
 
+  def _make_tokenizer(self, train: precomp.PrecompSplit):
+    d = self.data_config
+    kind = check_tokenizer(d.tokenizer)
+    captions = list(train.captions)
+    if kind == "word" and not d.vocab_path:   # SCAN builds its vocab from train + dev
+      captions += self.split(d.dev_split).captions
+    return tokenizers.get_tokenizer(
+        kind, cache_dir=_writable_cache_dir(self.data_dir), train_captions=captions,
+        vocab_size=d.vocab_size, vocab_path=d.vocab_path, seed=0)
+
   def split(self, name: str) -> precomp.PrecompSplit:
+    """The split ``name`` (memory-mapped, opened once); DataError if its files are bad."""
     if name not in self._splits:
       self._splits[name] = precomp.load_split(self.data_dir, name,
-                                              self.config.data.captions_per_image)
+                                              self.data_config.captions_per_image)
     return self._splits[name]
 
   @property
   def num_train_images(self) -> int:
-    return self.split(self.config.data.train_split).num_images
+    return self.split(self.data_config.train_split).num_images
 
   def _batch_kwargs(self) -> Dict[str, Any]:
-    return dict(len_buckets=tuple(self.config.data.len_buckets), with_boxes=self.with_boxes,
+    return dict(len_buckets=tuple(self.data_config.len_buckets), with_boxes=self.with_boxes,
                 with_pixels=self.with_pixels, deps_vocab=self.deps_vocab)
 
   def train_iterator(self, batch_size: int, *, seed: int, shard_index: int = 0,
                      shard_count: int = 1):
     """Checkpointable grain iterator of training batches (distinct images)."""
-    return pipeline.train_iterator(self.split(self.config.data.train_split), self.tokenizer,
+    return pipeline.train_iterator(self.split(self.data_config.train_split), self.tokenizer,
                                    batch_size, seed=seed, shard_index=shard_index,
                                    shard_count=shard_count, **self._batch_kwargs())
 
   def sample_batch(self, batch_size: int) -> Dict[str, np.ndarray]:
     """The first training batch (for shape inference at init)."""
-    ds = pipeline.train_dataset(self.split(self.config.data.train_split), self.tokenizer,
+    ds = pipeline.train_dataset(self.split(self.data_config.train_split), self.tokenizer,
                                 batch_size, seed=0, **self._batch_kwargs())
     return ds[0]
 
@@ -101,13 +184,15 @@ class Dataset:
     """Every image and caption of ``split`` (the first ``max_images`` images) once, in order.
 
     All captions are padded to one length (the smallest bucket that fits the longest caption
-    of the split) so the encoded text reprs of all batches concatenate.
+    of the split) so the encoded text reprs of all batches concatenate. DataError if the split
+    lacks an input in ``needs``.
     """
     s = self.split(split)
+    _require(s, self.needs)
     if max_images is not None and max_images < s.num_images:
       s = _head(s, max_images)
     lengths = np.diff(self.tokenizer.encode_ragged(s.captions)[1])
-    bucket = (tokenizers.choose_bucket(int(lengths.max()), self.config.data.len_buckets),)
+    bucket = (tokenizers.choose_bucket(int(lengths.max()), self.data_config.len_buckets),)
     deps_bucket = None
     if self.deps_vocab is not None:
       dl = np.diff(self.deps_vocab.encode_ragged(s.deps)[1])
@@ -132,14 +217,6 @@ def _head(s: precomp.PrecompSplit, n: int) -> precomp.PrecompSplit:
       pixels=cut(s.pixels, n), deps=cut(s.deps, n * s.k))
 
 
-def _needs_pixels(config) -> bool:
-  return config.model.get("image_input", "regions") == "pixels"
-
-
-def _needs_deps(config) -> bool:
-  return config.method == "defrag" and config.model.get("fragments", "dependency") == "dependency"
-
-
 def _writable_cache_dir(data_dir: str) -> str:
   if os.access(data_dir, os.W_OK):
     return data_dir
@@ -149,23 +226,65 @@ def _writable_cache_dir(data_dir: str) -> str:
   return path
 
 
-def resolve_data_dir(config) -> str:
-  """The dataset directory for ``config`` (generating the synthetic benchmark if needed)."""
-  d = config.data
+def resolve_data_dir(data_config) -> str:
+  """The dataset directory for ``data_config`` (generating the synthetic benchmark if needed)."""
+  d = data_config
+  check_name(d.name)
   if d.name == "synthetic":
     p = d.synthetic
     return synthetic.get_or_create(seed=p.seed, n_train=p.n_train, n_dev=p.n_dev,
                                    n_test=p.n_test, pixels=p.pixels,
                                    cache_dir=d.dir or os.path.join(cache_root(), "synthetic"))
-  if d.name == "precomp":
-    if not d.dir:
-      raise ValueError("config.data.name='precomp' needs --config.data.dir=/path/to/dataset "
-                       "(a directory with {split}_ims.npy and {split}_caps.txt)")
-    if not os.path.isdir(d.dir):
-      raise FileNotFoundError(f"config.data.dir={d.dir!r} is not a directory")
-    return d.dir
-  raise ValueError(f"config.data.name={d.name!r}: use 'synthetic' or 'precomp'")
+  if not d.dir:
+    raise ValueError("config.data.name='precomp' needs --config.data.dir=/path/to/dataset "
+                     "(a directory with {split}_ims.npy and {split}_caps.txt)")
+  if not os.path.isdir(d.dir):
+    raise FileNotFoundError(f"config.data.dir={d.dir!r} is not a directory")
+  return d.dir
 
 
+def open_dataset(data_config, *, needs=frozenset(), seed: int = 0) -> Dataset:
+  """Opens the dataset that ``data_config`` (``config.data``) describes.
+
+  Args:
+    data_config: the ``data`` section of a config (see ``config_utils.base_config``); nothing
+      outside it is read.
+    needs: optional batch inputs the method reads, a subset of :data:`NEEDS` ("pixels",
+      "deps", "boxes"); a needed input the data lacks is a DataError here, not a KeyError in
+      the model.
+    seed: seeds the rows of words missing from ``data.word_embeddings``.
+
+  Returns:
+    A :class:`Dataset`.
+
+  Raises:
+    ValueError: unknown ``needs``, ``data.name`` or ``data.tokenizer`` (checked before
+      anything is generated or read), or ``data.name='precomp'`` without ``data.dir``.
+    FileNotFoundError: ``data.dir`` is not a directory.
+    DataError: a dataset or word-vector file is missing or malformed.
+  """
+  needs = check_needs(needs)
+  check_name(data_config.name)
+  check_tokenizer(data_config.tokenizer)
+  return Dataset(data_config, resolve_data_dir(data_config), needs=needs, seed=seed)
+
+
+def legacy_needs(config) -> frozenset:
+  """The ``needs`` :func:`load` derives from a whole config, as ``Dataset`` used to.
+
+  "pixels" for ``model.image_input='pixels'``; "deps" for DeFrag with
+  ``model.fragments='dependency'`` (the default). Never "boxes": those come when present.
+  """
+  needs = set()
+  if config.model.get("image_input", "regions") == "pixels":
+    needs.add("pixels")
+  if config.method == "defrag" and config.model.get("fragments", "dependency") == "dependency":
+    needs.add("deps")
+  return frozenset(needs)
+
+
+# Transitional: the trainer still calls load(config). Once callers compute `needs` themselves
+# and call open_dataset(config.data, needs=..., seed=config.seed), delete load and legacy_needs.
 def load(config) -> Dataset:
-  return Dataset(config, resolve_data_dir(config))
+  """``open_dataset(config.data, needs=legacy_needs(config), seed=config.seed)``."""
+  return open_dataset(config.data, needs=legacy_needs(config), seed=config.seed)

@@ -316,6 +316,10 @@ def _cached(path: str, make, load, save):
   return obj
 
 
+# The tokenizer kinds (config.data.tokenizer); no aliases, so a config names one thing.
+TOKENIZER_KINDS = ("sentencepiece", "word")
+
+
 def get_tokenizer(kind: str, *, cache_dir: str,
                   train_captions: Sequence[str], vocab_size: int = 1000,
                   vocab_path: str = "", word_threshold: int = 4,
@@ -323,7 +327,7 @@ def get_tokenizer(kind: str, *, cache_dir: str,
   """Trains or loads a tokenizer, caching it in ``cache_dir``.
 
   Args:
-    kind: "word" (SCAN word vocab) or "sentencepiece" / "spm".
+    kind: "word" (SCAN word vocab) or "sentencepiece" (see TOKENIZER_KINDS).
     cache_dir: where the trained tokenizer is cached (beside the data).
     train_captions: captions to build from (SCAN builds words from train+dev).
     vocab_size: sentencepiece vocabulary size (upper bound).
@@ -333,6 +337,9 @@ def get_tokenizer(kind: str, *, cache_dir: str,
 
   Returns:
     A WordVocab or SentencePieceTokenizer.
+
+  Raises:
+    ValueError: ``kind`` is not one of TOKENIZER_KINDS.
   """
   if kind == "word":
     if vocab_path:
@@ -342,12 +349,11 @@ def get_tokenizer(kind: str, *, cache_dir: str,
     return _cached(path,
                    lambda: WordVocab.build(train_captions, word_threshold),
                    WordVocab.load, lambda v, p: v.save(p))
-  if kind in ("sentencepiece", "spm"):
+  if kind == "sentencepiece":
     digest = captions_hash(train_captions, f"spm:bpe:{vocab_size}:{seed}")
     path = os.path.join(cache_dir, f"spm_bpe_{vocab_size}_{digest}.model")
     return _cached(
         path,
         lambda: SentencePieceTokenizer.train(train_captions, vocab_size, seed),
         SentencePieceTokenizer.load, lambda t, p: t.save(p))
-  raise ValueError(f"unknown tokenizer kind {kind!r}; use 'word' or "
-                   "'sentencepiece'.")
+  raise ValueError(f"unknown tokenizer kind {kind!r}; choose one of {list(TOKENIZER_KINDS)}.")

@@ -1,0 +1,143 @@
+"""open_dataset: reads only config.data, takes needs explicitly, names the bad key."""
+import os
+import shutil
+
+import ml_collections
+import numpy as np
+import pytest
+
+from xmr_jax.config_utils import base_config
+from xmr_jax.data import datasets, synthetic
+from xmr_jax.data.precomp import DataError
+
+
+def data_only(data_dir, **overrides):
+  """A frozen ConfigDict holding only the data section: no method, model or seed to read."""
+  d = base_config("any").data.to_dict()
+  d.update({"name": "precomp", "dir": data_dir, "tokenizer": "word", **overrides})
+  return ml_collections.FrozenConfigDict(d)
+
+
+@pytest.fixture(scope="module")
+def no_pixels_dir(tmp_path_factory):
+  root = tmp_path_factory.mktemp("nopix")
+  return synthetic.generate(str(root / "d"), n_train=8, n_dev=4, n_test=4, pixels=False)
+
+
+def _copy(src, dst, keep):
+  """A precomp dir with only the files of ``src`` whose names end with one of ``keep``."""
+  os.makedirs(dst)
+  for name in os.listdir(src):
+    if name.endswith(keep):
+      shutil.copy(os.path.join(src, name), dst)
+  return str(dst)
+
+
+def test_open_dataset_reads_only_the_data_section(tiny_data_dir):
+  ds = datasets.open_dataset(data_only(tiny_data_dir))
+  batch = ds.sample_batch(4)
+  assert ds.k == 5 and ds.num_train_images == 48 and ds.info.word_vectors is None
+  assert batch["tokens"].shape[0] == 4 and "pixels" not in batch and "deps" not in batch
+  assert "boxes" in batch      # not needed, but the split has them: they come along as before
+  ev = ds.eval_data("test", 8, max_images=4)
+  assert len(ev.captions) == 20 and next(ev.image_batches())["regions"].shape[0] == 8
+
+
+def test_needs_decide_the_optional_inputs(tiny_data_dir):
+  ds = datasets.open_dataset(data_only(tiny_data_dir), needs=frozenset({"pixels", "deps"}))
+  batch = ds.sample_batch(4)
+  assert batch["pixels"].shape == (4, 64, 64, 3) and batch["pixels"].dtype == np.uint8
+  assert batch["deps"].shape[0] == 4 and ds.info.num_relations > 0
+  text = next(ds.eval_data("dev", 8).text_batches())
+  assert "deps" in text and "deps_mask" in text
+
+
+@pytest.mark.parametrize("needs, match", [
+    ({"pixel"}, r"unknown \['pixel'\]; the optional batch inputs are \['boxes', 'deps', "
+                r"'pixels'\]"),
+    ("pixels", r"needs is a set of names"),
+])
+def test_unknown_needs_are_value_errors(tiny_data_dir, needs, match):
+  with pytest.raises(ValueError, match=match):
+    datasets.open_dataset(data_only(tiny_data_dir), needs=needs)
+
+
+def test_needed_pixels_missing_is_a_data_error(no_pixels_dir):
+  with pytest.raises(DataError, match=r"train_pixels.npy is missing; .*image_input='pixels'"):
+    datasets.open_dataset(data_only(no_pixels_dir), needs={"pixels"})
+  assert "pixels" not in datasets.open_dataset(data_only(no_pixels_dir)).sample_batch(2)
+
+
+def test_needed_pixels_missing_in_an_eval_split(tiny_data_dir, tmp_path):
+  path = _copy(tiny_data_dir, tmp_path / "d", (".npy", ".txt", ".jsonl"))
+  os.remove(os.path.join(path, "test_pixels.npy"))
+  ds = datasets.open_dataset(data_only(path), needs={"pixels"})
+  with pytest.raises(DataError, match=r"test_pixels.npy is missing"):
+    ds.eval_data("test", 4)
+
+
+def test_boxes_come_when_present_and_are_required_when_needed(tiny_data_dir, tmp_path):
+  bare = _copy(tiny_data_dir, tmp_path / "bare", ("_ims.npy", "_caps.txt"))
+  assert "boxes" not in datasets.open_dataset(data_only(bare)).sample_batch(2)
+  with pytest.raises(DataError, match=r"train_boxes.npy is missing; the method reads region"):
+    datasets.open_dataset(data_only(bare), needs={"boxes"})
+  with pytest.raises(DataError, match=r"train_deps.jsonl is missing; .*DeFrag"):
+    datasets.open_dataset(data_only(bare), needs={"deps"})
+  ds = datasets.open_dataset(data_only(tiny_data_dir), needs={"boxes"})
+  assert ds.sample_batch(2)["boxes"].shape == (2, 36, 4)
+
+
+def test_tfds_name_points_to_the_precomp_export(tmp_path):
+  with pytest.raises(ValueError, match=r"config.data.name='tfds' was removed: .*"
+                                       r"python -m xmr_jax.data.cub_export .*"
+                                       r"--config.data.name=precomp"):
+    datasets.open_dataset(data_only(str(tmp_path), name="tfds"))
+  with pytest.raises(ValueError, match=r"config.data.name='coco': use one of "
+                                       r"\['synthetic', 'precomp'\]"):
+    datasets.open_dataset(data_only(str(tmp_path), name="coco"))
+
+
+@pytest.mark.parametrize("name, match", [
+    ("vocab", r"config.data.tokenizer='vocab' was removed: use --config.data.tokenizer=word"),
+    ("spm", r"config.data.tokenizer='spm' is unknown; choose one of "
+            r"\['sentencepiece', 'word'\]"),
+])
+def test_tokenizer_names_are_checked_before_any_generation(tmp_path, name, match):
+  cache = tmp_path / "cache"
+  bad = data_only(str(cache), name="synthetic", tokenizer=name)
+  with pytest.raises(ValueError, match=match):
+    datasets.open_dataset(bad)
+  assert not cache.exists()        # nothing generated for a config that cannot work
+
+
+def test_synthetic_name_generates_into_data_dir(tmp_path):
+  d = data_only(str(tmp_path / "cache"), name="synthetic",
+                synthetic=dict(n_train=8, n_dev=4, n_test=4, seed=0, pixels=False))
+  ds = datasets.open_dataset(d)
+  assert ds.num_train_images == 8 and ds.data_dir.startswith(str(tmp_path / "cache"))
+
+
+def test_word_embeddings_at_file_dim_seeded_by_the_argument(tiny_data_dir, tmp_path):
+  path = tmp_path / "glove.txt"
+  path.write_text("dog 1 2 3 4 5\nred 6 7 8 9 10\n", encoding="utf-8")
+  a = datasets.open_dataset(data_only(tiny_data_dir, word_embeddings=str(path)), seed=0)
+  b = datasets.open_dataset(data_only(tiny_data_dir, word_embeddings=str(path)), seed=1)
+  va, vb = a.info.word_vectors, b.info.word_vectors
+  assert va.shape == (a.tokenizer.vocab_size, 5) and va.dtype == np.float32
+  dog = a.tokenizer.word2idx["dog"]
+  np.testing.assert_array_equal(va[dog], [1, 2, 3, 4, 5])
+  np.testing.assert_array_equal(va[dog], vb[dog])
+  rest = np.delete(np.arange(len(va)), [0, dog, a.tokenizer.word2idx["red"]])
+  assert not np.array_equal(va[rest], vb[rest])     # missing words follow the seed argument
+
+
+def test_load_derives_needs_from_the_whole_config(tiny_data_dir):
+  c = base_config("defrag")
+  assert datasets.legacy_needs(c) == {"deps"}
+  c.model.fragments = "words"
+  assert datasets.legacy_needs(c) == frozenset()
+  c = base_config("vsepp")
+  c.model.image_input = "pixels"
+  assert datasets.legacy_needs(c) == {"pixels"}
+  c.data.name, c.data.dir, c.data.tokenizer = "precomp", tiny_data_dir, "word"
+  assert datasets.load(c).sample_batch(2)["pixels"].shape == (2, 64, 64, 3)
