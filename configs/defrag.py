@@ -90,7 +90,7 @@ def _synthetic(c, a):
 def _f30k(c, a):
   """Paper / DriverSetParams.m values on SCAN precomp features (F = 2048, 36 regions)."""
   c.data.name = "precomp"
-  c.data.tokenizer = "vocab"
+  c.data.tokenizer = "word"
   c.model.word_dim = 200             # DriverSetParams.m word_dim = 200 (Huang et al. vectors)
   c.model.embed_dim = 1000           # DriverSetParams.m h = 1000
   c.model.normalization = "matlab"   # gmargin = 40 is on DeFragCost.m's 1/(|g_l|+n) scale

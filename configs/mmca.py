@@ -81,7 +81,7 @@ def get_config(arg=None):
     m.train_score_chunk = 4
   elif a.data in ("f30k", "coco"):
     c.data.name = "precomp"
-    c.data.tokenizer = "vocab"
+    c.data.tokenizer = "word"
     # Pairs of one tile row at paper dims: bound memory by scoring 8 images per step.
     m.score_chunk = 8
     c.eval.tile_images = 64

@@ -6,7 +6,7 @@ Launch:
   python -m xmr_jax.main --config=configs/pcme.py:data=coco,official --workdir=W \
       --config.data.dir=/path/to/coco_precomp
   python -m xmr_jax.main --config=configs/pcme.py:data=cub,official --workdir=W \
-      --config.data.dir=/path/to/cub_precomp     # from `python -m xmr_jax.data.cub`
+      --config.data.dir=/path/to/cub_precomp     # from `python -m xmr_jax.data.cub_export`
 Arguments: runlocal, data=synthetic|coco|cub, image_input=regions|pixels,
   score=mc|mc_log_odds|csd|mean_cosine, official (the official criterion's quirks:
   sigmoid(2s), logsigma as log-variance in the KL with the sample mean; see
@@ -75,7 +75,7 @@ def get_config(arg=None):
   elif a.data == "cub":
     # config/cub/pcme_cub.yaml: embed 512, a = b = 5, beta 1e-3, uniformity lambda 10,
     # lr 1e-4, 10 pretrain + 50 finetune epochs (cosine T_max 50, finetune_lr_decay 1).
-    # CUB exported to the precomp layout by `python -m xmr_jax.data.cub ... --out DIR`.
+    # CUB exported to the precomp layout by `python -m xmr_jax.data.cub_export ... --out DIR`.
     c.data.name = "precomp"
     c.data.captions_per_image = 10
     c.data.tokenizer = "word"

@@ -55,7 +55,7 @@ def get_config(arg=None):
     _synthetic(c, a)
   elif a.data in ("f30k", "coco"):
     c.data.name = "precomp"
-    c.data.tokenizer = "vocab"      # SCAN word vocab (official vocab/*_precomp_vocab.json)
+    c.data.tokenizer = "word"      # SCAN word vocab (official vocab/*_precomp_vocab.json)
     c.train.num_epochs, c.train.lr_decay_epochs = _SCHEDULES[(a.data, a.variant)]
     # The head blocks each tile itself (<= 2 images x a cache-sized caption block); 32-image
     # tiles keep each row's host-side score buffer small.

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from xmr_jax.kernels import pcme as K
+from xmr_jax.losses import pcme as pcme_losses
 from xmr_jax.kernels.common import l2norm
 
 
@@ -47,7 +48,7 @@ def bench_loss(b: int, j: int, d: int, repeats: int, official: bool) -> dict:
   z = [K.sample_gaussian(k, m, ls, j) for k, m in zip(keys[2:], mu)]
 
   def loss(zi, zc, li, lc, a, s):
-    return K.pcme_criterion(zi, zc, li, lc, a, s, vib_beta=1e-5, mu_img=mu[0], mu_txt=mu[1],
+    return pcme_losses.pcme_criterion(zi, zc, li, lc, a, s, vib_beta=1e-5, mu_img=mu[0], mu_txt=mu[1],
                             official_sigmoid=official, official_kl=official)[0]
 
   fn = jax.jit(jax.value_and_grad(loss, argnums=range(6)))

@@ -22,8 +22,8 @@ sys.path.insert(0, REPO)   # run from a checkout without installing
 
 
 def _config(data_dir: str, batch_size: int):
-  from xmr_jax.training.sweep import method_config
-  c = method_config("vsepp", "runlocal")
+  from xmr_jax.config_utils import config_path, load_config
+  c = load_config(config_path(__file__, "..", "configs", "vsepp.py"), "runlocal")
   if data_dir:
     c.data.name, c.data.dir = "precomp", data_dir
   c.model.embed_dim, c.model.word_dim = 64, 32
@@ -35,19 +35,22 @@ def bench_sweep(k: int, steps: int, data_dir: str = "", batch_size: int = 32) ->
   """Wall-clock of K vmapped variants vs. K sequential runs (compile included)."""
   import jax
   import numpy as np
-  from xmr_jax.training import loop, step as step_lib, sweep
+  from xmr_jax.common import mesh as mesh_lib
+  from xmr_jax.training import loop, state as state_lib, step as step_lib
   c = _config(data_dir, batch_size)
   ds, method, tx, base, _ = loop.setup(c)
   sample = ds.sample_batch(batch_size)
   it = ds.train_iterator(batch_size, seed=0)
-  batches = [next(it) for _ in range(steps)]
+  mesh = mesh_lib.make_data_mesh(1)
+  batches = [mesh_lib.global_batch(next(it), mesh) for _ in range(steps)]
   variants = [dict(name=f"m{i}", hparams=dict(margin=0.1 + 0.05 * i), seed=i) for i in range(k)]
-  kw = dict(decay_steps=0, decay_factor=0.1, steps_per_epoch=1000)
+  kw = dict(decay_steps=0, decay_factor=0.1, steps_per_epoch=1000, mesh=mesh)
 
   t0 = time.perf_counter()
-  states = sweep.init_states(method, sample, tx, [v["seed"] for v in variants])
-  hp = sweep.stack_hparams(base, variants)
-  fn = sweep.make_sweep_step(method, tx, **kw)
+  states = state_lib.init_states(method, sample, tx, [v["seed"] for v in variants])
+  states = mesh_lib.replicate(states, mesh)
+  hp = mesh_lib.replicate(state_lib.stack_hparams(base, variants), mesh)
+  fn = step_lib.make_train_step(method, tx, stacked=True, **kw)
   for i, b in enumerate(batches):
     if i == 1:
       jax.block_until_ready(states)
@@ -61,9 +64,8 @@ def bench_sweep(k: int, steps: int, data_dir: str = "", batch_size: int = 32) ->
   one = step_lib.make_train_step(method, tx, **kw)
   steady = []
   for v in variants:
-    from xmr_jax.training import state as state_lib
-    state = state_lib.init_state(method, sample, tx, v["seed"])
-    h = dict(base, margin=np.float32(v["hparams"]["margin"]))
+    state = mesh_lib.replicate(state_lib.init_state(method, sample, tx, v["seed"]), mesh)
+    h = mesh_lib.replicate(dict(base, margin=np.float32(v["hparams"]["margin"])), mesh)
     for i, b in enumerate(batches):
       if i == 1:
         jax.block_until_ready(state)
@@ -85,7 +87,8 @@ sys.path.insert(0, {repo!r})
 sys.argv = ['x']
 import jax
 from experiments.bench_sweep import _config
-from xmr_jax.training import loop, parallel, step as step_lib
+from xmr_jax.common import mesh as mesh_lib
+from xmr_jax.training import loop, step as step_lib
 c = _config({data!r}, {bs})
 ds, method, tx, hp, state = loop.setup(c)
 it = ds.train_iterator({bs}, seed=0)
@@ -93,15 +96,15 @@ batches = [next(it) for _ in range({steps})]
 kw = dict(decay_steps=0, decay_factor=0.1, steps_per_epoch=1000)
 out = {{}}
 for n in (1, jax.device_count()):
-  mesh = parallel.make_data_mesh(n) if n > 1 else None
+  mesh = mesh_lib.make_data_mesh(n)
   fn = step_lib.make_train_step(method, tx, mesh=mesh, **kw)
-  s = parallel.replicate(state, mesh) if mesh else state
-  s = jax.tree.map(lambda x: x.copy(), s)
-  place = (lambda b: parallel.global_batch(b, mesh)) if mesh else (lambda b: b)
-  s, _ = fn(s, place(batches[0]), hp); jax.block_until_ready(s)
+  s = mesh_lib.replicate(jax.tree.map(lambda x: x.copy(), state), mesh)
+  h = mesh_lib.replicate(hp, mesh)
+  place = lambda b: mesh_lib.global_batch(b, mesh)
+  s, _ = fn(s, place(batches[0]), h); jax.block_until_ready(s)
   t0 = time.perf_counter()
   for b in batches[1:]:
-    s, _ = fn(s, place(b), hp)
+    s, _ = fn(s, place(b), h)
   jax.block_until_ready(s)
   out[str(n)] = {bs} * (len(batches) - 1) / (time.perf_counter() - t0)
 print("RESULT" + json.dumps(out))
@@ -133,7 +136,7 @@ def main():
   result = {"sweep": bench_sweep(a.k, a.steps, a.data_dir, a.batch_size)}
   if a.devices > 1:
     result["devices"] = bench_devices(a.devices, a.steps, a.data_dir, a.batch_size)
-  from xmr_jax.training.logging import atomic_write_json
+  from xmr_jax.common.io import atomic_write_json
   atomic_write_json(a.out, result)
   print(json.dumps(result, indent=2))
 

@@ -15,7 +15,6 @@ Absolute times on shared machines are noisy: compare ratios measured in one run.
 import json
 import os
 import resource
-import sys
 import time
 
 import jax
@@ -23,8 +22,9 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from xmr_jax.common import mesh as mesh_lib
 from xmr_jax.evaluation import engine
-from xmr_jax.training import loop, step as step_lib
+from xmr_jax.training import loop, state as state_lib, step as step_lib
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (as for xmr_jax.main).")
@@ -53,11 +53,13 @@ def _memory(compiled) -> dict:
 
 def bench_train(config, ds, method, tx, hparams, state, steps: int) -> dict:
   sched = loop.schedule(config, ds.num_train_images, ds.k)
+  mesh = mesh_lib.train_mesh(config.train.get("num_devices", 0), config.train.batch_size)
   fn = step_lib.make_train_step(method, tx, decay_steps=sched["decay_steps"],
                                 decay_factor=config.train.lr_decay_factor,
-                                steps_per_epoch=sched["steps_per_epoch"])
+                                steps_per_epoch=sched["steps_per_epoch"], mesh=mesh)
   it = ds.train_iterator(config.train.batch_size, seed=0)
-  batch = next(it)
+  batch = mesh_lib.global_batch(next(it), mesh)
+  state, hparams = mesh_lib.replicate(state, mesh), mesh_lib.replicate(hparams, mesh)
   t0 = time.perf_counter()
   compiled = fn.lower(state, batch, hparams).compile()
   compile_s = time.perf_counter() - t0
@@ -74,7 +76,7 @@ def bench_train(config, ds, method, tx, hparams, state, steps: int) -> dict:
 
 
 def bench_eval(config, ds, method, state, n_images: int) -> dict:
-  variables = loop._variables(state)
+  variables = state_lib.variables_of(state)
   data = ds.eval_data(config.eval.split, config.eval.encode_batch_size, max_images=n_images)
   enc = {}
   for side, batches in (("image", data.image_batches), ("text", data.text_batches)):

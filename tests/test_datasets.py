@@ -131,13 +131,16 @@ def test_word_embeddings_at_file_dim_seeded_by_the_argument(tiny_data_dir, tmp_p
   assert not np.array_equal(va[rest], vb[rest])     # missing words follow the seed argument
 
 
-def test_load_derives_needs_from_the_whole_config(tiny_data_dir):
+def test_method_inputs_decide_what_the_data_carries(tiny_data_dir):
+  from xmr_jax.models.registry import method_inputs
   c = base_config("defrag")
-  assert datasets.legacy_needs(c) == {"deps"}
+  c.model.fragments = "dependency"
+  assert method_inputs(c) == {"deps"}
   c.model.fragments = "words"
-  assert datasets.legacy_needs(c) == frozenset()
+  assert method_inputs(c) == frozenset()
   c = base_config("vsepp")
   c.model.image_input = "pixels"
-  assert datasets.legacy_needs(c) == {"pixels"}
+  assert method_inputs(c) == {"pixels"}
   c.data.name, c.data.dir, c.data.tokenizer = "precomp", tiny_data_dir, "word"
-  assert datasets.load(c).sample_batch(2)["pixels"].shape == (2, 64, 64, 3)
+  ds = datasets.open_dataset(c.data, needs=method_inputs(c))
+  assert ds.sample_batch(2)["pixels"].shape == (2, 64, 64, 3)

@@ -3,14 +3,12 @@ import dataclasses
 import json
 import os
 
-import jax
 import numpy as np
-import optax
 import pytest
 
 from conftest import tiny_config
-from xmr_jax.evaluation import engine, protocol
-from xmr_jax.training import loop, state as state_lib
+from xmr_jax.evaluation import engine
+from xmr_jax.training import loop, state as state_lib, workdirs
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +48,7 @@ def test_eval_mode_writes_results_for_a_trained_workdir(tiny_data_dir, tmp_path)
   workdir = str(tmp_path / "w")
   trained = loop.train_and_evaluate(config, workdir)
   os.remove(os.path.join(workdir, "eval", "results.json"))
-  again = loop.evaluate_workdir(config, workdir)
+  again = workdirs.evaluate_workdir(config, workdir)
   with open(os.path.join(workdir, "eval", "results.json")) as f:
     written = json.load(f)
   assert written["rsum"] == pytest.approx(trained["rsum"]) == pytest.approx(again["rsum"])
@@ -62,7 +60,7 @@ def test_eval_mode_writes_results_for_a_trained_workdir(tiny_data_dir, tmp_path)
 def test_eval_mode_without_checkpoint_is_a_clear_error(tiny_data_dir, tmp_path):
   config = tiny_config("vsepp", tiny_data_dir, embed_dim=16, word_dim=8)
   with pytest.raises(FileNotFoundError, match="no checkpoint"):
-    loop.evaluate_workdir(config, str(tmp_path / "empty"))
+    workdirs.evaluate_workdir(config, str(tmp_path / "empty"))
 
 
 def test_sgd_with_weight_decay_follows_the_l2_gradient():
@@ -81,15 +79,14 @@ def test_sgd_with_weight_decay_follows_the_l2_gradient():
 
 def test_ensemble_scores_are_the_mean_of_the_members(tiny_data_dir, tmp_path):
   from xmr_jax.evaluation import metrics
-  from xmr_jax.training import loop as loop_lib
   members = []
   for seed in (0, 1):
     config = tiny_config("vsepp", tiny_data_dir, embed_dim=16, word_dim=8)
     config.train.num_steps = 2
     config.seed = seed
     members.append(str(tmp_path / f"m{seed}"))
-    loop_lib.train_and_evaluate(config, members[-1])
-  ens = loop_lib.evaluate_ensemble(members, str(tmp_path / "ens"))
+    loop.train_and_evaluate(config, members[-1])
+  ens = workdirs.evaluate_ensemble(members, str(tmp_path / "ens"))
   mean = sum(np.load(os.path.join(m, "eval", "test_scores.npy")) for m in members) / 2
   expected = metrics.evaluate(mean, k=5)
   assert ens["rsum"] == pytest.approx(expected["rsum"], abs=1e-4)
@@ -117,7 +114,7 @@ def test_length_groups_trim_padding_and_keep_scores(tiny_data_dir):
   """SGRAF captions scored in length groups (padding trimmed per group) = one padded grid."""
   config = tiny_config("sgraf", tiny_data_dir, embed_dim=8, word_dim=6, sim_dim=6)
   ds, method, _, _, state = loop.setup(config)
-  variables = loop._variables(state)
+  variables = state_lib.variables_of(state)
   data = ds.eval_data("test", 16)
   img = engine.encode_all(method, variables, data.image_batches(), "image")
   txt = engine.encode_all(method, variables, data.text_batches(), "text")

@@ -1,5 +1,6 @@
 """Data parallelism on 8 fake CPU devices equals one device (training steps and evaluation),
-for VSE++ and SGRAF (cross-attention scores, BatchNorm statistics reduced across devices).
+for VSE++ and SGRAF (cross-attention scores, BatchNorm statistics reduced across devices), and
+for a vmapped VSE++ sweep (the one trainer's stacked step over the mesh).
 
 Everything that needs 8 devices runs in ONE subprocess (``XLA_FLAGS`` must be set before JAX
 starts; this pytest process keeps its single device) that prints a JSON report.
@@ -21,7 +22,8 @@ _SCRIPT = textwrap.dedent("""
     import jax, numpy as np
     from conftest import tiny_config
     from xmr_jax.evaluation import engine
-    from xmr_jax.training import loop, parallel, step as step_lib
+    from xmr_jax.common import mesh as mesh_lib
+    from xmr_jax.training import loop, state as state_lib, step as step_lib
 
     def max_diff(a, b):
       d = jax.tree.map(lambda x, y: float(np.max(np.abs(np.asarray(x) - np.asarray(y)))), a, b)
@@ -38,22 +40,22 @@ _SCRIPT = textwrap.dedent("""
       it = ds.train_iterator(16, seed=0)
       batches = [next(it) for _ in range(3)]
       kw = dict(decay_steps=0, decay_factor=0.1, steps_per_epoch=10)
-      one = jax.jit(lambda s, b, h: step_lib.train_step(s, b, h, method=method, tx=tx, **kw))
-      mesh = parallel.make_data_mesh(8)
+      mesh1, mesh = mesh_lib.make_data_mesh(1), mesh_lib.make_data_mesh(8)
+      one = step_lib.make_train_step(method, tx, mesh=mesh1, **kw)
       eight = step_lib.make_train_step(method, tx, mesh=mesh, **kw)
-      s1 = jax.tree.map(np.asarray, state)
-      s8 = parallel.replicate(jax.tree.map(np.asarray, state), mesh)
+      s1 = mesh_lib.replicate(jax.tree.map(np.asarray, state), mesh1)
+      s8 = mesh_lib.replicate(jax.tree.map(np.asarray, state), mesh)
       out = {{"loss1": [], "loss8": [], "gn1": [], "gn8": []}}
       for b in batches:
-        s1, m1 = one(s1, b, hp)
-        s8, m8 = eight(s8, parallel.global_batch(b, mesh), parallel.replicate(hp, mesh))
+        s1, m1 = one(s1, mesh_lib.global_batch(b, mesh1), mesh_lib.replicate(hp, mesh1))
+        s8, m8 = eight(s8, mesh_lib.global_batch(b, mesh), mesh_lib.replicate(hp, mesh))
         out["loss1"].append(float(m1["loss"])); out["loss8"].append(float(m8["loss"]))
         out["gn1"].append(float(m1["grad_norm"])); out["gn8"].append(float(m8["grad_norm"]))
       out["param_diff"] = max_diff(s1["params"], s8["params"])
       out["param_scale"] = max(float(np.max(np.abs(x))) for x in jax.tree.leaves(s1["params"]))
-      out["shards"] = len(parallel.global_batch(batches[0], mesh)["tokens"].addressable_shards)
+      out["shards"] = len(mesh_lib.global_batch(batches[0], mesh)["tokens"].addressable_shards)
       # Sharded evaluation (caption tiles over 8 devices) = the whole grid in one call.
-      variables = jax.tree.map(np.asarray, loop._variables(s1))
+      variables = jax.tree.map(np.asarray, state_lib.variables_of(s1))
       data = ds.eval_data("test", 16)
       img = engine.encode_all(method, variables, data.image_batches(), "image")
       txt = engine.encode_all(method, variables, data.text_batches(), "text")
@@ -63,7 +65,34 @@ _SCRIPT = textwrap.dedent("""
       out["eval_diff"] = float(np.max(np.abs(full - tiled)))
       return out
 
-    report = {{"devices": jax.device_count(),
+    def compare_sweep():
+      # Two VSE++ variants (margin, seed) as one stacked, vmapped step: 8 devices vs 1.
+      c = tiny_config("vsepp", {data!r}, embed_dim=16, word_dim=8)
+      c.train.batch_size, c.train.optimizer, c.hparams.learning_rate = 16, "sgd", 0.05
+      ds, method, tx, hp, _ = loop.setup(c)
+      variants = [dict(name="a", hparams=dict(margin=0.1), seed=0),
+                  dict(name="b", hparams=dict(margin=0.3), seed=1)]
+      states = state_lib.init_states(method, ds.sample_batch(16), tx, [0, 1])
+      hps = state_lib.stack_hparams(hp, variants)
+      it = ds.train_iterator(16, seed=0)
+      batches = [next(it) for _ in range(3)]
+      kw = dict(decay_steps=0, decay_factor=0.1, steps_per_epoch=10, stacked=True)
+      out = {{}}
+      for n in (1, 8):
+        mesh = mesh_lib.make_data_mesh(n)
+        fn = step_lib.make_train_step(method, tx, mesh=mesh, **kw)
+        s = mesh_lib.replicate(jax.tree.map(np.asarray, states), mesh)
+        losses = []
+        for b in batches:
+          s, m = fn(s, mesh_lib.global_batch(b, mesh), mesh_lib.replicate(hps, mesh))
+          losses.append(np.asarray(m["loss"]).tolist())
+        out[n] = (losses, jax.tree.map(np.asarray, s["params"]))
+      return {{"loss1": out[1][0], "loss8": out[8][0],
+              "param_diff": max_diff(out[1][1], out[8][1]),
+              "variant_gap": max_diff(jax.tree.map(lambda x: x[0], out[1][1]),
+                                      jax.tree.map(lambda x: x[1], out[1][1]))}}
+
+    report = {{"devices": jax.device_count(), "sweep": compare_sweep(),
                "vsepp": compare("vsepp", embed_dim=16, word_dim=8),
                # SGRAF: a cross-attention score and train-mode BatchNorm (VisualSA), whose
                # statistics must be reduced over the devices to match one device.
@@ -110,3 +139,10 @@ def test_eight_devices_train_like_one(report, name):
 def test_sharded_evaluation_equals_whole_grid(report, name):
   assert report[name]["eval_shape"] == [12, 60]
   assert report[name]["eval_diff"] < 1e-5
+
+
+def test_vmapped_sweep_on_eight_devices_equals_one(report):
+  r = report["sweep"]
+  np.testing.assert_allclose(r["loss8"], r["loss1"], rtol=1e-5, atol=1e-5)
+  assert r["param_diff"] < 1e-5
+  assert r["variant_gap"] > 1e-3        # the two variants really are different runs

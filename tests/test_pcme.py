@@ -9,6 +9,7 @@ import pytest
 
 from configs.pcme import get_config
 from xmr_jax.kernels import pcme as K
+from xmr_jax.losses import pcme as pcme_losses
 from xmr_jax.kernels.common import l2norm
 from xmr_jax.models import pcme as M
 from xmr_jax.types import DataInfo
@@ -26,7 +27,7 @@ def fx():
 
 
 def _criterion(fx, si, sc, li, lc, a, b):
-  return K.pcme_criterion(si, sc, li, lc, a, b, vib_beta=float(fx["vib_beta"]), **OFFICIAL)
+  return pcme_losses.pcme_criterion(si, sc, li, lc, a, b, vib_beta=float(fx["vib_beta"]), **OFFICIAL)
 
 
 # ------------------------------------------------------------------ official parity
@@ -141,8 +142,8 @@ def test_vib_kl_and_reductions():
   m = [l2norm(jnp.mean(x, 1)) for x in s]
   l = [rng.normal(size=(3, 4)).astype(np.float32) for _ in range(2)]
   kw = dict(mu_img=m[0], mu_txt=m[1], vib_beta=0.1)
-  _, tot = K.pcme_criterion(s[0], s[1], l[0], l[1], 1.0, 0.5, **kw)
-  _, avg = K.pcme_criterion(s[0], s[1], l[0], l[1], 1.0, 0.5, reduction="mean", **kw)
+  _, tot = pcme_losses.pcme_criterion(s[0], s[1], l[0], l[1], 1.0, 0.5, **kw)
+  _, avg = pcme_losses.pcme_criterion(s[0], s[1], l[0], l[1], 1.0, 0.5, reduction="mean", **kw)
   np.testing.assert_allclose(avg["i2t_loss"], tot["i2t_loss"] / 9, rtol=1e-6)
   np.testing.assert_allclose(avg["vib_loss"], tot["vib_loss"] / 3, rtol=1e-6)
 
@@ -176,7 +177,7 @@ def test_gradients_finite_for_extreme_sigma(official):
     mi, mc = l2norm(mi), l2norm(mc)
     zi = mi[:, None] + eps[0] * jnp.exp(li)[:, None]
     zc = mc[:, None] + eps[1] * jnp.exp(lc)[:, None]
-    return K.pcme_criterion(zi, zc, li, lc, a, b, vib_beta=1e-3, mu_img=mi, mu_txt=mc,
+    return pcme_losses.pcme_criterion(zi, zc, li, lc, a, b, vib_beta=1e-3, mu_img=mi, mu_txt=mc,
                             official_sigmoid=official, official_kl=official,
                             use_uniformity=True, uniform_lambda=1.0)[0]
 
@@ -287,7 +288,7 @@ def test_model_loss_equals_criterion(model_setup):
     p = dict(params, negative_scale=a, shift=b)
     scores = method.model.apply({"params": p}, img, txt, method=method.model.match_log_odds)
     val, _ = method.loss_fn(img, txt, scores, hp, jax.random.key(4))
-    ref, _ = K.pcme_criterion(img["samples"], txt["samples"], img["logsigma"], txt["logsigma"],
+    ref, _ = pcme_losses.pcme_criterion(img["samples"], txt["samples"], img["logsigma"], txt["logsigma"],
                               a, b, vib_beta=0.01, mu_img=img["mu"], mu_txt=txt["mu"])
     return val, ref
 

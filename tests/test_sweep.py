@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
+from xmr_jax.common import mesh as mesh_lib
 from xmr_jax.training import checkpoints, loop, state as state_lib, step as step_lib, sweep
 
 VARIANTS = [dict(name="m0.1_s0", hparams=dict(margin=0.1), seed=0),
@@ -31,7 +32,7 @@ def _config(data_dir):
 def swept(tiny_data_dir, tmp_path_factory):
   config = _config(tiny_data_dir)
   workdir = str(tmp_path_factory.mktemp("sweep"))
-  rows = sweep.run_sweep(config, workdir, progress=False)
+  rows = sweep.run_sweep(config, workdir)
   return config, workdir, rows
 
 
@@ -40,9 +41,10 @@ def _single_runs(config, variants):
   ds, method, tx, base, _ = loop.setup(config)
   sample = ds.sample_batch(config.train.batch_size)
   sched = loop.schedule(config, ds.num_train_images, ds.k)
+  mesh = mesh_lib.make_data_mesh(1)
   fn = step_lib.make_train_step(method, tx, decay_steps=sched["decay_steps"],
                                 decay_factor=config.train.lr_decay_factor,
-                                steps_per_epoch=sched["steps_per_epoch"])
+                                steps_per_epoch=sched["steps_per_epoch"], mesh=mesh)
   it = ds.train_iterator(config.train.batch_size, seed=config.seed)
   batches = [next(it) for _ in range(config.train.num_steps)]
   out = []
@@ -50,7 +52,7 @@ def _single_runs(config, variants):
     hparams = dict(base, **{k: np.float32(v) for k, v in variant["hparams"].items()})
     state = state_lib.init_state(method, sample, tx, variant["seed"])
     for batch in batches:
-      state, _ = fn(state, batch, hparams)
+      state, _ = fn(state, mesh_lib.global_batch(batch, mesh), hparams)
     out.append(state)
   return out
 
@@ -59,7 +61,8 @@ def test_vmapped_sweep_equals_separate_runs(swept):
   config, workdir, _ = swept
   ds, method, tx, _, state = loop.setup(config)
   like = jax.tree.map(lambda x: np.stack([np.asarray(x)] * len(VARIANTS)), state)
-  ck = checkpoints.Checkpointer(os.path.join(workdir, "base"))
+  ck = checkpoints.Checkpointer(os.path.join(workdir, "base"),
+                                variants=[v["name"] for v in VARIANTS])
   stacked, _ = ck.restore(like)
   ck.close()
   assert np.all(np.asarray(stacked["step"]) == config.train.num_steps)
@@ -105,6 +108,36 @@ def test_bad_sweep_entries_name_the_problem(tiny_data_dir):
 
 def test_stack_hparams_overrides_only_named_keys():
   base = {"margin": np.float32(0.2), "learning_rate": np.float32(2e-4)}
-  hp = sweep.stack_hparams(base, [dict(name="a"), dict(name="b", hparams=dict(margin=0.5))])
+  hp = state_lib.stack_hparams(base, [dict(name="a"), dict(name="b", hparams=dict(margin=0.5))])
   np.testing.assert_allclose(hp["margin"], [0.2, 0.5])
   np.testing.assert_allclose(hp["learning_rate"], [2e-4, 2e-4])
+
+
+def test_a_diverging_variant_stops_alone(tiny_data_dir, tmp_path):
+  """lr = inf makes variant "bad" non-finite at its first update: it keeps its initial
+  (finite) parameters, is reported as diverged at step 1, and "good" trains on."""
+  config = _config(tiny_data_dir)
+  variants = [dict(name="good", seed=0), dict(name="bad", hparams=dict(learning_rate=np.inf),
+                                                seed=0)]
+  config.sweep = ml_collections.ConfigDict(dict(variants=variants))
+  workdir = str(tmp_path / "sweep")
+  rows = sweep.run_sweep(config, workdir)
+  good, bad = rows
+  assert not good["diverged"] and bad["diverged"] and bad["diverged_at_step"] == 1
+  assert np.isfinite(bad["results"]["rsum"]) and np.isfinite(good["results"]["rsum"])
+  assert "diverged at step 1" in sweep.format_sweep_table(rows)
+  ds, method, tx, _, state = loop.setup(config)
+  like = jax.tree.map(lambda x: np.stack([np.asarray(x)] * 2), state)
+  ck = checkpoints.Checkpointer(os.path.join(workdir, "base"), variants=["good", "bad"])
+  stacked, _ = ck.restore(like)
+  ck.close()
+  assert list(np.asarray(stacked["alive"])) == [True, False]
+  initial = jax.tree.leaves(state["params"])
+  for w, w0 in zip(jax.tree.leaves(stacked["params"]), initial):
+    np.testing.assert_array_equal(np.asarray(w)[1], np.asarray(w0))     # frozen at step 0
+  assert not np.array_equal(np.asarray(jax.tree.leaves(stacked["params"])[0])[0],
+                            np.asarray(initial[0]))                    # "good" moved on
+  with open(os.path.join(workdir, "base", "metrics.jsonl")) as f:
+    records = [json.loads(line) for line in f]
+  assert any("dev_rsum/good" in r for r in records)       # dev evaluation per variant
+  assert not any("dev_rsum/bad" in r for r in records)

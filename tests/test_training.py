@@ -12,7 +12,8 @@ import pytest
 
 from conftest import tiny_config
 from xmr_jax import training
-from xmr_jax.training import checkpoints, loop, state as state_lib, step as step_lib
+from xmr_jax.common import mesh as mesh_lib
+from xmr_jax.training import checkpoints, loop, parallel, state as state_lib, step as step_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,10 +30,14 @@ def test_train_step_compiles_once_and_learns(setup):
   def counting_step(*args, **kwargs):
     traces.append(1)
     return step_lib.train_step(*args, **kwargs)
-  fn = jax.jit(lambda s, b, h: counting_step(s, b, h, method=method, tx=tx, decay_steps=0,
+  mesh = mesh_lib.make_data_mesh(1)
+  forward = parallel.sharded_loss_and_aux(method, mesh)
+  fn = jax.jit(lambda s, b, h: counting_step(s, b, h, tx=tx, decay_steps=0, forward=forward,
                                              decay_factor=0.1, steps_per_epoch=10))
   it = ds.train_iterator(config.train.batch_size, seed=0)
-  batch = next(it)
+  batch = mesh_lib.global_batch(next(it), mesh)
+  # Placed once as the loop does, so every call sees the same input shardings.
+  state, hparams = mesh_lib.replicate(state, mesh), mesh_lib.replicate(hparams, mesh)
   first = None
   for i in range(8):   # the same batch: the loss must go down
     state, metrics = fn(state, batch, hparams)
@@ -51,8 +56,12 @@ def test_hparam_learning_rate_reaches_the_optimizer(setup):
   config, (ds, method, tx, hparams, state) = setup
   batch = ds.sample_batch(config.train.batch_size)
   zero = dict(hparams, learning_rate=np.float32(0.0))
-  new, _ = step_lib.train_step(jax.tree.map(np.asarray, state), batch, zero, method=method, tx=tx,
-                               decay_steps=0, decay_factor=0.1, steps_per_epoch=10)
+  mesh = mesh_lib.make_data_mesh(1)
+  forward = parallel.sharded_loss_and_aux(method, mesh)
+  batch = mesh_lib.global_batch(batch, mesh)
+  new, _ = jax.jit(lambda s, b, h: step_lib.train_step(
+      s, b, h, tx=tx, decay_steps=0, decay_factor=0.1, steps_per_epoch=10,
+      forward=forward))(jax.tree.map(np.asarray, state), batch, zero)
   same = jax.tree.map(lambda a, b: np.array_equal(a, b), new["params"], state["params"])
   assert all(jax.tree.leaves(same))
 

@@ -121,4 +121,5 @@ def base_config(method: str) -> ml_collections.ConfigDict:
 
 
 def to_dict(config: ml_collections.ConfigDict) -> Dict[str, Any]:
+  """``config`` as nested plain dicts (``ConfigDict.to_dict``), e.g. for JSON or logging."""
   return config.to_dict()

@@ -25,6 +25,11 @@ flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv):
+  """absl entry point: dispatches on ``--mode`` (and ``--ensemble``) as the module says.
+
+  Raises ``app.UsageError`` for positional arguments, ``--ensemble`` without ``--mode=eval``,
+  or a missing ``--config`` (not needed with ``--ensemble``).
+  """
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   # Orbax logs every save at INFO; our progress bar and tables say what matters.

@@ -1,25 +1,32 @@
 """Atomic writes and the cache directory (used by data, training and evaluation alike)."""
 import json
 import os
+import tempfile
 from typing import Any
 
 
 def cache_root() -> str:
   """``$XMR_DATA_DIR`` or ``~/.cache/xmr_jax``: generated datasets, tokenizers, converted weights."""
-  return os.path.expanduser(os.environ.get("XMR_DATA_DIR", "~/.cache/xmr_jax"))
+  return os.path.expanduser(os.environ.get("XMR_DATA_DIR") or "~/.cache/xmr_jax")
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:
   """Writes ``data`` to ``path`` through a temporary file in the same directory + rename.
 
   Readers (and a run killed half-way) never see a partial file: ``os.replace`` is atomic on
-  one filesystem. Creates the parent directory.
+  one filesystem; the temporary file is removed on any error. Creates the parent directory.
   """
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.tmp.{os.getpid()}"
-  with open(tmp, "wb") as f:
-    f.write(data)
-  os.replace(tmp, path)
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
 
 
 def atomic_write_json(path: str, obj: Any) -> None:

@@ -21,6 +21,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import numpy as np
 
+from xmr_jax.common.io import cache_root
+
 from xmr_jax.data import embeddings, pipeline, precomp, synthetic, tokenizers
 
 # Optional batch inputs a method may need: rendered ``pixels``, dependency triples ``deps``
@@ -38,11 +40,6 @@ _MISSING = {
     "boxes": ("boxes.npy", "the method reads region boxes: write (N, R, 4) float32 boxes "
                            "x0, y0, x1, y1 in [0, 1]"),
 }
-
-
-def cache_root() -> str:
-  """``$XMR_DATA_DIR`` or ``~/.cache/xmr_jax``: generated data and read-only dirs' tokenizers."""
-  return os.path.expanduser(os.environ.get("XMR_DATA_DIR", "~/.cache/xmr_jax"))
 
 
 @dataclasses.dataclass
@@ -161,6 +158,7 @@ class Dataset:
 
   @property
   def num_train_images(self) -> int:
+    """Number of images in the ``data_config.train_split`` split; DataError if its files are bad."""
     return self.split(self.data_config.train_split).num_images
 
   def _batch_kwargs(self) -> Dict[str, Any]:
@@ -267,24 +265,3 @@ def open_dataset(data_config, *, needs=frozenset(), seed: int = 0) -> Dataset:
   check_name(data_config.name)
   check_tokenizer(data_config.tokenizer)
   return Dataset(data_config, resolve_data_dir(data_config), needs=needs, seed=seed)
-
-
-def legacy_needs(config) -> frozenset:
-  """The ``needs`` :func:`load` derives from a whole config, as ``Dataset`` used to.
-
-  "pixels" for ``model.image_input='pixels'``; "deps" for DeFrag with
-  ``model.fragments='dependency'`` (the default). Never "boxes": those come when present.
-  """
-  needs = set()
-  if config.model.get("image_input", "regions") == "pixels":
-    needs.add("pixels")
-  if config.method == "defrag" and config.model.get("fragments", "dependency") == "dependency":
-    needs.add("deps")
-  return frozenset(needs)
-
-
-# Transitional: the trainer still calls load(config). Once callers compute `needs` themselves
-# and call open_dataset(config.data, needs=..., seed=config.seed), delete load and legacy_needs.
-def load(config) -> Dataset:
-  """``open_dataset(config.data, needs=legacy_needs(config), seed=config.seed)``."""
-  return open_dataset(config.data, needs=legacy_needs(config), seed=config.seed)

@@ -34,10 +34,10 @@ import grain
 import numpy as np
 
 from xmr_jax import types
+from xmr_jax.common.io import atomic_write_bytes
 from xmr_jax.data import precomp
 from xmr_jax.data.precomp import DataError, PrecompSplit
-from xmr_jax.data.tokenizers import (DEFAULT_BUCKETS, WordVocab, atomic_write,
-                                     pad_ragged, ragged_from_lists)
+from xmr_jax.data.tokenizers import (DEFAULT_BUCKETS, WordVocab, pad_ragged, ragged_from_lists)
 
 DEFAULT_DEPS_BUCKETS = (8, 16, 32)
 Batch = Dict[str, np.ndarray]
@@ -65,10 +65,12 @@ class DepsVocab:
 
   @property
   def num_relations(self) -> int:
+    """Number of relation ids, ``<pad>`` and ``<unk>`` included."""
     return len(self.rel2idx)
 
   @property
   def word_vocab_size(self) -> int:
+    """Size of the head/dependent word vocabulary (:class:`WordVocab`)."""
     return self.words.vocab_size
 
   @classmethod
@@ -94,10 +96,14 @@ class DepsVocab:
     """Writes {"relations": rel2idx, "words": SCAN-style word vocab}."""
     data = {"relations": self.rel2idx, "words": {"word2idx":
                                                   self.words.word2idx}}
-    atomic_write(path, json.dumps(data).encode("utf-8"))
+    atomic_write_bytes(path, json.dumps(data).encode("utf-8"))
 
   @classmethod
   def load(cls, path: str) -> "DepsVocab":
+    """Reads a vocabulary written by :meth:`save`.
+
+    Raises DataError (naming ``path``) if it is unreadable or not such a json.
+    """
     try:
       with open(path, "r", encoding="utf-8") as f:
         data = json.load(f)
@@ -110,6 +116,11 @@ class DepsVocab:
 
   def encode_many(self, deps: Sequence[Sequence[Tuple[str, str, str]]]
                   ) -> List[List[Tuple[int, int, int]]]:
+    """Per caption, its triples as (relation id, head id, dependent id).
+
+    Words are normalised (:func:`normalize_dep_word`); unknown relations and
+    words map to their ``<unk>`` ids.
+    """
     rel, unk = self.rel2idx.get, self.rel2idx[self.UNK]
     word, wunk = self.words.word2idx.get, self.words.unk_id
     return [[(rel(r, unk), word(normalize_dep_word(h), wunk),

@@ -54,10 +54,12 @@ class PrecompSplit:
 
   @property
   def num_captions(self) -> int:
+    """Number of captions, k * N (caption c belongs to image c // k)."""
     return len(self.captions)
 
   @property
   def images_path(self) -> str:
+    """Path of this split's ``{split}_ims.npy`` region features (for error messages)."""
     return os.path.join(self.data_dir, f"{self.split}_ims.npy")
 
 

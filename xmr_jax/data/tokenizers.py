@@ -21,13 +21,13 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import warnings
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Sequence, Tuple
 
 import numpy as np
 import sentencepiece as spm
 
+from xmr_jax.common.io import atomic_write_bytes
 from xmr_jax.data.precomp import DataError
 
 DEFAULT_BUCKETS = (16, 32, 64)
@@ -103,9 +103,11 @@ class _RaggedEncoder:
   """Shared ``encode_ragged`` / ``encode_batch`` on top of ``encode_many``."""
 
   def encode_many(self, captions: Sequence[str]) -> List[List[int]]:
+    """Per caption, its list of int ids (start/end wrapped); subclasses implement it."""
     raise NotImplementedError
 
   def encode(self, caption: str) -> List[int]:
+    """Ids of one caption (``encode_many([caption])[0]``)."""
     return self.encode_many([caption])[0]
 
   def encode_ragged(self, captions: Sequence[str]
@@ -148,6 +150,7 @@ class WordVocab(_RaggedEncoder):
 
   @property
   def vocab_size(self) -> int:
+    """Number of ids: the largest id + 1 (ids may have gaps; id 0 is ``<pad>``)."""
     return max(self.idx2word) + 1
 
   def __len__(self) -> int:
@@ -176,7 +179,7 @@ class WordVocab(_RaggedEncoder):
     data = {"word2idx": self.word2idx,
             "idx2word": {str(i): w for i, w in sorted(self.idx2word.items())},
             "idx": len(self.word2idx)}
-    atomic_write(path, json.dumps(data).encode("utf-8"))
+    atomic_write_bytes(path, json.dumps(data).encode("utf-8"))
 
   @classmethod
   def load(cls, path: str) -> "WordVocab":
@@ -224,6 +227,7 @@ class SentencePieceTokenizer(_RaggedEncoder):
 
   @property
   def vocab_size(self) -> int:
+    """Number of pieces (ids 0..vocab_size - 1; may be below the requested size)."""
     return self.processor.get_piece_size()
 
   @classmethod
@@ -249,14 +253,20 @@ class SentencePieceTokenizer(_RaggedEncoder):
     return cls(writer.getvalue())
 
   def save(self, path: str) -> None:
-    atomic_write(path, self.model_proto)
+    """Writes the serialized model proto to ``path`` (atomically)."""
+    atomic_write_bytes(path, self.model_proto)
 
   @classmethod
   def load(cls, path: str) -> "SentencePieceTokenizer":
+    """Reads a model written by :meth:`save` (or ``spm_train``).
+
+    Raises OSError if unreadable, RuntimeError (sentencepiece) if not a model proto.
+    """
     with open(path, "rb") as f:
       return cls(f.read())
 
   def encode_many(self, captions: Sequence[str]) -> List[List[int]]:
+    """Per caption, its piece ids, wrapped in ``<s> ... </s>`` if ``add_bos_eos``."""
     return self.processor.encode(list(captions), add_bos=self.add_bos_eos,
                                  add_eos=self.add_bos_eos)
 
@@ -274,25 +284,12 @@ class _BytesWriter:
     self._chunks = []
 
   def write(self, data: bytes) -> None:
+    """Appends a chunk of the serialized model."""
     self._chunks.append(bytes(data))
 
   def getvalue(self) -> bytes:
+    """All chunks written so far, concatenated."""
     return b"".join(self._chunks)
-
-
-def atomic_write(path: str, data: bytes) -> None:
-  """Writes a file via a temporary file and ``os.replace`` (never partial)."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
 
 
 def captions_hash(captions: Sequence[str], settings: str) -> str:

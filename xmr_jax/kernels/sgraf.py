@@ -15,7 +15,7 @@ sum, and a score never depends on how much padding a tile carries.
 Weights are passed as flax-layout arrays: ``kernel`` (in, out), ``bias`` (out,), y = x @ kernel +
 bias (torch's ``nn.Linear`` is y = x @ weight.T + bias).
 """
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Mapping, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +24,8 @@ from xmr_jax.kernels.common import EPS, l2norm, masked_softmax
 
 
 def leaky_relu(x: jax.Array, slope: float = 0.1) -> jax.Array:
+  """LeakyReLU with negative ``slope`` (official ``nn.LeakyReLU(0.1)`` in ``SCAN_attention``);
+  elementwise, same shape and dtype as ``x``."""
   return jnp.where(x >= 0, x, slope * x)
 
 
@@ -287,6 +289,30 @@ def paired_scores(img: Mapping[str, jax.Array], txt: Mapping[str, jax.Array],
   return jax.vmap(lambda i, t: pair_scores(one(i), one(t), w, **kwargs)[0][0, 0])(img, txt)
 
 
+def _join(x: Mapping[str, jax.Array], m: jax.Array) -> dict:
+  """``x`` with its float mask ``m`` put back as the bool ``'mask'`` entry."""
+  return dict(x, mask=m.astype(bool))
+
+
+def _sparse_pair_grads(w, img_x, img_m, txt_x, txt_m, flat_g: jax.Array, nnz: jax.Array,
+                       budget: int, n_t: int, kwargs: Mapping[str, Any]) -> tuple:
+  """Sparse backward of ``sparse_grad_scores``: gathers the (at most ``budget``) pairs with a
+  nonzero entry in the flat (n_i * n_t,) cotangent ``flat_g`` (``nnz`` of them), differentiates
+  them with ``paired_scores`` and scatters the gradients back; the masks get zero cotangents."""
+  flat = jnp.nonzero(flat_g != 0, size=budget, fill_value=0)[0]
+  ii, tt = flat // n_t, flat % n_t
+  gk = jnp.where(jnp.arange(budget) < nnz, flat_g[flat], 0.0)
+  take = lambda tree, idx: jax.tree.map(lambda a: a[idx], tree)
+  pair_fn = lambda w, ix, tx: paired_scores(_join(ix, img_m[ii]), _join(tx, txt_m[tt]), w,
+                                            **kwargs)
+  _, vjp = jax.vjp(pair_fn, w, take(img_x, ii), take(txt_x, tt))
+  gw, gi, gt = vjp(gk)
+  scatter = lambda tree, grads, idx: jax.tree.map(
+      lambda a, d: jnp.zeros_like(a).at[idx].add(d), tree, grads)
+  return (gw, scatter(img_x, gi, ii), jnp.zeros_like(img_m), scatter(txt_x, gt, tt),
+          jnp.zeros_like(txt_m))
+
+
 def sparse_grad_scores(img: Mapping[str, jax.Array], txt: Mapping[str, jax.Array],
                        w: Mapping[str, Any], *, chunk: int, image_chunk: Optional[int] = None,
                        **kwargs) -> jax.Array:
@@ -309,10 +335,9 @@ def sparse_grad_scores(img: Mapping[str, jax.Array], txt: Mapping[str, jax.Array
   split = lambda a: ({k: v for k, v in a.items() if k != "mask"},
                     jnp.asarray(a["mask"], jnp.float32))
   (img_x, img_m), (txt_x, txt_m) = split(img), split(txt)
-  join = lambda x, m: dict(x, mask=m.astype(bool))
 
   def dense(w, img_x, img_m, txt_x, txt_m, remat=False):
-    return chunked_pair_scores(join(img_x, img_m), join(txt_x, txt_m), w, chunk=chunk,
+    return chunked_pair_scores(_join(img_x, img_m), _join(txt_x, txt_m), w, chunk=chunk,
                                image_chunk=image_chunk, remat=remat, **kwargs)[0]
 
   @jax.custom_vjp
@@ -328,18 +353,7 @@ def sparse_grad_scores(img: Mapping[str, jax.Array], txt: Mapping[str, jax.Array
     nnz = jnp.sum(flat_g != 0)
 
     def sparse_branch(_):
-      flat = jnp.nonzero(flat_g != 0, size=budget, fill_value=0)[0]
-      ii, tt = flat // n_t, flat % n_t
-      gk = jnp.where(jnp.arange(budget) < nnz, flat_g[flat], 0.0)
-      take = lambda tree, idx: jax.tree.map(lambda a: a[idx], tree)
-      pair_fn = lambda w, ix, tx: paired_scores(join(ix, img_m[ii]), join(tx, txt_m[tt]), w,
-                                                **kwargs)
-      _, vjp = jax.vjp(pair_fn, w, take(img_x, ii), take(txt_x, tt))
-      gw, gi, gt = vjp(gk)
-      scatter = lambda tree, grads, idx: jax.tree.map(
-          lambda a, d: jnp.zeros_like(a).at[idx].add(d), tree, grads)
-      return (gw, scatter(img_x, gi, ii), jnp.zeros_like(img_m), scatter(txt_x, gt, tt),
-              jnp.zeros_like(txt_m))
+      return _sparse_pair_grads(w, img_x, img_m, txt_x, txt_m, flat_g, nnz, budget, n_t, kwargs)
 
     def dense_branch(_):
       # Per-block remat: storing every block's intermediates for the whole tile made the

@@ -33,12 +33,27 @@ class RetrievalModel(nn.Module):
   """Base class: subclasses implement the three contract methods."""
 
   def encode_images(self, images: Mapping[str, jax.Array], *, train: bool) -> PyTree:
+    """Image repr of a batch: ``images`` maps ``IMAGE_KEYS`` (e.g. ``regions`` (N, R, F)
+    float32, ``region_mask`` (N, R) bool) to arrays; returns a pytree, leaves (N, ...).
+
+    Raises NotImplementedError here; every method overrides it.
+    """
     raise NotImplementedError
 
   def encode_texts(self, texts: Mapping[str, jax.Array], *, train: bool) -> PyTree:
+    """Text repr of a batch: ``texts`` maps ``TEXT_KEYS`` (``tokens`` (M, L) int32,
+    ``token_mask`` (M, L) bool, DeFrag's ``deps``) to arrays; returns a pytree, leaves (M, ...).
+
+    Raises NotImplementedError here; every method overrides it.
+    """
     raise NotImplementedError
 
   def score(self, img: PyTree, txt: PyTree, *, train: bool = False) -> jax.Array:
+    """(N, M) float32 similarities (higher = better) of every image x caption pair of the
+    reprs; pure in them and vectorised over both axes (evaluated in tiles).
+
+    Raises NotImplementedError here; every method overrides it.
+    """
     raise NotImplementedError
 
   def __call__(self, images, texts, *, train: bool) -> Tuple[PyTree, PyTree, jax.Array]:

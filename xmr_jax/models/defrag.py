@@ -83,6 +83,9 @@ class DeFrag(RetrievalModel):
 
   # ------------------------------------------------------------------ images
   def encode_images(self, images, *, train: bool) -> Dict[str, jax.Array]:
+    """Image fragments v = W_m x + b_m (paper eq. 2) of ``regions`` (N, R, F) / ``region_mask``
+    (N, R): ``{"frags": (N, K, D) float32, padding zeroed, "mask": (N, K) bool}``, K = the kept
+    regions plus the whole-image fragment last (none with ``whole_image='none'``)."""
     regions = images["regions"].astype(jnp.float32)
     mask = images["region_mask"].astype(bool)
     if self.max_regions:
@@ -111,6 +114,9 @@ class DeFrag(RetrievalModel):
     return jnp.zeros_like(tokens), tokens[..., None], tmask
 
   def encode_texts(self, texts, *, train: bool) -> Dict[str, jax.Array]:
+    """Sentence fragments s = ReLU(W_R [W_e w1; W_e w2] + b_R) (paper eq. 1): ``{"frags":
+    (M, T, D) float32, padding zeroed, "mask": (M, T) bool}``; T is the ``deps`` (M, T, 3) int32
+    length (dependency), L - 1 (bigram) or L (word) of ``tokens`` (M, L)."""
     rel, words, mask = self._triples(texts)
     emb = self.word_embed(words)                                    # (B, T, 1|2, E)
     if self.freeze_word_embeddings:
@@ -129,6 +135,8 @@ class DeFrag(RetrievalModel):
 
   # ------------------------------------------------------------------ scores
   def score(self, img, txt, *, train: bool = False) -> jax.Array:
+    """(N, M) float32 S_kl = sum_ij max(0, v_i^T s_j) / (|g_k| (|g_l| + n)) (paper eq. 8;
+    variants per ``normalization`` / ``accumulation`` / ``threshold``, ``fragment_similarity``)."""
     dots = K.fragment_scores(img["frags"], txt["frags"])
     return K.fragment_similarity(dots, img["mask"], txt["mask"], smoothing=self.smoothing,
                                  normalization=self.normalization,

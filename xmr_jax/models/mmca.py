@@ -184,6 +184,9 @@ class MMCA(RetrievalModel):
     return l2norm(x) if self.normalize else x
 
   def encode_images(self, images: Mapping[str, jax.Array], *, train: bool) -> Dict[str, jax.Array]:
+    """From ``regions`` (N, R, F) / ``region_mask`` (N, R) (paper §3.1): ``{"emb": (N, D)
+    float32 i0 (l2-normalised if ``normalize``)}``, plus with alpha != 0 the cross-module
+    inputs ``"frag"`` (N, R, D) float32 (per ``cross_input``) and ``"mask"`` (N, R) bool."""
     mask = images["region_mask"].astype(bool)
     frag = self.region_fc(images["regions"], mask)
     x = frag
@@ -196,6 +199,9 @@ class MMCA(RetrievalModel):
     return out
 
   def encode_texts(self, texts: Mapping[str, jax.Array], *, train: bool) -> Dict[str, jax.Array]:
+    """From ``tokens`` (M, L) int32 / ``token_mask`` (M, L) (paper §3.1): ``{"emb": (M, D)
+    float32 c0 (l2-normalised if ``normalize``)}``, plus with alpha != 0 the word features
+    ``"frag"`` (M, L, D) float32 and ``"mask"`` (M, L) bool. Raises ValueError if L > max_len."""
     mask = texts["token_mask"].astype(bool)
     x = self.text_encoder(texts["tokens"], mask)
     out = {"emb": self._norm(ca.ngram_embedding(self.text_cnn(), x, mask, self.windows))}  # c0
@@ -204,6 +210,9 @@ class MMCA(RetrievalModel):
     return out
 
   def score(self, img, txt, *, train: bool = False) -> jax.Array:
+    """(N, M) float32 S(I, T) = <i0, c0> + alpha <i1, c1> (paper §3.3); the cross term runs
+    the cross-attention unit on every pair, ``score_chunk`` (``train_score_chunk`` in training)
+    images per ``lax.map`` step."""
     s = img["emb"] @ txt["emb"].T                               # ⟨i0, c0⟩
     if self.alpha == 0:
       return s

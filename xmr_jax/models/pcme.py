@@ -166,6 +166,9 @@ class PCME(RetrievalModel):
     return {"mu": mu, "logsigma": logsigma, "samples": samples}
 
   def encode_images(self, images: Mapping[str, Array], *, train: bool) -> Dict[str, Array]:
+    """Image Gaussians from ``regions`` (N, R, F) / ``region_mask`` (N, R) or ``pixels``:
+    ``{"mu": (N, D) l2-normalised, "logsigma": (N, D), "samples": (N, J, D)}`` float32, J =
+    ``num_samples`` drawn from the ``'sampling'`` rng (paper eq. 2; official ``EncoderImage``)."""
     if self.image_input == "pixels":
       x = self.pixel_cnn(images["pixels"])
       mask = jnp.ones(x.shape[:2], bool)
@@ -178,6 +181,9 @@ class PCME(RetrievalModel):
     return self._gaussian(mu, logsigma)
 
   def encode_texts(self, texts: Mapping[str, Array], *, train: bool) -> Dict[str, Array]:
+    """Caption Gaussians from ``tokens`` (M, L) int32 / ``token_mask`` (M, L): ``{"mu": (M, D)
+    l2-normalised, "logsigma": (M, D), "samples": (M, J, D)}`` float32, samples from the
+    ``'sampling'`` rng (paper eq. 2; official ``caption_encoder.EncoderText``)."""
     mask = texts["token_mask"].astype(bool)
     emb = self.embed(texts["tokens"])
     mu = self.txt_pie(self.txt_rnn(emb, mask), emb, mask, train=train)

@@ -254,9 +254,13 @@ class SGRAFHead(nn.Module):
       self.SAF_module = AttentionFiltration(self.sim_dim)
 
   def image_global(self, local, mask, *, train: bool):
+    """Global image vectors (N, D) float32, l2-normalised, by ``VisualSA`` pooling of ``local``
+    (N, R, D) / ``mask`` (N, R) (paper eq. 5-6). Raises ValueError if R != ``num_regions``."""
     return self.v_global_w(local, mask, train=train)
 
   def text_global(self, local, mask, *, train: bool):
+    """Global caption vectors (M, D) float32, l2-normalised, by ``TextSA`` pooling of ``local``
+    (M, L, D) / ``mask`` (M, L) (paper eq. 5-6)."""
     return self.t_global_w(local, mask, train=train)
 
   def _weights(self) -> Dict[str, Any]:
@@ -337,6 +341,9 @@ class SGRAF(RetrievalModel):
                              self.sparse_backward, self.image_chunk, axis_name=self.axis_name)
 
   def encode_images(self, images, *, train: bool) -> Dict[str, jax.Array]:
+    """From ``regions`` (N, R, F) / ``region_mask`` (N, R): ``{"local": (N, R, D) float32,
+    l2-normalised per region, "mask": (N, R) bool, "glo": (N, D) float32}`` (``image_global``).
+    Raises ValueError if R != ``num_regions``."""
     mask = images["region_mask"].astype(bool)
     local = self.img_enc(images["regions"], mask)
     # VisualSA depends on the image only: computed once per image (train-mode BatchNorm sees
@@ -344,11 +351,15 @@ class SGRAF(RetrievalModel):
     return dict(local=local, mask=mask, glo=self.sim_enc.image_global(local, mask, train=train))
 
   def encode_texts(self, texts, *, train: bool) -> Dict[str, jax.Array]:
+    """From ``tokens`` (M, L) int32 / ``token_mask`` (M, L): ``{"local": (M, L, D) float32,
+    l2-normalised per word, "mask": (M, L) bool, "glo": (M, D) float32}`` (``text_global``)."""
     mask = texts["token_mask"].astype(bool)
     local = self.txt_enc(texts["tokens"], mask, train=train)
     return dict(local=local, mask=mask, glo=self.sim_enc.text_global(local, mask, train=train))
 
   def score(self, img, txt, *, train: bool = False) -> jax.Array:
+    """(N, M) float32 sigmoid scores in (0, 1) of SGR or SAF (paper eq. 1-11; official
+    ``EncoderSimilarity.forward``), via ``SGRAFHead.similarity``."""
     return self.sim_enc.similarity(img, txt, train=train)
 
 

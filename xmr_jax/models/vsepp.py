@@ -28,6 +28,11 @@ from xmr_jax.types import DataInfo
 
 
 class VSEPP(RetrievalModel):
+  """VSE++ (module doc): one ``embed_dim`` vector per image and per caption, cosine score.
+
+  ``image_input`` 'regions' (mean of the masked regions, then ``fc``) or 'pixels'
+  (``PixelCNN``); ``word_vectors`` an optional (vocab_size, word_dim) init of the embedding.
+  """
   vocab_size: int
   word_dim: int = 300
   embed_dim: int = 1024
@@ -44,6 +49,8 @@ class VSEPP(RetrievalModel):
                                   normalize=False, word_vectors=self.word_vectors)
 
   def encode_images(self, images, *, train: bool) -> Dict[str, jax.Array]:
+    """``{"emb": (N, embed_dim) float32, l2-normalised}`` from ``regions`` (N, R, F) and
+    ``region_mask`` (N, R), or from ``pixels`` (N, H, W, 3) uint8 with ``image_input='pixels'``."""
     if self.image_input == "pixels":
       grid = self.cnn(images["pixels"])
       pooled = jnp.mean(grid, axis=1)
@@ -52,10 +59,13 @@ class VSEPP(RetrievalModel):
     return {"emb": l2norm(self.img_fc(pooled))}
 
   def encode_texts(self, texts, *, train: bool) -> Dict[str, jax.Array]:
+    """``{"emb": (M, embed_dim) float32, l2-normalised}``: the GRU output at the last real
+    token of ``tokens`` (M, L) int32 / ``token_mask`` (M, L) bool (official ``EncoderText``)."""
     words = self.txt_enc(texts["tokens"], texts["token_mask"], train=train)
     return {"emb": l2norm(last_valid(words, texts["token_mask"]))}
 
   def score(self, img, txt, *, train: bool = False) -> jax.Array:
+    """(N, M) float32 cosine similarities ``img["emb"] @ txt["emb"].T``."""
     return img["emb"] @ txt["emb"].T
 
 

@@ -44,6 +44,7 @@ class Checkpointer:
     self.latest.wait_until_finished()
 
   def latest_step(self) -> Optional[int]:
+    """The step of the latest checkpoint, None when none was saved."""
     return self.latest.latest_step()
 
   def restore(self, state_like: Any) -> Optional[Tuple[Any, Any]]:
@@ -88,6 +89,7 @@ class Checkpointer:
         variables=ocp.args.StandardRestore(_abstract(variables_like))))["variables"]
 
   def close(self):
+    """Releases the orbax managers (saves are synchronous: nothing is pending)."""
     self.latest.close()
     for best in self._best.values():
       best.close()

@@ -15,6 +15,7 @@ class MetricsWriter:
     self._tb = SummaryWriter(logdir=os.path.join(workdir, "tensorboard"))
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
+    """One JSON line ``{"step", **scalars}`` (non-finite values as strings) + TB scalars."""
     record = {"step": int(step)}
     for k, v in scalars.items():
       v = float(v)
@@ -24,4 +25,5 @@ class MetricsWriter:
       f.write(json.dumps(record) + "\n")
 
   def close(self):
+    """Flushes and closes the TensorBoard writer."""
     self._tb.close()

@@ -57,7 +57,7 @@ def setup(config):
   The data is opened with only what the method reads (``Method.inputs``); the config's
   evaluators are checked against the method before anything trains.
   """
-  ds = datasets.load(config)   # TODO(data room): open_dataset(config.data, needs=...)
+  ds = datasets.open_dataset(config.data, needs=method_inputs(config), seed=config.seed)
   method = get_method(config, ds.info)
   evaluation.check_evals(config.evals, method)
   tx = state_lib.make_optimizer(config.train, method.unclipped_params)
@@ -89,6 +89,7 @@ class Run:
 
   @property
   def variant_names(self) -> List[Optional[str]]:
+    """``[None]`` for a single run, else the sweep variants' names in stacking order."""
     return [None] if self.names is None else list(self.names)
 
   def variables(self, k: int = 0):
@@ -238,6 +239,7 @@ def best_variables(run: Run, k: int = 0):
 
 
 def close(run: Run) -> None:
+  """Closes the run's metrics writer and checkpoint managers."""
   run.writer.close()
   run.ckpt.close()
 

@@ -115,4 +115,5 @@ def variables_of(state: State):
 
 
 def num_params(params) -> int:
+  """Number of scalar parameters in a params pytree."""
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))

@@ -22,7 +22,7 @@ def train_step(state: State, batch: Mapping[str, Any], hparams: Mapping[str, jax
   hparams, rng) -> (loss, (metrics, batch_stats))`` is the forward pass over the data mesh
   (``parallel.sharded_loss_and_aux``), the one path for every device count.
 
-  NaN guard: when the loss or the gradient norm is not finite, or the state is already dead
+  NaN guard: when the loss, the gradient or the update is not finite, or the state is already dead
   (``alive`` False), the returned state is the input state with ``alive`` False: a diverged
   run (or sweep variant) stops updating at its last finite parameters. ``metrics['alive']``
   says which.
@@ -46,7 +46,10 @@ def train_step(state: State, batch: Mapping[str, Any], hparams: Mapping[str, jax
   new_state = dict(state, params=params, batch_stats=batch_stats, opt_state=opt_state,
                    step=step + 1)
   grad_norm = optax.tree.norm(grads)
-  ok = state["alive"] & jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  # The update too: a non-finite learning rate (a sweep variant's) gives finite gradients
+  # but non-finite parameters, which would be kept as the "last finite" state otherwise.
+  ok = (state["alive"] & jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        & jnp.isfinite(optax.tree.norm(updates)))
   new_state = jax.tree.map(lambda new, old: jnp.where(ok, new, old), new_state, state)
   new_state["alive"] = ok
   metrics = dict(metrics, loss=loss, learning_rate=lr, grad_norm=grad_norm, alive=ok)

@@ -43,6 +43,7 @@ import time
 from typing import Any, Dict, List, Mapping, Sequence
 
 import jax
+import ml_collections
 import numpy as np
 
 from xmr_jax import evaluation
@@ -51,7 +52,7 @@ from xmr_jax.evaluation import retrieval
 from xmr_jax.training import loop
 
 def _plain(x: Any) -> Any:
-  return x.to_dict() if hasattr(x, "to_dict") else x
+  return x.to_dict() if isinstance(x, ml_collections.ConfigDict) else x
 
 
 def sweep_groups(config) -> List[Dict[str, Any]]:

@@ -7,6 +7,7 @@ import shutil
 import tempfile
 from typing import Optional
 
+from xmr_jax.common.io import cache_root
 from xmr_jax.data.synthetic import blas, writer
 from xmr_jax.data.synthetic.spec import VERSION, Difficulty
 
@@ -68,8 +69,7 @@ def dataset_name(*, seed: int, n_train: int, n_dev: int, n_test: int, pixels: bo
 
 def default_cache_dir() -> str:
   """``$XMR_DATA_DIR`` or ``~/.cache/xmr_jax``."""
-  return os.environ.get("XMR_DATA_DIR") or os.path.join(os.path.expanduser("~"), ".cache",
-                                                          "xmr_jax")
+  return cache_root()
 
 
 def get_or_create(*, seed: int = 0, n_train: int = 10000, n_dev: int = 500, n_test: int = 1000,
