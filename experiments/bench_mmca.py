@@ -64,7 +64,7 @@ def bench_setting(name: str, n_img: int, n_txt: int, train_batch: int, repeats: 
   config = mmca_config.get_config(arg)
   m = config.model
   vocab = 1000
-  method = mmca.build_method(config, DataInfo(vocab_size=vocab, region_dim=feat, num_regions=36))
+  method = mmca.build_method(config.model, DataInfo(vocab_size=vocab, region_dim=feat, num_regions=36))
   model = method.model
   images, texts = _inputs(max(n_img, train_batch), max(n_txt, train_batch), feat, length, vocab)
   params = jax.jit(lambda k: model.init({"params": k}, images, texts, train=False))(

@@ -92,7 +92,7 @@ def test_tfds_name_points_to_the_precomp_export(tmp_path):
                                        r"python -m xmr_jax.data.cub_export .*"
                                        r"--config.data.name=precomp"):
     datasets.open_dataset(data_only(str(tmp_path), name="tfds"))
-  with pytest.raises(ValueError, match=r"config.data.name='coco': use one of "
+  with pytest.raises(ValueError, match=r"config.data.name='coco' is unknown; choose one of "
                                        r"\['synthetic', 'precomp'\]"):
     datasets.open_dataset(data_only(str(tmp_path), name="coco"))
 

@@ -247,7 +247,7 @@ def pad(images, texts, extra_r=3, extra_t=2, extra_l=3, seed=99):
 
 @pytest.fixture(scope="module")
 def dep_model():
-  method = defrag.build_method(make_config(), INFO)
+  method = defrag.build_method(make_config().model, INFO)
   images, texts = make_batch(0)
   variables = method.model.init(jax.random.key(0), images, texts, train=False)
   apply = jax.jit(lambda v, im, tx: method.model.apply(v, im, tx, train=False))
@@ -312,7 +312,7 @@ def test_schedule_switches_mil_and_global(dep_model):
 
 
 def test_shared_relation_matrix_and_gradients():
-  method = defrag.build_method(make_config(shared_relation_matrix=True), INFO)
+  method = defrag.build_method(make_config(shared_relation_matrix=True).model, INFO)
   images, texts = make_batch(1)
   variables = method.model.init(jax.random.key(1), images, texts, train=False)
   assert variables["params"]["rel_kernel"].shape == (1, 8, 8)
@@ -329,7 +329,7 @@ def test_shared_relation_matrix_and_gradients():
 
 @pytest.mark.parametrize("kind", ["bigram", "word"])
 def test_bigram_and_word_fragments(kind):
-  method = defrag.build_method(make_config(fragments=kind, whole_image="none"), INFO)
+  method = defrag.build_method(make_config(fragments=kind, whole_image="none").model, INFO)
   images, texts = make_batch(2)
   variables = method.model.init(jax.random.key(2), images, texts, train=False)
   txt = method.model.apply(variables, texts, train=False, method=method.model.encode_texts)

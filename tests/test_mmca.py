@@ -281,7 +281,7 @@ def test_config_and_loss():
   from xmr_jax.types import DataInfo
   for arg in ("runlocal", "data=f30k", "data=coco,alpha=0"):
     config = mmca_config.get_config(arg)
-    method = mmca.build_method(config, DataInfo(vocab_size=VOCAB, region_dim=FEAT,
+    method = mmca.build_method(config.model, DataInfo(vocab_size=VOCAB, region_dim=FEAT,
                                                 num_regions=R_M))
     assert method.name == "mmca" and method.model.alpha == config.model.alpha
   assert mmca_config.get_config("data=coco,alpha=0").model.alpha == 0.0

@@ -196,7 +196,7 @@ def _tiny_method(score="mc", image_input="regions"):
   c = get_config(f"runlocal,score={score},image_input={image_input}")
   c.model.update(word_dim=8, embed_dim=16, pixel_dim=8, num_samples=3)
   info = DataInfo(vocab_size=20, region_dim=6, num_regions=5, image_size=(16, 16))
-  return c, M.build_method(c, info)
+  return c, M.build_method(c.model, info)
 
 
 def _batch(rng, n=4, r=5, length=6):

@@ -69,28 +69,29 @@ def check_needs(needs) -> frozenset:
   return needs
 
 
+def _check_choice(key: str, value: str, choices, removed: Dict[str, str]) -> str:
+  """``value`` if it is one of ``choices``; else a ValueError naming ``config.<key>``, and for
+  a removed option (``removed``: value -> what to use instead) the replacement."""
+  if value in removed:
+    raise ValueError(f"config.{key}={value!r} was removed: {removed[value]}")
+  if value not in choices:
+    raise ValueError(f"config.{key}={value!r} is unknown; choose one of {list(choices)}")
+  return value
+
+
 def check_tokenizer(name: str) -> str:
   """``data.tokenizer`` if it is a tokenizer kind; else a ValueError naming the key and choices."""
-  if name == "vocab":
-    raise ValueError("config.data.tokenizer='vocab' was removed: use "
-                     "--config.data.tokenizer=word (the SCAN word vocabulary; "
-                     "config.data.vocab_path may name an official vocab json)")
-  if name not in tokenizers.TOKENIZER_KINDS:
-    raise ValueError(f"config.data.tokenizer={name!r} is unknown; choose one of "
-                     f"{list(tokenizers.TOKENIZER_KINDS)}")
-  return name
+  return _check_choice("data.tokenizer", name, tokenizers.TOKENIZER_KINDS, {
+      "vocab": "use --config.data.tokenizer=word (the SCAN word vocabulary; "
+               "config.data.vocab_path may name an official vocab json)"})
 
 
 def check_name(name: str) -> str:
   """``data.name`` if it is a data source; else a ValueError naming the key and the fix."""
-  if name == "tfds":
-    raise ValueError("config.data.name='tfds' was removed: build the dataset and export it to "
-                     "the SCAN precomp layout (for CUB: python -m xmr_jax.data.cub_export "
-                     "--manual-dir M --data-dir D --out DIR), then set "
-                     "--config.data.name=precomp --config.data.dir=DIR")
-  if name not in DATA_NAMES:
-    raise ValueError(f"config.data.name={name!r}: use one of {list(DATA_NAMES)}")
-  return name
+  return _check_choice("data.name", name, DATA_NAMES, {
+      "tfds": "build the dataset and export it to the SCAN precomp layout (for CUB: python -m "
+              "xmr_jax.data.cub_export --manual-dir M --data-dir D --out DIR), then set "
+              "--config.data.name=precomp --config.data.dir=DIR"})
 
 
 def _require(split: precomp.PrecompSplit, needs: frozenset) -> None:

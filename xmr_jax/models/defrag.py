@@ -157,13 +157,13 @@ def inputs(model_config) -> FrozenSet[str]:
   return frozenset({"deps"} if model_config.fragments == "dependency" else ())
 
 
-def build_method(config, info: DataInfo) -> Method:
+def build_method(model_config, info: DataInfo) -> Method:
   """DeFrag from ``config.model`` (configs/defrag.py).
 
   Raises ValueError when ``data.word_embeddings`` is combined with dependency fragments: the
   vectors index the caption tokenizer's vocabulary, the dependency fragments another one.
   """
-  m = config.model
+  m = model_config
   if info.word_vectors is not None and m.fragments == "dependency":
     raise ValueError("data.word_embeddings initialises the caption tokenizer's words, but "
                      "DeFrag's dependency fragments embed the words of the dependency "

@@ -267,9 +267,9 @@ def inputs(model_config) -> FrozenSet[str]:
   return frozenset()
 
 
-def build_method(config, info: DataInfo) -> Method:
+def build_method(model_config, info: DataInfo) -> Method:
   """MMCA from ``config.model`` (configs/mmca.py)."""
-  m = config.model
+  m = model_config
   model = MMCA(vocab_size=info.vocab_size, embed_dim=m.embed_dim, word_dim=m.word_dim,
                num_heads=m.num_heads, ffn_dim=m.ffn_dim, conv_dim=m.conv_dim,
                num_text_layers=m.num_text_layers, num_image_layers=m.num_image_layers,

@@ -233,11 +233,11 @@ def uncertainty_of(official_kl: bool):
   return lambda repr_: np.mean(np.exp(power * np.asarray(repr_["logsigma"])), axis=-1)
 
 
-def build_method(config, info: DataInfo) -> Method:
+def build_method(model_config, info: DataInfo) -> Method:
   """PCME from ``config.model`` (see configs/pcme.py). a and b are the top-level params
   ``negative_scale`` and ``shift``; the official code does not clip their gradients
   (``UNCLIPPED_PARAMS``)."""
-  m = config.model
+  m = model_config
   model = PCME(vocab_size=info.vocab_size, region_dim=info.region_dim, word_dim=m.word_dim,
                embed_dim=m.embed_dim, num_samples=m.num_samples, image_input=m.image_input,
                pixel_dim=m.pixel_dim,

@@ -6,7 +6,7 @@ to know about a method, so nothing outside ``xmr_jax/models`` names one
 
 * ``inputs(model_config) -> frozenset``: the optional batch inputs the method reads
   (``"pixels"``, ``"deps"``, ``"boxes"``), asked for before the data is opened;
-* ``build_method(config, info: DataInfo) -> Method``.
+* ``build_method(model_config, info: DataInfo) -> Method`` (``config.model`` only).
 
 Modules are imported lazily so that one method's optional dependencies never affect another.
 """
@@ -113,5 +113,5 @@ def method_inputs(config) -> FrozenSet[str]:
 
 def get_method(config, info: DataInfo) -> Method:
   """Builds the method named by ``config.method``; ValueError for an unknown name."""
-  method = _module(config.method).build_method(config, info)
+  method = _module(config.method).build_method(config.model, info)
   return dataclasses.replace(method, inputs=method_inputs(config))

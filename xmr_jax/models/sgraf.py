@@ -46,6 +46,7 @@ differentiates only the pairs that get a gradient (``sparse_backward``: under th
 hardest-negative loss the positives and one hardest negative per row and per column, ~3 B of
 the B^2 pairs; exact, with a dense fallback for losses that touch more pairs).
 """
+import dataclasses
 from typing import Any, Dict, FrozenSet, Optional
 
 import flax.linen as nn
@@ -304,6 +305,12 @@ class SGRAFHead(nn.Module):
     return self.similarity(img, txt, train=train)
 
 
+# The settings SGRAF forwards to its head unchanged; SGRAF declares them too, so that a config
+# (and the converter, tests, benchmarks) builds the whole model from one flat set of fields.
+HEAD_FIELDS = tuple(f.name for f in dataclasses.fields(SGRAFHead)
+                    if f.name not in ("parent", "name"))
+
+
 class SGRAF(RetrievalModel):
   """SGRAF retrieval model: encoders + ``SGRAFHead`` (see the module docstring)."""
   vocab_size: int
@@ -335,10 +342,8 @@ class SGRAF(RetrievalModel):
     self.txt_enc = GRUTextEncoder(self.vocab_size, self.word_dim, self.embed_dim,
                                   num_layers=self.num_layers, bidirectional=True,
                                   word_vectors=self.word_vectors, dropout=self.word_dropout)
-    self.sim_enc = SGRAFHead(self.embed_dim, self.sim_dim, self.num_regions, self.variant,
-                             self.sgr_steps, self.smooth, self.sa_dropout, self.saf_bn_stats,
-                             self.fold_query_key, self.caption_chunk, self.remat,
-                             self.sparse_backward, self.image_chunk, axis_name=self.axis_name)
+    # Every head setting is forwarded by name from SGRAF's flat fields (one list: the head's).
+    self.sim_enc = SGRAFHead(**{k: getattr(self, k) for k in HEAD_FIELDS})
 
   def encode_images(self, images, *, train: bool) -> Dict[str, jax.Array]:
     """From ``regions`` (N, R, F) / ``region_mask`` (N, R): ``{"local": (N, R, D) float32,
@@ -375,13 +380,13 @@ def inputs(model_config) -> FrozenSet[str]:
   return frozenset()
 
 
-def build_method(config, info: DataInfo) -> Method:
+def build_method(model_config, info: DataInfo) -> Method:
   """SGRAF (SGR or SAF, ``model.variant``) from ``config.model`` (configs/sgraf.py).
 
   Under a data mesh (``Method.for_mesh``) VisualSA's train-mode BatchNorm reduces its
   statistics over the mesh axis.
   """
-  m = config.model
+  m = model_config
   model = SGRAF(vocab_size=info.vocab_size, region_dim=info.region_dim, word_dim=m.word_dim,
                 embed_dim=m.embed_dim, sim_dim=m.sim_dim, num_regions=info.num_regions,
                 num_layers=m.num_layers, variant=m.variant, sgr_steps=m.sgr_steps,

@@ -74,9 +74,9 @@ def inputs(model_config) -> FrozenSet[str]:
   return frozenset({"pixels"} if model_config.image_input == "pixels" else ())
 
 
-def build_method(config, info: DataInfo) -> Method:
+def build_method(model_config, info: DataInfo) -> Method:
   """VSE++ from ``config.model`` (configs/vsepp.py)."""
-  m = config.model
+  m = model_config
   model = VSEPP(vocab_size=info.vocab_size, word_dim=m.word_dim, embed_dim=m.embed_dim,
                 num_layers=m.num_layers, image_input=m.image_input,
                 word_vectors=info.word_vectors)
