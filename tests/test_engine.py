@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
+from xmr_jax.common.errors import WorkdirError
 from xmr_jax.evaluation import engine
 from xmr_jax.training import loop, state as state_lib, workdirs
 
@@ -59,7 +60,7 @@ def test_eval_mode_writes_results_for_a_trained_workdir(tiny_data_dir, tmp_path)
 
 def test_eval_mode_without_checkpoint_is_a_clear_error(tiny_data_dir, tmp_path):
   config = tiny_config("vsepp", tiny_data_dir, embed_dim=16, word_dim=8)
-  with pytest.raises(FileNotFoundError, match="no checkpoint"):
+  with pytest.raises(WorkdirError, match="no checkpoint"):
     workdirs.evaluate_workdir(config, str(tmp_path / "empty"))
 
 

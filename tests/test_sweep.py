@@ -9,6 +9,7 @@ import pytest
 
 from conftest import tiny_config
 from xmr_jax.common import mesh as mesh_lib
+from xmr_jax.common.errors import ConfigError
 from xmr_jax.training import checkpoints, loop, state as state_lib, step as step_lib, sweep
 
 VARIANTS = [dict(name="m0.1_s0", hparams=dict(margin=0.1), seed=0),
@@ -95,14 +96,14 @@ def test_results_file_table_and_plot(swept):
 def test_bad_sweep_entries_name_the_problem(tiny_data_dir):
   config = _config(tiny_data_dir)
   config.sweep.variants = [dict(name="a", hparams=dict(no_such=1.0))]
-  with pytest.raises(KeyError, match="no_such"):
+  with pytest.raises(ConfigError, match="no_such"):
     sweep.sweep_groups(config)
   config.sweep.variants = [dict(name="a"), dict(name="a")]
   with pytest.raises(ValueError, match="unique"):
     sweep.sweep_groups(config)
   config.sweep.variants = [dict(name="a")]
   config.sweep.sequential = [dict(name="s", overrides={"model.no_such_dim": 3})]
-  with pytest.raises(KeyError, match="no_such_dim"):
+  with pytest.raises(ConfigError, match="no_such_dim"):
     sweep.sweep_groups(config)
 
 

@@ -10,6 +10,8 @@ from typing import Any, Dict, Optional
 
 import ml_collections
 
+from xmr_jax.common.errors import ConfigError
+
 
 def parse_arg(arg: str, **defaults) -> ml_collections.ConfigDict:
   """Parses ``"k=v,flag"`` into a ConfigDict over ``defaults``.
@@ -22,16 +24,16 @@ def parse_arg(arg: str, **defaults) -> ml_collections.ConfigDict:
     key, has_value, value = item.partition("=")
     key = key.strip()
     if key not in defaults:
-      raise ValueError(f"unknown config argument {key!r} in {arg!r}; known: {sorted(defaults)}")
+      raise ConfigError(f"unknown config argument {key!r} in {arg!r}; known: {sorted(defaults)}")
     default = defaults[key]
     if not has_value:
       if not isinstance(default, bool):
-        raise ValueError(f"config argument {key!r} needs a value ({key}=...)")
+        raise ConfigError(f"config argument {key!r} needs a value ({key}=...)")
       result[key] = True
     elif isinstance(default, bool):
       low = value.strip().lower()
       if low not in ("true", "false", "1", "0", "yes", "no"):
-        raise ValueError(f"config argument {key}={value!r} is not a boolean")
+        raise ConfigError(f"config argument {key}={value!r} is not a boolean")
       result[key] = low in ("true", "1", "yes")
     elif default is None:
       result[key] = value
@@ -39,7 +41,7 @@ def parse_arg(arg: str, **defaults) -> ml_collections.ConfigDict:
       try:
         result[key] = type(default)(value)
       except ValueError as e:
-        raise ValueError(f"config argument {key}={value!r}: expected {type(default).__name__}") from e
+        raise ConfigError(f"config argument {key}={value!r}: expected {type(default).__name__}") from e
   return ml_collections.ConfigDict(result)
 
 
@@ -48,11 +50,11 @@ def load_config(path: str, arg: Optional[str] = None) -> ml_collections.ConfigDi
 
   Sweep files resolve ``path`` against their own location (``config_path(__file__, ...)``),
   so they work from any working directory and from an installed (non-editable) package.
-  Raises FileNotFoundError naming the path when it does not exist.
+  Raises ConfigError naming the path when it does not exist.
   """
   path = os.path.abspath(path)
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"config file {path} does not exist")
+    raise ConfigError(f"config file {path} does not exist")
   name = "xmr_config_" + os.path.splitext(os.path.basename(path))[0]
   spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(spec)

@@ -6,11 +6,14 @@ Modes: ``train`` (default: train, resume if W has a checkpoint, then evaluate on
 ``sweep`` (the variants of ``config.sweep`` as one vmapped program; xmr_jax/training/sweep.py).
 Multi-host: with ``XMR_DISTRIBUTED=1`` every process first calls ``jax.distributed.initialize()``.
 """
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from xmr_jax import training
 from xmr_jax.common import mesh
+from xmr_jax.common.errors import InputError
 from xmr_jax.training import sweep
 
 FLAGS = flags.FLAGS
@@ -24,24 +27,43 @@ flags.DEFINE_list("ensemble", [], "With --mode=eval: trained workdirs whose scor
 flags.mark_flags_as_required(["workdir"])
 
 
-def main(argv):
-  """absl entry point: dispatches on ``--mode`` (and ``--ensemble``) as the module says.
+def _fail(message: str) -> None:
+  """One line on stderr and exit status 2: the CLI's answer to input the user can fix."""
+  print(f"xmr_jax: error: {message}", file=sys.stderr, flush=True)
+  sys.exit(2)
 
-  Raises ``app.UsageError`` for positional arguments, ``--ensemble`` without ``--mode=eval``,
-  or a missing ``--config`` (not needed with ``--ensemble``).
+
+def parse_flags(argv):
+  """absl flag parsing (the config file is loaded here) with bad input as exit status 2.
+
+  absl's own parser prints a usage banner and exits 1; an unknown ``--config.x`` key, a bad
+  config argument or a missing required flag is the user's input, so it gets the CLI's
+  one-message answer instead.
+  """
+  try:
+    return FLAGS(argv)
+  except (flags.Error, InputError) as e:
+    _fail(str(e))
+
+
+def run(argv) -> None:
+  """Dispatches on ``--mode`` (and ``--ensemble``) as the module docstring says.
+
+  Raises InputError for positional arguments, ``--ensemble`` without ``--mode=eval``, or a
+  missing ``--config`` (not needed with ``--ensemble``).
   """
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    raise InputError(f"unexpected arguments: {argv[1:]}")
   # Orbax logs every save at INFO; our progress bar and tables say what matters.
   logging.set_verbosity(logging.WARNING)
   mesh.maybe_initialize_distributed()   # before anything touches a device
   if FLAGS.ensemble:
     if FLAGS.mode != "eval":
-      raise app.UsageError("--ensemble goes with --mode=eval")
+      raise InputError("--ensemble goes with --mode=eval")
     training.evaluate_ensemble(FLAGS.ensemble, FLAGS.workdir)
     return
   if FLAGS.config is None:
-    raise app.UsageError("--config is required (e.g. --config=configs/sgraf.py)")
+    raise InputError("--config is required (e.g. --config=configs/sgraf.py)")
   config = FLAGS.config
   if FLAGS.mode == "train":
     training.train_and_evaluate(config, FLAGS.workdir)
@@ -51,5 +73,16 @@ def main(argv):
     training.evaluate_workdir(config, FLAGS.workdir)
 
 
+def main(argv):
+  """absl entry point: :func:`run`, with every InputError printed as one line, exit 2.
+
+  Any other exception is a bug in xmr_jax and keeps its traceback.
+  """
+  try:
+    run(argv)
+  except InputError as e:
+    _fail(str(e))
+
+
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

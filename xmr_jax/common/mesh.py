@@ -15,6 +15,8 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from xmr_jax.common.errors import ConfigError
+
 DATA_AXIS = "data"
 PyTree = Any
 
@@ -36,11 +38,11 @@ def maybe_initialize_distributed(force: Optional[bool] = None) -> bool:
 def make_data_mesh(num_devices: Optional[int] = None) -> jax.sharding.Mesh:
   """A 1-D mesh named ``"data"`` over the first ``num_devices`` devices (default: all).
 
-  Raises ValueError when more devices are asked for than are visible.
+  Raises ConfigError when more devices are asked for than are visible.
   """
   n = jax.device_count() if not num_devices else int(num_devices)
   if n > jax.device_count():
-    raise ValueError(f"num_devices={n} but only {jax.device_count()} devices are visible")
+    raise ConfigError(f"num_devices={n} but only {jax.device_count()} devices are visible")
   devices = None if n == jax.device_count() else jax.devices()[:n]
   return jax.make_mesh((n,), (DATA_AXIS,), devices=devices)
 
@@ -54,12 +56,12 @@ def local_mesh(num_devices: Optional[int] = None) -> jax.sharding.Mesh:
 def train_mesh(num_devices: int, batch_size: int) -> jax.sharding.Mesh:
   """The training mesh for ``train.num_devices`` (0: all devices; 1: a one-device mesh).
 
-  Raises ValueError when ``batch_size`` is not a multiple of the device count.
+  Raises ConfigError when ``batch_size`` is not a multiple of the device count.
   """
   mesh = make_data_mesh(int(num_devices or 0) or None)
   n = mesh.shape[DATA_AXIS]
   if batch_size % n:
-    raise ValueError(f"train.batch_size={batch_size} must be a multiple of the {n} devices "
+    raise ConfigError(f"train.batch_size={batch_size} must be a multiple of the {n} devices "
                      f"of the data mesh (set train.batch_size or train.num_devices)")
   return mesh
 

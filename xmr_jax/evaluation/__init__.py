@@ -8,6 +8,7 @@ Ensembles of trained workdirs are ``evaluation.ensemble``.
 """
 from typing import Dict, Sequence
 
+from xmr_jax.common.errors import ConfigError
 from xmr_jax.evaluation import alignments, examples, retrieval, uncertainty
 from xmr_jax.evaluation.context import EvalContext
 
@@ -20,21 +21,21 @@ EVALUATORS = {
 
 
 def check_evals(names: Sequence[str], method) -> None:
-  """ValueError naming the problem when ``config.evals`` cannot run for ``method``.
+  """ConfigError naming the problem when ``config.evals`` cannot run for ``method``.
 
   Checked before training, so a typo or an evaluator the method cannot serve never costs a run.
   """
   names = list(names)
   if not names or names[0] != "retrieval":
-    raise ValueError(f"config.evals={names}: must start with 'retrieval' (the other "
+    raise ConfigError(f"config.evals={names}: must start with 'retrieval' (the other "
                      f"evaluators read its scores); choose from {sorted(EVALUATORS)}")
   for name in names:
     if name not in EVALUATORS:
-      raise ValueError(f"config.evals: unknown evaluator {name!r}; choose from "
+      raise ConfigError(f"config.evals: unknown evaluator {name!r}; choose from "
                        f"{sorted(EVALUATORS)}")
     why = EVALUATORS[name].check(method)
     if why:
-      raise ValueError(f"config.evals: evaluator {name!r} cannot run: {why}; remove it from "
+      raise ConfigError(f"config.evals: evaluator {name!r} cannot run: {why}; remove it from "
                        f"config.evals")
 
 

@@ -8,6 +8,7 @@ import dataclasses
 import os
 from typing import Any, Dict, Sequence
 
+from xmr_jax.common.errors import InputError
 from xmr_jax.common.io import atomic_write_json
 from xmr_jax.evaluation import retrieval
 from xmr_jax.evaluation.context import EvalContext
@@ -25,13 +26,13 @@ def evaluate_ensemble(members: Sequence[Member], out_workdir: str,
                       protocol_name: str) -> Dict[str, Any]:
   """Averages the members' (n_img, n_txt) scores on their split; writes ``eval/results.json``.
 
-  Raises ValueError when the members' score matrices differ in shape (different datasets).
+  Raises InputError when the members' score matrices differ in shape (different datasets).
   """
   total, data, seconds = None, None, {"encode": 0.0, "score": 0.0}
   for m in members:
     scores, data, sec = retrieval.score_split(m.ctx, progress=True)
     if total is not None and scores.shape != total.shape:
-      raise ValueError(f"ensemble member {m.workdir} has {scores.shape} scores on split "
+      raise InputError(f"ensemble member {m.workdir} has {scores.shape} scores on split "
                        f"{m.ctx.split!r}, the first member {total.shape}: members must be "
                        f"trained on the same dataset")
     total = scores if total is None else total + scores

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 
 from xmr_jax.kernels import fragments as K
 from xmr_jax.losses.triplet import triplet_ranking_loss
+from xmr_jax.common.errors import ConfigError
 
 OBJECTIVES = ("full", "fragment_only", "global_only")
 
@@ -31,7 +32,7 @@ def make_loss(objective: str, use_mil: bool, mil_start_epoch: float, global_star
   eq. 5, DeFragCost.m ``lmargin``) and, from the trainer, ``epoch``.
   """
   if objective not in OBJECTIVES:
-    raise ValueError(f"DeFrag: objective={objective!r}; choose one of {OBJECTIVES}")
+    raise ConfigError(f"DeFrag: objective={objective!r}; choose one of {OBJECTIVES}")
 
   def loss_fn(img, txt, scores, hparams, rng):
     del rng

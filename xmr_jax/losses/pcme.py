@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 from xmr_jax.kernels import pcme as K
 from xmr_jax.kernels.pcme import soft_contrastive_terms, uniformity_loss, vib_kl, match_log_probs
+from xmr_jax.common.errors import ConfigError
 
 Array = jax.Array
 
@@ -27,7 +28,7 @@ def pcme_loss_from_log_probs(log_p: Array, log_q: Array, mu_img: Array, logsigma
   distance, so they are equal (naver-ai/pcme issue #3); both are counted, as officially.
   """
   if reduction not in ("sum", "mean"):
-    raise ValueError(f"pcme loss: unknown reduction {reduction!r} (use 'sum' or 'mean')")
+    raise ConfigError(f"pcme loss: unknown reduction {reduction!r} (use 'sum' or 'mean')")
   pos, neg = soft_contrastive_terms(log_p, log_q)
   vib = (vib_kl(mu_img, logsigma_img, samples_img, official_kl=official_kl)
          + vib_kl(mu_txt, logsigma_txt, samples_txt, official_kl=official_kl))
@@ -63,7 +64,7 @@ def pcme_criterion(samples_img: Array, samples_txt: Array, logsigma_img: Array,
                                  official_sigmoid=official_sigmoid, eps=eps)
   if mu_img is None or mu_txt is None:
     if not official_kl:
-      raise ValueError("pcme_criterion: pass mu_img and mu_txt unless official_kl=True")
+      raise ConfigError("pcme_criterion: pass mu_img and mu_txt unless official_kl=True")
   return pcme_loss_from_log_probs(
       log_p, log_q, mu_img, logsigma_img, samples_img, mu_txt, logsigma_txt, samples_txt,
       vib_beta=vib_beta, uniform_lambda=uniform_lambda, official_kl=official_kl,

@@ -1,6 +1,7 @@
 """Triplet ranking losses on a (B, B) score matrix: VSE++, SGRAF, MMCA (and DeFrag's C_G)."""
 import jax
 import jax.numpy as jnp
+from xmr_jax.common.errors import ConfigError
 
 
 def triplet_ranking_loss(scores: jax.Array, margin, *, max_violation: bool = True,
@@ -35,7 +36,7 @@ def triplet_ranking_loss(scores: jax.Array, margin, *, max_violation: bool = Tru
     return total
   if reduction == "mean":
     return total / b
-  raise ValueError(f"triplet_ranking_loss: unknown reduction {reduction!r} (use 'sum' or 'mean')")
+  raise ConfigError(f"triplet_ranking_loss: unknown reduction {reduction!r} (use 'sum' or 'mean')")
 
 
 def triplet_loss_with_warmup(scores: jax.Array, hparams, *, reduction: str = "sum"):

@@ -31,6 +31,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from xmr_jax.common.errors import ConfigError
 from xmr_jax.kernels import fragments as K
 from xmr_jax.kernels.common import masked_mean
 from xmr_jax.losses.defrag import make_loss
@@ -63,9 +64,9 @@ class DeFrag(RetrievalModel):
 
   def setup(self):
     if self.fragments not in FRAGMENTS:
-      raise ValueError(f"DeFrag: fragments={self.fragments!r}; choose one of {FRAGMENTS}")
+      raise ConfigError(f"DeFrag: fragments={self.fragments!r}; choose one of {FRAGMENTS}")
     if self.whole_image not in WHOLE_IMAGE:
-      raise ValueError(f"DeFrag: whole_image={self.whole_image!r}; choose one of {WHOLE_IMAGE}")
+      raise ConfigError(f"DeFrag: whole_image={self.whole_image!r}; choose one of {WHOLE_IMAGE}")
     dep = self.fragments == "dependency"
     vocab = self.word_vocab_size if dep else self.vocab_size
     self.word_embed = nn.Embed(vocab, self.word_dim, embedding_init=word_embedding_init(
@@ -165,7 +166,7 @@ def build_method(model_config, info: DataInfo) -> Method:
   """
   m = model_config
   if info.word_vectors is not None and m.fragments == "dependency":
-    raise ValueError("data.word_embeddings initialises the caption tokenizer's words, but "
+    raise ConfigError("data.word_embeddings initialises the caption tokenizer's words, but "
                      "DeFrag's dependency fragments embed the words of the dependency "
                      "vocabulary; unset data.word_embeddings or use model.fragments=bigram")
   model = DeFrag(vocab_size=info.vocab_size, word_vocab_size=max(info.word_vocab_size, 1),

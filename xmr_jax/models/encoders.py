@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from xmr_jax.common.errors import ConfigError
 from xmr_jax.kernels.common import l2norm
 
 
@@ -46,7 +47,7 @@ def word_embedding_init(word_vectors: Optional[np.ndarray], fallback: Callable):
   def init(key, shape, dtype=jnp.float32):
     del key
     if tuple(table.shape) != tuple(shape):
-      raise ValueError(
+      raise ConfigError(
           f"data.word_embeddings gives vectors of shape {table.shape} but the model's word "
           f"embedding is {tuple(shape)} (vocab_size, model.word_dim); set "
           f"model.word_dim={table.shape[1]} or use vectors of dimension {shape[1]}")

@@ -50,6 +50,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from xmr_jax.common.errors import ConfigError
 from xmr_jax.kernels import cross_attention as ca
 from xmr_jax.kernels.common import l2norm, masked_mean
 from xmr_jax.losses import triplet_objective
@@ -73,7 +74,7 @@ class TransformerUnitParams(nn.Module):
   def __call__(self) -> Dict[str, jax.Array]:
     d, h = self.dim, self.num_heads
     if d % h:
-      raise ValueError(f"MMCA: embed_dim={d} is not divisible by num_heads={h}")
+      raise ConfigError(f"MMCA: embed_dim={d} is not divisible by num_heads={h}")
     dh = d // h
     # Xavier over the full (D, D) matrix, reshaped per head.
     proj = lambda k, s, dt=jnp.float32: _xavier(k, (d, d), dt).reshape(s)
@@ -129,7 +130,7 @@ class TransformerTextEncoder(nn.Module):
   def __call__(self, tokens: jax.Array, token_mask: jax.Array) -> jax.Array:
     length = tokens.shape[-1]
     if length > self.max_len:
-      raise ValueError(f"MMCA: captions of {length} tokens exceed config.model.max_len="
+      raise ConfigError(f"MMCA: captions of {length} tokens exceed config.model.max_len="
                        f"{self.max_len}; raise it (positions are learned up to max_len)")
     emb = nn.Embed(self.vocab_size, self.word_dim, embedding_init=word_embedding_init(
         self.word_vectors, nn.initializers.normal(0.02)), name="embed")(tokens)
@@ -167,7 +168,7 @@ class MMCA(RetrievalModel):
 
   def setup(self):
     if self.cross_input not in ("fragments", "self_attended"):
-      raise ValueError(f"MMCA: cross_input={self.cross_input!r}; use fragments|self_attended")
+      raise ConfigError(f"MMCA: cross_input={self.cross_input!r}; use fragments|self_attended")
     d = self.embed_dim
     self.region_fc = RegionEncoder(d, normalize=False)
     self.text_encoder = TransformerTextEncoder(
@@ -247,7 +248,7 @@ def replace_text_params(params: Mapping[str, Any], pretrained: Mapping[str, Any]
       else:
         v = jnp.asarray(v, jnp.float32)
         if v.shape != dst[k].shape:
-          raise ValueError(f"replace_text_params: {'/'.join(path + (k,))} has shape {v.shape},"
+          raise ConfigError(f"replace_text_params: {'/'.join(path + (k,))} has shape {v.shape},"
                            f" the model expects {dst[k].shape}")
         out[k] = v
     return out

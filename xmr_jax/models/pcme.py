@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from xmr_jax.common.errors import ConfigError
 from xmr_jax.kernels import pcme as K
 from xmr_jax.kernels.common import l2norm, masked_mean, masked_softmax
 from xmr_jax.losses.pcme import make_loss_fn
@@ -134,13 +135,13 @@ class PCME(RetrievalModel):
 
   def setup(self):
     if self.embed_dim % 2:
-      raise ValueError(f"PCME: embed_dim={self.embed_dim} must be even (two GRU directions)")
+      raise ConfigError(f"PCME: embed_dim={self.embed_dim} must be even (two GRU directions)")
     if self.score_method not in SCORES:
-      raise ValueError(f"PCME: unknown score {self.score_method!r}; choose one of {SCORES}")
+      raise ConfigError(f"PCME: unknown score {self.score_method!r}; choose one of {SCORES}")
     if self.image_input == "pixels":
       self.pixel_cnn = PixelCNN(self.pixel_dim)
     elif self.image_input != "regions":
-      raise ValueError(f"PCME: image_input={self.image_input!r}; use 'regions' or 'pixels'")
+      raise ConfigError(f"PCME: image_input={self.image_input!r}; use 'regions' or 'pixels'")
     feat_dim = self.pixel_dim if self.image_input == "pixels" else self.region_dim
     self.img_pie, self.img_uncertain = self._heads(feat_dim)
     self.txt_pie, self.txt_uncertain = self._heads(self.word_dim)

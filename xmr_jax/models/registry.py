@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from xmr_jax.common.errors import ConfigError
 from xmr_jax.models.base import RetrievalModel
 from xmr_jax.types import OPTIONAL_INPUTS, DataInfo
 
@@ -99,7 +100,7 @@ def model_fingerprint(model: RetrievalModel) -> str:
 
 def _module(name: str):
   if name not in METHODS:
-    raise ValueError(f"config.method={name!r} is not a known method; choose one of {METHODS}")
+    raise ConfigError(f"config.method={name!r} is not a known method; choose one of {METHODS}")
   return importlib.import_module(f"xmr_jax.models.{name}")
 
 
@@ -112,6 +113,6 @@ def method_inputs(config) -> FrozenSet[str]:
 
 
 def get_method(config, info: DataInfo) -> Method:
-  """Builds the method named by ``config.method``; ValueError for an unknown name."""
+  """Builds the method named by ``config.method``; ConfigError for an unknown name."""
   method = _module(config.method).build_method(config.model, info)
   return dataclasses.replace(method, inputs=method_inputs(config))

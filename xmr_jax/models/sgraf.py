@@ -53,6 +53,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from xmr_jax.common.errors import ConfigError
 from xmr_jax.kernels import sgraf as K
 from xmr_jax.kernels.common import masked_mean
 from xmr_jax.losses import triplet_objective
@@ -146,7 +147,7 @@ class VisualSA(nn.Module):
 
   def __call__(self, local, mask, *, train: bool):
     if local.shape[1] != self.num_regions:
-      raise ValueError(f"SGRAF VisualSA has a BatchNorm over {self.num_regions} region slots "
+      raise ConfigError(f"SGRAF VisualSA has a BatchNorm over {self.num_regions} region slots "
                        f"but got {local.shape[1]} regions (num_regions comes from DataInfo)")
     k, b = self.embedding_local_0()
     l_emb = local @ k + b                                            # (B, R, D)
@@ -240,9 +241,9 @@ class SGRAFHead(nn.Module):
 
   def setup(self):
     if self.variant not in ("sgr", "saf"):
-      raise ValueError(f"SGRAF variant={self.variant!r}: use 'sgr' or 'saf'")
+      raise ConfigError(f"SGRAF variant={self.variant!r}: use 'sgr' or 'saf'")
     if self.saf_bn_stats not in ("per_caption", "pooled"):
-      raise ValueError(f"saf_bn_stats={self.saf_bn_stats!r}: use 'per_caption' or 'pooled'")
+      raise ConfigError(f"saf_bn_stats={self.saf_bn_stats!r}: use 'per_caption' or 'pooled'")
     self.v_global_w = VisualSA(self.embed_dim, self.num_regions, self.sa_dropout,
                                axis_name=self.axis_name)
     self.t_global_w = TextSA(self.embed_dim, self.sa_dropout)

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from xmr_jax import evaluation
 from xmr_jax.common import mesh as mesh_lib
+from xmr_jax.common.errors import ConfigError
 from xmr_jax.common.io import atomic_write_json
 from xmr_jax.data import datasets
 from xmr_jax.evaluation import retrieval
@@ -39,11 +40,11 @@ def schedule(config, num_train_images: int, captions_per_image: int) -> Dict[str
   An epoch keeps the official repos' meaning, one pass over every training *caption*
   (k x N pairs). Our batches hold distinct images (xmr_jax.data.pipeline), so an epoch is
   k passes over the images: k * (N // B) steps. Presets with the papers' epoch counts thus
-  take the papers' number of gradient steps. Raises ValueError when B exceeds N.
+  take the papers' number of gradient steps. Raises ConfigError when B exceeds N.
   """
   bs = config.train.batch_size
   if num_train_images < bs:
-    raise ValueError(f"train.batch_size={bs} exceeds the {num_train_images} training images")
+    raise ConfigError(f"train.batch_size={bs} exceeds the {num_train_images} training images")
   per_epoch = captions_per_image * (num_train_images // bs)
   total = (config.train.num_steps if config.train.num_steps > 0
            else round(per_epoch * config.train.num_epochs))
@@ -104,8 +105,9 @@ def start(config, workdir: str, variants: Optional[Sequence[Dict[str, Any]]] = N
   ``variants`` (a sweep group): dicts with ``name``, optional ``hparams`` overrides and
   ``seed``; every variant reads the same batches (order from ``config.seed``).
   """
-  os.makedirs(workdir, exist_ok=True)
   ds, method, tx, hparams, state = setup(config)
+  # Only now, with the config and data checked, is anything written into the workdir.
+  os.makedirs(workdir, exist_ok=True)
   names = None if variants is None else [v["name"] for v in variants]
   if variants is not None:
     hparams = state_lib.stack_hparams(hparams, variants)
@@ -247,9 +249,8 @@ def close(run: Run) -> None:
 def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   """``--mode=train``: trains (resuming if ``workdir`` holds a checkpoint), then runs the
   config's evaluators on the best parameters; returns the ``retrieval`` results dict."""
-  os.makedirs(workdir, exist_ok=True)
-  atomic_write_json(os.path.join(workdir, "config.json"), config.to_dict())
   run = start(config, workdir)
+  atomic_write_json(os.path.join(workdir, "config.json"), config.to_dict())
   try:
     train(run)
     ctx = evaluation.EvalContext(run.method, best_variables(run), run.ds, config.eval.split,

@@ -12,8 +12,9 @@ single-device gradient: the transpose of ``all_gather`` sums the cotangents of a
 onto each shard and the replicated parameters' implicit broadcast transposes to a ``psum``.
 Averaging per-device gradients instead would double count (DESIGN.md, "Parallelism").
 
-Random numbers: every device folds its mesh index into the dropout and sampling keys, so a
-run is deterministic for a fixed device count. A method that draws no random numbers in
+Random numbers: every device but the first folds its mesh index into the dropout and sampling
+keys (``_device_key``), so a run is deterministic for a fixed device count and a one-device
+run draws the step's own keys. A method that draws no random numbers in
 training (dropout 0, no sampling) gives the single-device result on any device count up to
 float reduction order; with dropout > 0 or PCME's Monte-Carlo samples the masks/samples of an
 N-device run differ from a 1-device run (equal in distribution, not bitwise). The loss key is
@@ -26,6 +27,7 @@ Mesh construction, batch placement and multi-host helpers are in ``xmr_jax.commo
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from xmr_jax.common.mesh import DATA_AXIS
@@ -37,6 +39,16 @@ PyTree = Any
 
 def _gather(tree: PyTree, axis: int = 0) -> PyTree:
   return jax.tree.map(lambda x: jax.lax.all_gather(x, DATA_AXIS, axis=axis, tiled=True), tree)
+
+
+def _device_key(key: jax.Array, idx: jax.Array) -> jax.Array:
+  """Device 0 draws from ``key`` itself, device i > 0 from ``fold_in(key, i)``.
+
+  So a one-device run (a one-device mesh) draws exactly the numbers of the step's key, and
+  the first device of a larger mesh draws the same ones.
+  """
+  folded = jax.random.key_data(jax.random.fold_in(key, idx))
+  return jax.random.wrap_key_data(jnp.where(idx == 0, jax.random.key_data(key), folded))
 
 
 def _forward(module, images, texts, score_name: str):
@@ -62,8 +74,7 @@ def sharded_loss_and_aux(method: Method, mesh: jax.sharding.Mesh) -> Callable:
     k_drop, k_sample, k_loss = jax.random.split(rng, 3)
     # Per-device dropout/sampling streams (module docstring: what this does to equivalence).
     idx = jax.lax.axis_index(DATA_AXIS)
-    rngs = {"dropout": jax.random.fold_in(k_drop, idx),
-            "sampling": jax.random.fold_in(k_sample, idx)}
+    rngs = {"dropout": _device_key(k_drop, idx), "sampling": _device_key(k_sample, idx)}
     variables = {"params": params}
     if batch_stats:
       variables["batch_stats"] = batch_stats

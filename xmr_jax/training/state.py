@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from xmr_jax.common.errors import ConfigError
 from xmr_jax.models.registry import Method
 from xmr_jax.types import image_inputs, text_inputs
 
@@ -45,7 +46,7 @@ def make_optimizer(train_config, unclipped: Tuple[str, ...] = ()) -> optax.Gradi
     parts.append(optax.inject_hyperparams(optax.sgd)(learning_rate=0.0,
                                                       momentum=t.get("momentum", 0.9)))
   else:
-    raise ValueError(f"config.train.optimizer={kind!r}: use 'adam' or 'sgd'")
+    raise ConfigError(f"config.train.optimizer={kind!r}: use 'adam' or 'sgd'")
   return optax.chain(*parts)
 
 
@@ -62,7 +63,7 @@ def hparams_from_config(config, method: Method) -> Dict[str, jax.Array]:
   hp = {k: jnp.asarray(v, jnp.float32) for k, v in config.hparams.items()}
   missing = [n for n in method.hparam_names if n not in hp]
   if missing:
-    raise ValueError(f"config.hparams lacks {missing}, which method {method.name!r} reads")
+    raise ConfigError(f"config.hparams lacks {missing}, which method {method.name!r} reads")
   return hp
 
 

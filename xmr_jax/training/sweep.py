@@ -47,6 +47,7 @@ import ml_collections
 import numpy as np
 
 from xmr_jax import evaluation
+from xmr_jax.common.errors import ConfigError
 from xmr_jax.common.io import atomic_write_json
 from xmr_jax.evaluation import retrieval
 from xmr_jax.training import loop
@@ -59,7 +60,7 @@ def sweep_groups(config) -> List[Dict[str, Any]]:
   """``[{name, config, variants}]``: the base group, then the sequential ones, validated."""
   sweep = config.get("sweep")
   if sweep is None:
-    raise ValueError("--mode=sweep needs config.sweep (see xmr_jax/training/sweep.py)")
+    raise ConfigError("--mode=sweep needs config.sweep (see xmr_jax/training/sweep.py)")
   base_variants = [_plain(v) for v in sweep.get("variants", ())]
   groups = []
   if base_variants:
@@ -70,7 +71,7 @@ def sweep_groups(config) -> List[Dict[str, Any]]:
     variants = [_plain(v) for v in entry.get("variants", base_variants)]
     groups.append({"name": entry["name"], "config": cfg, "variants": variants})
   if not groups:
-    raise ValueError("config.sweep has no variants and no sequential groups")
+    raise ConfigError("config.sweep has no variants and no sequential groups")
   for g in groups:
     _check_variants(g["config"], g["variants"], g["name"])
   return groups
@@ -86,7 +87,7 @@ def apply_overrides(config, overrides: Mapping[str, Any]):
       for p in path:
         node = node[p]
       if last not in node:
-        raise KeyError(f"sweep override {dotted!r}: config has no such key")
+        raise ConfigError(f"sweep override {dotted!r}: config has no such key")
       node[last] = value
   return cfg
 
@@ -94,15 +95,15 @@ def apply_overrides(config, overrides: Mapping[str, Any]):
 def _check_variants(config, variants: Sequence[Mapping[str, Any]], group: str) -> None:
   names = [v.get("name") for v in variants]
   if not variants or None in names or len(set(names)) != len(names):
-    raise ValueError(f"sweep group {group!r}: every variant needs a unique name, got {names}")
+    raise ConfigError(f"sweep group {group!r}: every variant needs a unique name, got {names}")
   for v in variants:
     unknown = set(v.get("hparams", {})) - set(config.hparams)
     if unknown:
-      raise KeyError(f"sweep variant {v['name']!r} sets {sorted(unknown)}, not in config.hparams "
+      raise ConfigError(f"sweep variant {v['name']!r} sets {sorted(unknown)}, not in config.hparams "
                      f"{sorted(config.hparams)}; shape-changing settings go in sweep.sequential")
     extra = set(v) - {"name", "hparams", "seed"}
     if extra:
-      raise KeyError(f"sweep variant {v['name']!r}: unknown fields {sorted(extra)}")
+      raise ConfigError(f"sweep variant {v['name']!r}: unknown fields {sorted(extra)}")
 
 
 def _row(config, method, variant, group: str, hparams, k: int, run) -> Dict[str, Any]:

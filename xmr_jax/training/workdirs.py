@@ -13,15 +13,16 @@ import numpy as np
 import jax
 
 from xmr_jax import evaluation
+from xmr_jax.common.errors import WorkdirError
 from xmr_jax.evaluation import ensemble
 from xmr_jax.training import checkpoints, loop, state as state_lib
 
 
 def config_from_workdir(workdir: str) -> ml_collections.ConfigDict:
-  """The ConfigDict a workdir was trained with; FileNotFoundError when it has none."""
+  """The ConfigDict a workdir was trained with; WorkdirError when it has none."""
   path = os.path.join(workdir, "config.json")
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"{path} not found: {workdir} is not a trained xmr_jax workdir")
+    raise WorkdirError(f"{path} not found: {workdir} is not a trained xmr_jax workdir")
   with open(path) as f:
     return ml_collections.ConfigDict(json.load(f))
 
@@ -29,7 +30,7 @@ def config_from_workdir(workdir: str) -> ml_collections.ConfigDict:
 def restore_variables(config, workdir: str):
   """(dataset, method, variables) of ``workdir``'s best checkpoint (else its latest).
 
-  Raises FileNotFoundError when the workdir holds no checkpoint.
+  Raises WorkdirError when the workdir holds no checkpoint.
   """
   ds, method, _, _, state = loop.setup(config)
   like = jax.tree.map(np.asarray, state_lib.variables_of(state))
@@ -39,7 +40,7 @@ def restore_variables(config, workdir: str):
     if variables is None:
       restored = ckpt.restore(state)
       if restored is None:
-        raise FileNotFoundError(f"{workdir} holds no checkpoint to evaluate; train it first")
+        raise WorkdirError(f"{workdir} holds no checkpoint to evaluate; train it first")
       variables = state_lib.variables_of(restored[0])
   finally:
     ckpt.close()
