@@ -1,4 +1,5 @@
 """open_dataset: reads only config.data, takes needs explicitly, names the bad key."""
+import json
 import os
 import shutil
 
@@ -68,12 +69,15 @@ def test_needed_pixels_missing_is_a_data_error(no_pixels_dir):
   assert "pixels" not in datasets.open_dataset(data_only(no_pixels_dir)).sample_batch(2)
 
 
-def test_needed_pixels_missing_in_an_eval_split(tiny_data_dir, tmp_path):
+def test_pixels_missing_in_an_eval_split_stop_the_opening(tiny_data_dir, tmp_path):
+  # Found when the data is opened, not after training when the test split is evaluated;
+  # needed or not, since every split must carry the same optional files.
   path = _copy(tiny_data_dir, tmp_path / "d", (".npy", ".txt", ".jsonl"))
   os.remove(os.path.join(path, "test_pixels.npy"))
-  ds = datasets.open_dataset(data_only(path), needs={"pixels"})
-  with pytest.raises(DataError, match=r"test_pixels.npy is missing"):
-    ds.eval_data("test", 4)
+  for needs in ({"pixels"}, frozenset()):
+    with pytest.raises(DataError, match=r"d/test_pixels.npy: missing, but the training split "
+                                        r"has .*d/train_pixels.npy"):
+      datasets.open_dataset(data_only(path), needs=needs)
 
 
 def test_boxes_come_when_present_and_are_required_when_needed(tiny_data_dir, tmp_path):
@@ -144,3 +148,71 @@ def test_method_inputs_decide_what_the_data_carries(tiny_data_dir):
   c.data.name, c.data.dir, c.data.tokenizer = "precomp", tiny_data_dir, "word"
   ds = datasets.open_dataset(c.data, needs=method_inputs(c))
   assert ds.sample_batch(2)["pixels"].shape == (2, 64, 64, 3)
+
+
+# --- Hand-written precomp dirs: splits that agree (or not) and captions of known lengths. ---
+
+SHORT = ["a red dog runs .", "a blue cat runs .", "the red cat sits", "a blue dog sits",
+         "the dog and the cat"]
+
+
+def _write_split(d, split, n, *, captions=None, k=5, regions=36, dim=128, dtype=np.float32,
+                 labels=3, pixels=(6, 5), deps=None):
+  """One split of n images with (n, regions, dim) features, k captions each, and extras
+  (``labels`` classes, ``pixels`` (H, W), ``deps`` a list of triple lists; None: no file)."""
+  np.save(os.path.join(d, f"{split}_ims.npy"), np.ones((n, regions, dim), dtype))
+  captions = captions or [SHORT[i % len(SHORT)] for i in range(n * k)]
+  with open(os.path.join(d, f"{split}_caps.txt"), "w", encoding="utf-8") as f:
+    f.write("\n".join(captions) + "\n")
+  if labels:
+    np.save(os.path.join(d, f"{split}_labels.npy"), np.eye(n, labels, dtype=np.uint8))
+  if pixels:
+    np.save(os.path.join(d, f"{split}_pixels.npy"), np.zeros((n, *pixels, 3), np.uint8))
+  if deps is not None:
+    with open(os.path.join(d, f"{split}_deps.jsonl"), "w", encoding="utf-8") as f:
+      f.write("".join(json.dumps(t) + "\n" for t in deps))
+
+
+def _agreeing(d):
+  os.makedirs(d)
+  for split, n in (("train", 8), ("dev", 4)):
+    _write_split(d, split, n)
+  return str(d)
+
+
+@pytest.mark.parametrize("split, kwargs, match", [
+    ("test", dict(dim=64), r"/test_ims.npy: feature dimension is 64, but the training split "
+                           r"has 128 \(.*/train_ims.npy\)"),
+    ("test", dict(regions=20), r"/test_ims.npy: region count per image is 20, but the "
+                               r"training split has 36 \(.*/train_ims.npy\)"),
+    ("test", dict(dtype=np.float16), r"/test_ims.npy: feature dtype is float16, but the "
+                                     r"training split has float32"),
+    ("test", dict(k=3), r"/test_caps.txt: captions per image \(k\) is 3, but the training "
+                        r"split has 5 \(.*/train_caps.txt\)"),
+    ("test", dict(labels=0), r"/test_labels.npy: missing, but the training split has "
+                             r".*/train_labels.npy"),
+    ("test", dict(labels=4), r"/test_labels.npy: class count is 4, but the training split "
+                             r"has 3"),
+    ("test", dict(pixels=(8, 8)), r"/test_pixels.npy: image size \(H, W\) is \(8, 8\), but "
+                                  r"the training split has \(6, 5\)"),
+    ("testall", dict(dim=64), r"/testall_ims.npy: feature dimension is 64"),  # found, unnamed
+])
+def test_splits_that_disagree_stop_the_opening(tmp_path, split, kwargs, match):
+  d = _agreeing(tmp_path / "d")
+  if split != "test":
+    _write_split(d, "test", 4)
+  _write_split(d, split, 4, **kwargs)
+  with pytest.raises(DataError, match=match):
+    datasets.open_dataset(data_only(d))
+
+
+def test_an_extra_only_an_eval_split_has_is_named(tmp_path):
+  d = _agreeing(tmp_path / "d")
+  _write_split(d, "test", 4)
+  np.save(os.path.join(d, "test_boxes.npy"), np.zeros((4, 36, 4), np.float32))
+  with pytest.raises(DataError, match=r"/test_boxes.npy: present, but the training split has "
+                                      r"no .*/train_boxes.npy; .*remove it, or write"):
+    datasets.open_dataset(data_only(d))
+  os.remove(os.path.join(d, "test_boxes.npy"))
+  ds = datasets.open_dataset(data_only(d))           # agreeing splits open
+  assert ds.split_names == ["train", "dev", "test"] and ds.info.region_dim == 128

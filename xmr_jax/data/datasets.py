@@ -12,6 +12,11 @@ config. ``data.name``:
 The tokenizer (``data.tokenizer``, one of :data:`~xmr_jax.data.tokenizers.TOKENIZER_KINDS`) is
 trained (sentencepiece) or built (SCAN word vocab) from the training captions and cached
 beside the data, or in the cache dir when the data dir is read-only.
+
+Opening reads every split up front (features as memory maps, so only their headers): the
+configured ``train_split``, ``dev_split`` and ``test_split`` and any other ``{split}_ims.npy``
+(e.g. ``testall``). Each must agree with the training split (feature dtype and dimension,
+region count, k, optional files, label classes, pixel size), else one DataError names the file.
 """
 import dataclasses
 import functools
@@ -105,6 +110,9 @@ def _require(split: precomp.PrecompSplit, needs: frozenset) -> None:
 class Dataset:
   """Splits, tokenizer and batch makers for one data config (``config.data``).
 
+  Opening checks every split against the training split (:func:`precomp.check_agreement`),
+  so nothing trains to the end on data that cannot be evaluated.
+
   Attributes:
     data_config: the ``config.data`` ConfigDict this dataset was opened with (read only).
     data_dir: the dataset directory (SCAN precomp layout).
@@ -112,22 +120,26 @@ class Dataset:
       training split has them.
     k: captions per image.
     tokenizer: WordVocab or SentencePieceTokenizer.
+    split_names: every split opened: ``data.train_split``, ``dev_split``, ``test_split``
+      and any other ``{split}_ims.npy`` in ``data_dir`` (e.g. ``testall``).
     info: :class:`~xmr_jax.types.DataInfo`; ``word_vectors`` is (vocab_size, D) float32 from
       ``data.word_embeddings`` (D the file's dimension) or None.
   """
 
   def __init__(self, data_config, data_dir: str, *, needs=frozenset(), seed: int = 0):
-    """Opens the training split, builds the tokenizer, checks ``needs`` against the files.
+    """Opens every split, builds the tokenizer, checks ``needs`` against the files.
 
     Raises:
       ValueError: unknown ``needs`` or ``data.tokenizer``.
-      DataError: a split file is missing or malformed, or lacks a needed input.
+      DataError: a split file is missing or malformed, a split disagrees with the training
+        split, or the training split lacks a needed input.
     """
     d = data_config
     self.data_config, self.data_dir = d, data_dir
     self.needs = check_needs(needs)
-    self._splits: Dict[str, precomp.PrecompSplit] = {}
-    train = self.split(d.train_split)
+    self._splits = _open_splits(data_dir, d)
+    self.split_names = list(self._splits)
+    train = self._splits[d.train_split]
     self.k = train.k
     self.tokenizer = self._make_tokenizer(train)
     _require(train, self.needs)
@@ -151,15 +163,21 @@ class Dataset:
         vocab_size=d.vocab_size, vocab_path=d.vocab_path, seed=0)
 
   def split(self, name: str) -> precomp.PrecompSplit:
-    """The split ``name`` (memory-mapped, opened once); DataError if its files are bad."""
+    """The split ``name`` (memory-mapped, opened with the dataset).
+
+    Raises:
+      DataError: ``name`` is none of :attr:`split_names` (its files are missing).
+    """
     if name not in self._splits:
-      self._splits[name] = precomp.load_split(self.data_dir, name,
-                                              self.data_config.captions_per_image)
+      precomp.load_split(self.data_dir, name)   # raises the missing-file error, listing files
+      raise precomp.DataError(
+          f"{self.data_dir}/{name}_ims.npy appeared after the dataset was opened (splits "
+          f"opened: {self.split_names}); open the dataset again so it is checked")
     return self._splits[name]
 
   @property
   def num_train_images(self) -> int:
-    """Number of images in the ``data_config.train_split`` split; DataError if its files are bad."""
+    """Number of images in the ``data_config.train_split`` split."""
     return self.split(self.data_config.train_split).num_images
 
   def _batch_kwargs(self) -> Dict[str, Any]:
@@ -205,6 +223,29 @@ class Dataset:
     return EvalData(k=s.k, captions=s.captions, image_batches=images, text_batches=texts,
                     img_labels=s.labels, cap_labels=s.cap_labels, pixels=s.pixels,
                     boxes=s.boxes, deps=s.deps)
+
+
+def _split_names(data_dir: str, data_config) -> List[str]:
+  """The configured splits (train first), then any other split found in ``data_dir``."""
+  d = data_config
+  named = list(dict.fromkeys((d.train_split, d.dev_split, d.test_split)))
+  return named + [s for s in precomp.find_splits(data_dir) if s not in named]
+
+
+def _open_splits(data_dir: str, data_config) -> Dict[str, precomp.PrecompSplit]:
+  """Every split of :func:`_split_names`, each checked against the training split.
+
+  The training split takes ``data.captions_per_image``; the others infer k from their files
+  so a disagreement is reported as one (expected k from train, found k) rather than as a
+  caption count.
+  """
+  names = _split_names(data_dir, data_config)
+  train = precomp.load_split(data_dir, names[0], data_config.captions_per_image)
+  splits = {names[0]: train}
+  for name in names[1:]:
+    splits[name] = precomp.load_split(data_dir, name)
+    precomp.check_agreement(train, splits[name])
+  return splits
 
 
 def _head(s: precomp.PrecompSplit, n: int) -> precomp.PrecompSplit:
