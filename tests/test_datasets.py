@@ -1,4 +1,5 @@
 """open_dataset: reads only config.data, takes needs explicitly, names the bad key."""
+import json
 import os
 import shutil
 
@@ -68,12 +69,15 @@ def test_needed_pixels_missing_is_a_data_error(no_pixels_dir):
   assert "pixels" not in datasets.open_dataset(data_only(no_pixels_dir)).sample_batch(2)
 
 
-def test_needed_pixels_missing_in_an_eval_split(tiny_data_dir, tmp_path):
+def test_pixels_missing_in_an_eval_split_stop_the_opening(tiny_data_dir, tmp_path):
+  # Found when the data is opened, not after training when the test split is evaluated;
+  # needed or not, since every split must carry the same optional files.
   path = _copy(tiny_data_dir, tmp_path / "d", (".npy", ".txt", ".jsonl"))
   os.remove(os.path.join(path, "test_pixels.npy"))
-  ds = datasets.open_dataset(data_only(path), needs={"pixels"})
-  with pytest.raises(DataError, match=r"test_pixels.npy is missing"):
-    ds.eval_data("test", 4)
+  for needs in ({"pixels"}, frozenset()):
+    with pytest.raises(DataError, match=r"d/test_pixels.npy: missing, but the training split "
+                                        r"has .*d/train_pixels.npy"):
+      datasets.open_dataset(data_only(path), needs=needs)
 
 
 def test_boxes_come_when_present_and_are_required_when_needed(tiny_data_dir, tmp_path):
@@ -144,3 +148,139 @@ def test_method_inputs_decide_what_the_data_carries(tiny_data_dir):
   c.data.name, c.data.dir, c.data.tokenizer = "precomp", tiny_data_dir, "word"
   ds = datasets.open_dataset(c.data, needs=method_inputs(c))
   assert ds.sample_batch(2)["pixels"].shape == (2, 64, 64, 3)
+
+
+# --- Hand-written precomp dirs: splits that agree (or not) and captions of known lengths. ---
+
+SHORT = ["a red dog runs .", "a blue cat runs .", "the red cat sits", "a blue dog sits",
+         "the dog and the cat"]
+
+
+def _long(last):
+  """85 words -> 87 tokens with <start> and <end>; tokens 76-85 are ``last``."""
+  return " ".join(["dog"] * 75 + [last] * 10)
+
+
+def _write_split(d, split, n, *, captions=None, k=5, regions=36, dim=128, dtype=np.float32,
+                 labels=3, pixels=(6, 5), deps=None):
+  """One split of n images with (n, regions, dim) features, k captions each, and extras
+  (``labels`` classes, ``pixels`` (H, W), ``deps`` a list of triple lists; None: no file)."""
+  np.save(os.path.join(d, f"{split}_ims.npy"), np.ones((n, regions, dim), dtype))
+  captions = captions or [SHORT[i % len(SHORT)] for i in range(n * k)]
+  with open(os.path.join(d, f"{split}_caps.txt"), "w", encoding="utf-8") as f:
+    f.write("\n".join(captions) + "\n")
+  if labels:
+    np.save(os.path.join(d, f"{split}_labels.npy"), np.eye(n, labels, dtype=np.uint8))
+  if pixels:
+    np.save(os.path.join(d, f"{split}_pixels.npy"), np.zeros((n, *pixels, 3), np.uint8))
+  if deps is not None:
+    with open(os.path.join(d, f"{split}_deps.jsonl"), "w", encoding="utf-8") as f:
+      f.write("".join(json.dumps(t) + "\n" for t in deps))
+
+
+def _long_dataset(d):
+  """train: image 0's five captions have 72 tokens; test: captions 0 and 1 have 87 tokens
+  and differ only after token 75; dev: short captions."""
+  os.makedirs(d)
+  _write_split(d, "train", 8, captions=[" ".join(["cat"] * 70)] * 5 + SHORT * 7)
+  _write_split(d, "dev", 4)
+  _write_split(d, "test", 4, captions=[_long("red"), _long("blue")] + SHORT * 3 + SHORT[:3])
+  return str(d)
+
+
+def test_buckets_fit_the_longest_caption_of_every_split(tmp_path):
+  ds = datasets.open_dataset(data_only(_long_dataset(tmp_path / "d")))
+  assert ds.len_buckets == (16, 24, 32, 64, 96)     # 87 tokens -> one bucket, rounded to 16
+  assert ds.split_names == ["train", "dev", "test"] and ds.cut_captions == {}
+  tokens = next(ds.eval_data("test", 8).text_batches())["tokens"]
+  assert tokens.shape == (8, 96)
+  end = ds.tokenizer.end_id
+  assert tokens[0, 86] == end and tokens[1, 86] == end and (tokens[:2, 87:] == 0).all()
+  np.testing.assert_array_equal(tokens[0, :76], tokens[1, :76])
+  assert (tokens[0, 76:86] != tokens[1, 76:86]).all()     # the words after token 75 survive
+  batch = ds.sample_batch(8)                                # all 8 images: image 0 is long
+  assert batch["tokens"].shape[1] == 96 and batch["token_mask"][0].sum() == 72
+  assert batch["tokens"][0, 71] == end
+  # Splits are opened with the dataset but stay memory maps: nothing is read whole.
+  assert all(isinstance(ds.split(n).images, np.memmap) for n in ds.split_names)
+
+
+def test_max_caption_len_cuts_and_says_where(tmp_path, capsys):
+  ds = datasets.open_dataset(data_only(_long_dataset(tmp_path / "d"), max_caption_len=40))
+  assert ds.cut_captions == {"train": 5, "test": 2}
+  assert ds.len_buckets == (16, 24, 32, 64)         # the cap fits the configured buckets
+  err = capsys.readouterr().err
+  assert "data.max_caption_len=40: 7 captions of " in err
+  assert ("are longer than 40 tokens and are cut to their first 39 tokens and the end token "
+          "(train: 5, test: 2)") in err
+  tokens = next(ds.eval_data("test", 8).text_batches())["tokens"]
+  assert tokens.shape == (8, 64) and tokens[0, 39] == ds.tokenizer.end_id
+  assert (tokens[0, 40:] == 0).all()
+  np.testing.assert_array_equal(tokens[0], tokens[1])  # the user's cap: they now agree
+  batch = ds.sample_batch(8)
+  assert batch["token_mask"][0].sum() == 40 and batch["tokens"][0, 39] == ds.tokenizer.end_id
+
+
+@pytest.mark.parametrize("value", [1, -3, 2.5, True])
+def test_max_caption_len_must_be_zero_or_a_token_count(tiny_data_dir, value):
+  with pytest.raises(ValueError, match=r"config.data.max_caption_len=.*: use 0 \(no cap"):
+    datasets.open_dataset(data_only(tiny_data_dir, max_caption_len=value))
+
+
+def test_deps_buckets_fit_the_longest_triple_list(tmp_path):
+  d = str(tmp_path / "d")
+  os.makedirs(d)
+  few = [[["nsubj", "runs", "dog"]]] * 20
+  _write_split(d, "train", 4, deps=few)
+  _write_split(d, "dev", 4, deps=few)
+  _write_split(d, "test", 4, deps=[[["amod", "dog", "red"]] * 40] + few[:19])
+  ds = datasets.open_dataset(data_only(d), needs={"deps"})
+  assert ds.deps_buckets == (8, 16, 32, 48)
+  text = next(ds.eval_data("test", 4).text_batches())
+  assert text["deps"].shape == (4, 48, 3) and text["deps_mask"][0].sum() == 40
+  assert datasets.open_dataset(data_only(d)).deps_buckets is None   # deps not needed
+
+
+def _agreeing(d):
+  os.makedirs(d)
+  for split, n in (("train", 8), ("dev", 4)):
+    _write_split(d, split, n)
+  return str(d)
+
+
+@pytest.mark.parametrize("split, kwargs, match", [
+    ("test", dict(dim=64), r"/test_ims.npy: feature dimension is 64, but the training split "
+                           r"has 128 \(.*/train_ims.npy\)"),
+    ("test", dict(regions=20), r"/test_ims.npy: region count per image is 20, but the "
+                               r"training split has 36 \(.*/train_ims.npy\)"),
+    ("test", dict(dtype=np.float16), r"/test_ims.npy: feature dtype is float16, but the "
+                                     r"training split has float32"),
+    ("test", dict(k=3), r"/test_caps.txt: captions per image \(k\) is 3, but the training "
+                        r"split has 5 \(.*/train_caps.txt\)"),
+    ("test", dict(labels=0), r"/test_labels.npy: missing, but the training split has "
+                             r".*/train_labels.npy"),
+    ("test", dict(labels=4), r"/test_labels.npy: class count is 4, but the training split "
+                             r"has 3"),
+    ("test", dict(pixels=(8, 8)), r"/test_pixels.npy: image size \(H, W\) is \(8, 8\), but "
+                                  r"the training split has \(6, 5\)"),
+    ("testall", dict(dim=64), r"/testall_ims.npy: feature dimension is 64"),  # found, unnamed
+])
+def test_splits_that_disagree_stop_the_opening(tmp_path, split, kwargs, match):
+  d = _agreeing(tmp_path / "d")
+  if split != "test":
+    _write_split(d, "test", 4)
+  _write_split(d, split, 4, **kwargs)
+  with pytest.raises(DataError, match=match):
+    datasets.open_dataset(data_only(d))
+
+
+def test_an_extra_only_an_eval_split_has_is_named(tmp_path):
+  d = _agreeing(tmp_path / "d")
+  _write_split(d, "test", 4)
+  np.save(os.path.join(d, "test_boxes.npy"), np.zeros((4, 36, 4), np.float32))
+  with pytest.raises(DataError, match=r"/test_boxes.npy: present, but the training split has "
+                                      r"no .*/train_boxes.npy; .*remove it, or write"):
+    datasets.open_dataset(data_only(d))
+  os.remove(os.path.join(d, "test_boxes.npy"))
+  ds = datasets.open_dataset(data_only(d))           # agreeing splits open
+  assert ds.split_names == ["train", "dev", "test"] and ds.info.region_dim == 128

@@ -46,17 +46,53 @@ def test_word_vocab_encode_batch_padding():
   np.testing.assert_array_equal(mask, ids != 0)
 
 
-def test_bucket_selection_and_truncation():
+def test_bucket_selection_never_truncates():
   v = WordVocab.build(CAPTIONS, threshold=4)
   assert tokenizers.choose_bucket(5, (16, 32)) == 16
   assert tokenizers.choose_bucket(16, (32, 16)) == 16
   assert tokenizers.choose_bucket(17, (16, 32)) == 32
-  assert tokenizers.choose_bucket(99, (16, 32)) == 32
+  with pytest.raises(ValueError, match=r"a row has 99 items but the largest length bucket "
+                                       r"is 32 \(buckets \(16, 32\)\); rows are never cut"):
+    tokenizers.choose_bucket(99, (16, 32))
   ids, mask = v.encode_batch(["a"], len_buckets=(4, 8))  # 3 tokens -> 4
   assert ids.shape == (1, 4)
-  ids, mask = v.encode_batch(["dog " * 20], len_buckets=(4, 8))  # 22 -> 8
-  assert ids.shape == (1, 8) and mask.all()
-  np.testing.assert_array_equal(ids[0], [1] + [5] * 7)
+  with pytest.raises(ValueError, match=r"row 1 has 22 items but the largest length bucket "
+                                       r"is 8"):
+    v.encode_batch(["a", "dog " * 20], len_buckets=(4, 8))  # 22 tokens: no longer cut to 8
+
+
+def test_pad_ragged_raises_on_an_over_long_row():
+  flat = np.arange(1, 11, dtype=np.int32)
+  offsets = np.array([0, 2, 9, 10])  # rows of 2, 7 and 1 items
+  out, mask = tokenizers.pad_ragged(flat, offsets, np.array([0, 2]), (2, 4))
+  np.testing.assert_array_equal(out, [[1, 2], [10, 0]])
+  with pytest.raises(ValueError, match=r"row 1 has 7 items but the largest length bucket is 4"):
+    tokenizers.pad_ragged(flat, offsets, np.array([2, 1, 0]), (2, 4))
+
+
+def test_fit_buckets_extends_and_rounds():
+  assert tokenizers.fit_buckets((16, 24, 32, 64), 87) == (16, 24, 32, 64, 96)
+  assert tokenizers.fit_buckets((16, 24, 32, 64), 65) == (16, 24, 32, 64, 80)
+  assert tokenizers.fit_buckets((64, 16, 32), 64) == (16, 32, 64)   # fits: only sorted
+  assert tokenizers.fit_buckets((8, 16, 32), 33, multiple=8) == (8, 16, 32, 40)
+  for bad in ((), (0, 16), (16.5,)):
+    with pytest.raises(ValueError, match=r"length buckets must be positive ints"):
+      tokenizers.fit_buckets(bad, 10)
+
+
+def test_cap_ragged_keeps_the_end_token():
+  rows = [[1, 5, 6, 2], [1, 5, 6, 7, 8, 9, 2], [], [1, 5, 6, 7, 2]]
+  flat, offsets = tokenizers.ragged_from_lists(rows)
+  flat, offsets, cut = tokenizers.cap_ragged(flat, offsets, 4)
+  np.testing.assert_array_equal(cut, [False, True, False, True])
+  got = [flat[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:])]
+  assert got == [[1, 5, 6, 2], [1, 5, 6, 2], [], [1, 5, 6, 2]]
+  triples = np.arange(18).reshape(6, 3)     # trailing dims: rows of 4 and 2 triples
+  out, offsets, cut = tokenizers.cap_ragged(triples, np.array([0, 4, 6]), 3)
+  np.testing.assert_array_equal(out, triples[[0, 1, 3, 4, 5]])
+  np.testing.assert_array_equal(offsets, [0, 3, 5])
+  with pytest.raises(ValueError, match=r"max_len=1: .* at least 2"):
+    tokenizers.cap_ragged(triples, np.array([0, 4, 6]), 1)
 
 
 def test_pad_ragged_with_trailing_dims():

@@ -80,7 +80,10 @@ def base_config(method: str) -> ml_collections.ConfigDict:
       tokenizer="sentencepiece",   # sentencepiece | word (SCAN word2idx vocab json)
       vocab_path="",           # explicit vocab json / sentencepiece model (else built + cached)
       vocab_size=1000,         # sentencepiece vocabulary size
-      len_buckets=(16, 24, 32, 64),  # captions padded to the smallest bucket that fits
+      # Captions are padded to the smallest bucket that fits; opening the data adds one
+      # bucket (a multiple of 16) if a caption of any split is longer (Dataset.len_buckets).
+      len_buckets=(16, 24, 32, 64),
+      max_caption_len=0,       # 0: never cut; N > 0: cut longer captions to N tokens, <end> last
       word_embeddings="",      # optional GloVe-format text file (its own dim) for word vectors
       train_split="train", dev_split="dev", test_split="test",
   ))

@@ -12,14 +12,23 @@ config. ``data.name``:
 The tokenizer (``data.tokenizer``, one of :data:`~xmr_jax.data.tokenizers.TOKENIZER_KINDS`) is
 trained (sentencepiece) or built (SCAN word vocab) from the training captions and cached
 beside the data, or in the cache dir when the data dir is read-only.
+
+Opening reads every split up front (features as memory maps, so only their headers): the
+configured ``train_split``, ``dev_split`` and ``test_split`` and any other ``{split}_ims.npy``
+(e.g. ``testall``). Each must agree with the training split (feature dtype and dimension,
+region count, k, optional files, label classes, pixel size), else one DataError names the file;
+and the caption length buckets grow to the longest caption of them all
+(:attr:`Dataset.len_buckets`), since no caption is cut unless ``data.max_caption_len`` says so.
 """
 import dataclasses
 import functools
 import hashlib
 import os
+import sys
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import numpy as np
+from absl import logging
 
 from xmr_jax.common.io import cache_root
 
@@ -105,6 +114,11 @@ def _require(split: precomp.PrecompSplit, needs: frozenset) -> None:
 class Dataset:
   """Splits, tokenizer and batch makers for one data config (``config.data``).
 
+  Opening checks every split against the training split (:func:`precomp.check_agreement`)
+  and fits the length buckets to the longest caption of all splits, so nothing trains to
+  the end on data that cannot be evaluated, and no caption is cut unless
+  ``data.max_caption_len`` asks for it.
+
   Attributes:
     data_config: the ``config.data`` ConfigDict this dataset was opened with (read only).
     data_dir: the dataset directory (SCAN precomp layout).
@@ -112,28 +126,47 @@ class Dataset:
       training split has them.
     k: captions per image.
     tokenizer: WordVocab or SentencePieceTokenizer.
+    split_names: every split opened: ``data.train_split``, ``dev_split``, ``test_split``
+      and any other ``{split}_ims.npy`` in ``data_dir`` (e.g. ``testall``).
+    len_buckets: the effective caption length buckets, sorted: ``data.len_buckets`` plus,
+      if the longest tokenised caption of any split (after ``max_caption_len``) exceeds
+      them, one bucket for it rounded up to a multiple of 16. Every batch (training,
+      sample, evaluation) is padded to one of these; use ``max(len_buckets)``, not the
+      config's, for a fixed caption length.
+    deps_buckets: the same for dependency triples per caption
+      (``pipeline.DEFAULT_DEPS_BUCKETS`` fitted to the data), None without ``deps``.
+    max_caption_len: ``data.max_caption_len`` (0 = no cap).
+    cut_captions: {split: number of captions longer than ``max_caption_len``, cut to it},
+      only splits with cut captions; empty when nothing is cut.
     info: :class:`~xmr_jax.types.DataInfo`; ``word_vectors`` is (vocab_size, D) float32 from
       ``data.word_embeddings`` (D the file's dimension) or None.
   """
 
   def __init__(self, data_config, data_dir: str, *, needs=frozenset(), seed: int = 0):
-    """Opens the training split, builds the tokenizer, checks ``needs`` against the files.
+    """Opens every split, builds the tokenizer, checks ``needs`` and fits the buckets.
 
     Raises:
-      ValueError: unknown ``needs`` or ``data.tokenizer``.
-      DataError: a split file is missing or malformed, or lacks a needed input.
+      ValueError: unknown ``needs`` or ``data.tokenizer``, bad ``data.max_caption_len`` or
+        ``data.len_buckets``.
+      DataError: a split file is missing or malformed, a split disagrees with the training
+        split, or the training split lacks a needed input.
     """
     d = data_config
     self.data_config, self.data_dir = d, data_dir
     self.needs = check_needs(needs)
-    self._splits: Dict[str, precomp.PrecompSplit] = {}
-    train = self.split(d.train_split)
+    # .get: configs saved by workdirs trained before the key existed lack it.
+    self.max_caption_len = check_max_caption_len(d.get("max_caption_len", 0))
+    self._splits = _open_splits(data_dir, d)
+    self.split_names = list(self._splits)
+    train = self._splits[d.train_split]
     self.k = train.k
     self.tokenizer = self._make_tokenizer(train)
     _require(train, self.needs)
     self.deps_vocab = pipeline.DepsVocab.build(train.deps) if "deps" in self.needs else None
     self.with_pixels = "pixels" in self.needs
     self.with_boxes = train.boxes is not None   # needed boxes were checked by _require
+    self._lengths = {name: self._token_lengths(s) for name, s in self._splits.items()}
+    self._fit_buckets()
     info = pipeline.data_info(train, self.tokenizer, self.deps_vocab)
     vectors = None
     if d.word_embeddings:
@@ -150,21 +183,51 @@ class Dataset:
         kind, cache_dir=_writable_cache_dir(self.data_dir), train_captions=captions,
         vocab_size=d.vocab_size, vocab_path=d.vocab_path, seed=0)
 
+  def _token_lengths(self, split: precomp.PrecompSplit) -> np.ndarray:
+    """(num_captions,) int64 tokenised length of every caption (start/end included)."""
+    return np.diff(self.tokenizer.encode_ragged(split.captions)[1])
+
+  def _fit_buckets(self) -> None:
+    """Sets ``len_buckets``, ``deps_buckets`` and ``cut_captions`` from every split."""
+    cap = self.max_caption_len
+    longest = max((int(n.max()) for n in self._lengths.values() if n.size), default=0)
+    self.cut_captions = {}
+    if cap:
+      self.cut_captions = {name: int(np.sum(n > cap)) for name, n in self._lengths.items()
+                           if np.any(n > cap)}
+      longest = min(longest, cap)
+      if self.cut_captions:
+        _report_cut(self.data_dir, cap, self.cut_captions)
+    self.len_buckets = tokenizers.fit_buckets(self.data_config.len_buckets, longest)
+    self.deps_buckets = None
+    if self.deps_vocab is not None:
+      # Triples are never cut: the largest deps bucket grows to the longest triple list.
+      longest_deps = max((len(t) for s in self._splits.values() for t in s.deps), default=0)
+      self.deps_buckets = tokenizers.fit_buckets(pipeline.DEFAULT_DEPS_BUCKETS, longest_deps)
+
   def split(self, name: str) -> precomp.PrecompSplit:
-    """The split ``name`` (memory-mapped, opened once); DataError if its files are bad."""
+    """The split ``name`` (memory-mapped, opened with the dataset).
+
+    Raises:
+      DataError: ``name`` is none of :attr:`split_names` (its files are missing).
+    """
     if name not in self._splits:
-      self._splits[name] = precomp.load_split(self.data_dir, name,
-                                              self.data_config.captions_per_image)
+      precomp.load_split(self.data_dir, name)   # raises the missing-file error, listing files
+      raise precomp.DataError(
+          f"{self.data_dir}/{name}_ims.npy appeared after the dataset was opened (splits "
+          f"opened: {self.split_names}); open the dataset again so it is checked and fitted")
     return self._splits[name]
 
   @property
   def num_train_images(self) -> int:
-    """Number of images in the ``data_config.train_split`` split; DataError if its files are bad."""
+    """Number of images in the ``data_config.train_split`` split."""
     return self.split(self.data_config.train_split).num_images
 
   def _batch_kwargs(self) -> Dict[str, Any]:
-    return dict(len_buckets=tuple(self.data_config.len_buckets), with_boxes=self.with_boxes,
-                with_pixels=self.with_pixels, deps_vocab=self.deps_vocab)
+    return dict(len_buckets=self.len_buckets, with_boxes=self.with_boxes,
+                with_pixels=self.with_pixels, deps_vocab=self.deps_vocab,
+                max_caption_len=self.max_caption_len,
+                **({"deps_buckets": self.deps_buckets} if self.deps_buckets else {}))
 
   def train_iterator(self, batch_size: int, *, seed: int, shard_index: int = 0,
                      shard_count: int = 1):
@@ -182,29 +245,76 @@ class Dataset:
   def eval_data(self, split: str, batch_size: int, *, max_images: Optional[int] = None) -> EvalData:
     """Every image and caption of ``split`` (the first ``max_images`` images) once, in order.
 
-    All captions are padded to one length (the smallest bucket that fits the longest caption
-    of the split) so the encoded text reprs of all batches concatenate. DataError if the split
-    lacks an input in ``needs``.
+    All captions are padded to one length (the smallest of :attr:`len_buckets` that fits the
+    longest caption of the split, after ``max_caption_len``) so the encoded text reprs of
+    all batches concatenate; triples likewise with :attr:`deps_buckets`. DataError if the
+    split lacks an input in ``needs``.
     """
     s = self.split(split)
     _require(s, self.needs)
     if max_images is not None and max_images < s.num_images:
       s = _head(s, max_images)
-    lengths = np.diff(self.tokenizer.encode_ragged(s.captions)[1])
-    bucket = (tokenizers.choose_bucket(int(lengths.max()), self.data_config.len_buckets),)
-    deps_bucket = None
+    longest = int(self._lengths[split][:s.num_captions].max())
+    if self.max_caption_len:
+      longest = min(longest, self.max_caption_len)
+    deps_bucket = {}
     if self.deps_vocab is not None:
-      dl = np.diff(self.deps_vocab.encode_ragged(s.deps)[1])
-      deps_bucket = (tokenizers.choose_bucket(max(int(dl.max()), 1),
-                                              pipeline.DEFAULT_DEPS_BUCKETS),)
+      longest_deps = max((len(t) for t in s.deps), default=1)
+      deps_bucket = {"deps_buckets": (tokenizers.choose_bucket(longest_deps,
+                                                               self.deps_buckets),)}
     images = functools.partial(pipeline.eval_image_batches, s, batch_size,
                                with_boxes=self.with_boxes, with_pixels=self.with_pixels)
-    texts = functools.partial(pipeline.eval_text_batches, s, self.tokenizer, batch_size,
-                              len_buckets=bucket, deps_vocab=self.deps_vocab,
-                              **({"deps_buckets": deps_bucket} if deps_bucket else {}))
+    texts = functools.partial(
+        pipeline.eval_text_batches, s, self.tokenizer, batch_size,
+        len_buckets=(tokenizers.choose_bucket(longest, self.len_buckets),),
+        deps_vocab=self.deps_vocab, max_caption_len=self.max_caption_len, **deps_bucket)
     return EvalData(k=s.k, captions=s.captions, image_batches=images, text_batches=texts,
                     img_labels=s.labels, cap_labels=s.cap_labels, pixels=s.pixels,
                     boxes=s.boxes, deps=s.deps)
+
+
+def check_max_caption_len(value) -> int:
+  """``data.max_caption_len`` as an int: 0 (no cap) or at least 2 tokens; else ValueError."""
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0 \
+      or value == 1:
+    raise ValueError(f"config.data.max_caption_len={value!r}: use 0 (no cap: captions are "
+                     "never cut) or a token count of at least 2 (a cut caption keeps its "
+                     "start and end tokens)")
+  return int(value)
+
+
+def _split_names(data_dir: str, data_config) -> List[str]:
+  """The configured splits (train first), then any other split found in ``data_dir``."""
+  d = data_config
+  named = list(dict.fromkeys((d.train_split, d.dev_split, d.test_split)))
+  return named + [s for s in precomp.find_splits(data_dir) if s not in named]
+
+
+def _open_splits(data_dir: str, data_config) -> Dict[str, precomp.PrecompSplit]:
+  """Every split of :func:`_split_names`, each checked against the training split.
+
+  The training split takes ``data.captions_per_image``; the others infer k from their files
+  so a disagreement is reported as one (expected k from train, found k) rather than as a
+  caption count.
+  """
+  names = _split_names(data_dir, data_config)
+  train = precomp.load_split(data_dir, names[0], data_config.captions_per_image)
+  splits = {names[0]: train}
+  for name in names[1:]:
+    splits[name] = precomp.load_split(data_dir, name)
+    precomp.check_agreement(train, splits[name])
+  return splits
+
+
+def _report_cut(data_dir: str, cap: int, cut: Dict[str, int]) -> None:
+  """Warns (absl log and one stderr line) that ``data.max_caption_len`` cut captions."""
+  per_split = ", ".join(f"{name}: {count}" for name, count in cut.items())
+  message = (f"data.max_caption_len={cap}: {sum(cut.values())} captions of {data_dir} are "
+             f"longer than {cap} tokens and are cut to their first {cap - 1} tokens and the "
+             f"end token ({per_split}); set data.max_caption_len=0 to keep every caption "
+             "whole")
+  logging.warning(message)
+  print(f"xmr_jax: {message}", file=sys.stderr)
 
 
 def _head(s: precomp.PrecompSplit, n: int) -> precomp.PrecompSplit:

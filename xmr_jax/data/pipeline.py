@@ -37,7 +37,8 @@ from xmr_jax import types
 from xmr_jax.common.io import atomic_write_bytes
 from xmr_jax.data import precomp
 from xmr_jax.data.precomp import DataError, PrecompSplit
-from xmr_jax.data.tokenizers import (DEFAULT_BUCKETS, WordVocab, pad_ragged, ragged_from_lists)
+from xmr_jax.data.tokenizers import (DEFAULT_BUCKETS, WordVocab, cap_ragged, pad_ragged,
+                                     ragged_from_lists)
 
 DEFAULT_DEPS_BUCKETS = (8, 16, 32)
 Batch = Dict[str, np.ndarray]
@@ -147,13 +148,19 @@ def _gather(array: np.ndarray, index: np.ndarray) -> np.ndarray:
 
 
 class _Reader:
-  """Gathers batches of one split: features, pre-encoded tokens and deps."""
+  """Gathers batches of one split: features, pre-encoded tokens and deps.
+
+  ``max_caption_len`` > 0 cuts longer captions to that many tokens, the end token kept
+  last (:func:`~xmr_jax.data.tokenizers.cap_ragged`); 0 keeps every caption whole. A
+  caption (or triple list) longer than the largest bucket is a ValueError at batch time.
+  """
 
   def __init__(self, split: PrecompSplit, tokenizer=None, *,
                len_buckets: Sequence[int] = DEFAULT_BUCKETS,
                with_boxes: bool = False, with_pixels: bool = False,
                deps_vocab: Optional[DepsVocab] = None,
-               deps_buckets: Sequence[int] = DEFAULT_DEPS_BUCKETS):
+               deps_buckets: Sequence[int] = DEFAULT_DEPS_BUCKETS,
+               max_caption_len: int = 0):
     self.split = split
     self.len_buckets = tuple(len_buckets)
     self.deps_buckets = tuple(deps_buckets)
@@ -162,6 +169,8 @@ class _Reader:
     # Encode every caption once; batches then only gather and pad.
     self.tokens = (tokenizer.encode_ragged(split.captions)
                    if tokenizer is not None else None)
+    if self.tokens is not None and max_caption_len:
+      self.tokens = cap_ragged(*self.tokens, max_caption_len)[:2]
     self.deps = None
     if deps_vocab is not None:
       if split.deps is None:
@@ -253,8 +262,8 @@ def train_dataset(split: PrecompSplit, tokenizer, batch_size: int, *,
                   len_buckets: Sequence[int] = DEFAULT_BUCKETS,
                   with_boxes: bool = False, with_pixels: bool = False,
                   deps_vocab: Optional[DepsVocab] = None,
-                  deps_buckets: Sequence[int] = DEFAULT_DEPS_BUCKETS
-                  ) -> grain.MapDataset:
+                  deps_buckets: Sequence[int] = DEFAULT_DEPS_BUCKETS,
+                  max_caption_len: int = 0) -> grain.MapDataset:
   """Infinite training dataset; element i = this shard of global batch i.
 
   Args:
@@ -265,9 +274,12 @@ def train_dataset(split: PrecompSplit, tokenizer, batch_size: int, *,
     shard_index, shard_count: this process reads rows
       [shard_index * B / shard_count, (shard_index + 1) * B / shard_count)
       of every global batch (``jax.process_index()``/``process_count()``).
-    len_buckets, deps_buckets: padded lengths allowed for tokens / triples.
+    len_buckets, deps_buckets: padded lengths allowed for tokens / triples; a
+      longer caption (triple list) is a ValueError when its batch is made, never cut.
     with_boxes, with_pixels: add those keys when the split has them.
     deps_vocab: add ``deps``/``deps_mask`` encoded with it.
+    max_caption_len: > 0 cuts longer captions to this many tokens, keeping the end
+      token last (:func:`~xmr_jax.data.tokenizers.cap_ragged`); 0 = no cap.
   """
   if batch_size % shard_count or not 0 <= shard_index < shard_count:
     raise ValueError(f"batch_size {batch_size} must split evenly into "
@@ -276,7 +288,8 @@ def train_dataset(split: PrecompSplit, tokenizer, batch_size: int, *,
   plan = EpochPlan(split.num_images, split.k, batch_size, seed)
   reader = _Reader(split, tokenizer, len_buckets=len_buckets,
                    with_boxes=with_boxes, with_pixels=with_pixels,
-                   deps_vocab=deps_vocab, deps_buckets=deps_buckets)
+                   deps_vocab=deps_vocab, deps_buckets=deps_buckets,
+                   max_caption_len=max_caption_len)
   per_shard = batch_size // shard_count
   rows = slice(shard_index * per_shard, (shard_index + 1) * per_shard)
 
@@ -326,14 +339,16 @@ def eval_image_batches(split: PrecompSplit, batch_size: int, *,
 def eval_text_batches(split: PrecompSplit, tokenizer, batch_size: int, *,
                       len_buckets: Sequence[int] = DEFAULT_BUCKETS,
                       deps_vocab: Optional[DepsVocab] = None,
-                      deps_buckets: Sequence[int] = DEFAULT_DEPS_BUCKETS
-                      ) -> Iterator[Batch]:
+                      deps_buckets: Sequence[int] = DEFAULT_DEPS_BUCKETS,
+                      max_caption_len: int = 0) -> Iterator[Batch]:
   """Every caption once, in file order, in full batches with ``valid``.
 
-  ``image_index`` is the caption's image (caption // k).
+  ``image_index`` is the caption's image (caption // k). ``len_buckets``,
+  ``deps_buckets`` and ``max_caption_len`` as in :func:`train_dataset`.
   """
   reader = _Reader(split, tokenizer, len_buckets=len_buckets,
-                   deps_vocab=deps_vocab, deps_buckets=deps_buckets)
+                   deps_vocab=deps_vocab, deps_buckets=deps_buckets,
+                   max_caption_len=max_caption_len)
   for index, valid in _padded_ranges(split.num_captions, batch_size):
     batch = reader.texts(index)
     batch["image_index"] = (index // split.k).astype(np.int32)

@@ -20,7 +20,9 @@ and never read whole at load time. Every problem the reader can detect is
 raised as one :class:`DataError` naming the file, the line or index, and the
 fix. Non-finite features are found when the batch holding them is gathered
 (:func:`check_finite`, called by the pipelines), or up front with
-``load_split(..., validate_all=True)`` (a chunked scan).
+``load_split(..., validate_all=True)`` (a chunked scan). The splits of one
+dataset must agree with each other (:func:`check_agreement`: feature dtype,
+dimension and region count, k, which extras exist, class count, pixel size).
 """
 import dataclasses
 import json
@@ -266,6 +268,67 @@ def load_split(data_dir: str, split: str,
   if validate_all:
     scan_finite(images, ims_path)
   return out
+
+
+def find_splits(data_dir: str) -> List[str]:
+  """Names of the splits in ``data_dir``: every ``{split}_ims.npy``, sorted."""
+  if not os.path.isdir(data_dir):
+    return []
+  return sorted(name[:-len("_ims.npy")] for name in os.listdir(data_dir)
+                if name.endswith("_ims.npy") and len(name) > len("_ims.npy"))
+
+
+# Optional per-split files (attribute of PrecompSplit -> file suffix). Present in one split,
+# they must be present in all: a model sized or evaluated on one split reads them on another.
+EXTRAS = {"labels": "labels.npy", "cap_labels": "cap_labels.npy", "boxes": "boxes.npy",
+          "pixels": "pixels.npy", "deps": "deps.jsonl"}
+
+
+def _agreement(split: PrecompSplit):
+  """(suffix, what, value) for everything that must agree across the splits of a dataset."""
+  ims = split.images
+  yield "ims.npy", "feature dtype", str(ims.dtype)
+  yield "ims.npy", "feature dimension", int(ims.shape[2])
+  yield "ims.npy", "region count per image", int(ims.shape[1])
+  yield "caps.txt", "captions per image (k)", split.k
+  for name, suffix in EXTRAS.items():
+    yield suffix, "file", "present" if getattr(split, name) is not None else "missing"
+  for name in ("labels", "cap_labels"):
+    if getattr(split, name) is not None:
+      yield EXTRAS[name], "class count", int(getattr(split, name).shape[1])
+  if split.pixels is not None:
+    yield "pixels.npy", "image size (H, W)", tuple(int(x) for x in split.pixels.shape[1:3])
+
+
+def check_agreement(reference: PrecompSplit, split: PrecompSplit) -> None:
+  """Raises DataError unless ``split`` agrees with ``reference`` (the training split).
+
+  Compared: feature dtype, feature dimension F and region count R of ``{split}_ims.npy``
+  (a model's parameters are sized by the training split; there is no variable-region-count
+  declaration, so R must be equal), captions per image k, which optional extras exist
+  (:data:`EXTRAS`), the class count C of labels / caption labels and the (H, W) of pixels.
+  Only headers and presence are read (the arrays are memory maps), so this is cheap.
+
+  Raises:
+    DataError: naming ``split``'s file, the value expected from ``reference``'s file and
+      the value found.
+  """
+  for (suffix, what, expected), (_, _, found) in zip(_agreement(reference), _agreement(split)):
+    if expected == found:
+      continue
+    path, ref_path = _path(split.data_dir, split.split, suffix), _path(
+        reference.data_dir, reference.split, suffix)
+    if what == "file":
+      has = "has" if expected == "present" else "has no"
+      fix = (f"write it, or remove the {suffix} file of every split" if found == "missing"
+             else f"remove it, or write {reference.split}_{suffix} and the other splits' too")
+      raise DataError(f"{path}: {found}, but the training split {has} {ref_path}; every "
+                      f"split of a dataset must carry the same optional files: {fix}.")
+    raise DataError(f"{path}: {what} is {found}, but the training split has {expected} "
+                    f"({ref_path}); every split of a dataset must agree on it (one feature "
+                    "extractor, one caption layout, one label set). Re-export this split "
+                    "like the training split, or point data.dir at a dataset whose splits "
+                    "agree.")
 
 
 def check_finite(features: np.ndarray, indices: Sequence[int],

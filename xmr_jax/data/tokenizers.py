@@ -9,9 +9,11 @@ Both share one interface:
   ``flat[offsets[i]:offsets[i + 1]]``), so pipelines encode a split once and
   then pad batches with array ops only;
 * ``encode_batch(captions, len_buckets) -> (ids (N, L) int32, mask (N, L) bool)``
-  where L is the smallest bucket >= the longest encoded caption (captions longer
-  than the largest bucket are cut to its length), so jitted text encoders see
-  only ``len(len_buckets)`` shapes.
+  where L is the smallest bucket >= the longest encoded caption, so jitted text
+  encoders see only ``len(len_buckets)`` shapes. Nothing is cut silently: a
+  caption longer than the largest bucket is a ValueError. Buckets are fitted to
+  the data (:func:`fit_buckets`, done by ``datasets.Dataset``); a length cap the
+  user asks for is applied explicitly (:func:`cap_ragged`).
 
 Both wrap each caption as ``<start> ... <end>`` (ids 1 and 2), as SCAN's
 ``data.py`` does for its word vocabulary.
@@ -51,13 +53,89 @@ def word_tokenize(text: str) -> List[str]:
   return _TOKEN_RE.findall(text.lower())
 
 
+def _too_long(what: str, length: int, buckets: Sequence[int]) -> ValueError:
+  """The error for a row longer than every bucket (rows are never cut silently)."""
+  return ValueError(
+      f"{what} has {length} items but the largest length bucket is {max(buckets)} "
+      f"(buckets {tuple(sorted(buckets))}); rows are never cut silently. Fit the buckets to "
+      "the data with fit_buckets (datasets.Dataset.len_buckets does), or cut rows on purpose "
+      "with cap_ragged (config.data.max_caption_len); with buckets from a Dataset this is a "
+      "bug.")
+
+
 def choose_bucket(length: int, len_buckets: Sequence[int]) -> int:
-  """Smallest bucket >= length, or the largest bucket if none is."""
+  """Smallest bucket >= ``length``.
+
+  Raises:
+    ValueError: ``length`` exceeds every bucket (nothing is cut silently).
+  """
   buckets = sorted(len_buckets)
   for b in buckets:
     if b >= length:
       return b
-  return buckets[-1]
+  raise _too_long("a row", length, buckets)
+
+
+def fit_buckets(len_buckets: Sequence[int], longest: int,
+                multiple: int = 16) -> Tuple[int, ...]:
+  """``len_buckets`` sorted, plus one bucket for ``longest`` if none holds it.
+
+  The added bucket is ``longest`` rounded up to a multiple of ``multiple``, so data with
+  a few long captions costs one extra compiled shape, and similar datasets share it.
+
+  Args:
+    len_buckets: the configured padded lengths (positive ints, at least one).
+    longest: the longest row the buckets must hold (e.g. the longest tokenised caption
+      over every split of a dataset).
+    multiple: rounding of the added bucket.
+
+  Returns:
+    The sorted buckets, e.g. ``fit_buckets((16, 24, 32, 64), 87) == (16, 24, 32, 64, 96)``.
+
+  Raises:
+    ValueError: no buckets, or a bucket that is not a positive int.
+  """
+  buckets = sorted({int(b) for b in len_buckets})
+  if not buckets or buckets[0] < 1 or any(int(b) != b for b in len_buckets):
+    raise ValueError(f"length buckets must be positive ints (at least one), got "
+                     f"{tuple(len_buckets)}; e.g. config.data.len_buckets=(16, 24, 32, 64)")
+  if longest > buckets[-1]:
+    buckets.append(-(-int(longest) // multiple) * multiple)
+  return tuple(buckets)
+
+
+def cap_ragged(flat: np.ndarray, offsets: np.ndarray, max_len: int
+               ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Cuts ragged rows longer than ``max_len`` to ``max_len`` items, keeping the last item.
+
+  A cut row keeps its first ``max_len - 1`` items and its last one: for captions wrapped
+  as ``<start> ... <end>`` the end token stays the last token. That is what a length cap
+  means for these models: every caption they see, in training and evaluation, ends with
+  ``<end>``, and the GRU text encoders take a caption's vector at its last real token.
+
+  Args:
+    flat: (M, ...) all items of all rows, concatenated.
+    offsets: (n + 1,) int; row i is ``flat[offsets[i]:offsets[i + 1]]``.
+    max_len: the cap, at least 2.
+
+  Returns:
+    (flat (M', ...), offsets (n + 1,) int64, cut (n,) bool: which rows were cut).
+
+  Raises:
+    ValueError: ``max_len`` < 2 (a cut row could not keep both ends).
+  """
+  if max_len < 2:
+    raise ValueError(f"max_len={max_len}: a cap keeps a row's first item(s) and its last "
+                     "one, so it must be at least 2")
+  offsets = np.asarray(offsets, np.int64)
+  lengths = np.diff(offsets)
+  cut = lengths > max_len
+  # Position of every item inside its row, and its row's length, item by item.
+  row_len = np.repeat(lengths, lengths)
+  pos = np.arange(offsets[-1]) - np.repeat(offsets[:-1], lengths)
+  keep = (pos < max_len - 1) | (pos == row_len - 1)
+  new_offsets = np.concatenate([[0], np.cumsum(np.minimum(lengths, max_len))])
+  return flat[keep], new_offsets.astype(np.int64), cut
 
 
 def ragged_from_lists(seqs: Sequence[Sequence[int]]
@@ -79,15 +157,21 @@ def pad_ragged(flat: np.ndarray, offsets: np.ndarray, rows: np.ndarray,
     offsets: (num_rows + 1,) row i is ``flat[offsets[i]:offsets[i + 1]]``.
     rows: (N,) which rows to gather.
     len_buckets: allowed padded lengths; L is the smallest one >= the longest
-      gathered row (longer rows are truncated to the largest bucket).
+      gathered row.
 
   Returns:
     (padded, mask): padding positions hold 0 and mask False.
+
+  Raises:
+    ValueError: a gathered row is longer than the largest bucket; rows are never cut
+      here (cut them on purpose with :func:`cap_ragged`).
   """
   rows = np.asarray(rows, np.int64)
   starts = offsets[rows]
   lengths = offsets[rows + 1] - starts
   max_len = int(lengths.max()) if rows.size else 0
+  if max_len > max(len_buckets):
+    raise _too_long(f"row {int(rows[np.argmax(lengths)])}", max_len, len_buckets)
   length = choose_bucket(max_len, len_buckets)
   positions = np.arange(length)
   mask = positions[None, :] < lengths[:, None]
