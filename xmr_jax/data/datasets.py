@@ -30,6 +30,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 import numpy as np
 from absl import logging
 
+from xmr_jax.common.errors import ConfigError
 from xmr_jax.common.io import cache_root
 
 from xmr_jax.data import embeddings, pipeline, precomp, synthetic, tokenizers
@@ -68,12 +69,12 @@ class EvalData:
 def check_needs(needs) -> frozenset:
   """``needs`` as a frozenset of :data:`NEEDS` names; ValueError for anything else."""
   if isinstance(needs, str):
-    raise ValueError(f"open_dataset(needs={needs!r}): needs is a set of names, e.g. "
+    raise ConfigError(f"open_dataset(needs={needs!r}): needs is a set of names, e.g. "
                      f"frozenset({{{needs!r}}}), not a string")
   needs = frozenset(needs)
   unknown = needs - NEEDS
   if unknown:
-    raise ValueError(f"open_dataset(needs=...): unknown {sorted(unknown)}; the optional batch "
+    raise ConfigError(f"open_dataset(needs=...): unknown {sorted(unknown)}; the optional batch "
                      f"inputs are {sorted(NEEDS)}")
   return needs
 
@@ -82,9 +83,9 @@ def _check_choice(key: str, value: str, choices, removed: Dict[str, str]) -> str
   """``value`` if it is one of ``choices``; else a ValueError naming ``config.<key>``, and for
   a removed option (``removed``: value -> what to use instead) the replacement."""
   if value in removed:
-    raise ValueError(f"config.{key}={value!r} was removed: {removed[value]}")
+    raise ConfigError(f"config.{key}={value!r} was removed: {removed[value]}")
   if value not in choices:
-    raise ValueError(f"config.{key}={value!r} is unknown; choose one of {list(choices)}")
+    raise ConfigError(f"config.{key}={value!r} is unknown; choose one of {list(choices)}")
   return value
 
 
@@ -277,7 +278,7 @@ def check_max_caption_len(value) -> int:
   """``data.max_caption_len`` as an int: 0 (no cap) or at least 2 tokens; else ValueError."""
   if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0 \
       or value == 1:
-    raise ValueError(f"config.data.max_caption_len={value!r}: use 0 (no cap: captions are "
+    raise ConfigError(f"config.data.max_caption_len={value!r}: use 0 (no cap: captions are "
                      "never cut) or a token count of at least 2 (a cut caption keeps its "
                      "start and end tokens)")
   return int(value)
@@ -345,7 +346,7 @@ def resolve_data_dir(data_config) -> str:
                                    n_test=p.n_test, pixels=p.pixels,
                                    cache_dir=d.dir or os.path.join(cache_root(), "synthetic"))
   if not d.dir:
-    raise ValueError("config.data.name='precomp' needs --config.data.dir=/path/to/dataset "
+    raise ConfigError("config.data.name='precomp' needs --config.data.dir=/path/to/dataset "
                      "(a directory with {split}_ims.npy and {split}_caps.txt)")
   if not os.path.isdir(d.dir):
     raise FileNotFoundError(f"config.data.dir={d.dir!r} is not a directory")

@@ -31,11 +31,13 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from xmr_jax.common.errors import InputError
+
 SPLITS = ("train", "dev", "test", "testall")
 Triple = Tuple[str, str, str]
 
 
-class DataError(ValueError):
+class DataError(InputError):
   """A dataset file is missing or malformed; the message says how to fix it."""
 
 

@@ -128,7 +128,7 @@ def start(config, workdir: str, variants: Optional[Sequence[Dict[str, Any]]] = N
   return Run(config=config, workdir=workdir, ds=ds, method=method, mesh=mesh, names=names,
              sched=sched, hparams=mesh_lib.replicate(hparams, mesh),
              state=mesh_lib.replicate(state, mesh), step_fn=step_fn,
-             place=_placer(mesh, max(config.data.len_buckets)), iterator=iterator,
+             place=_placer(mesh, max(ds.len_buckets)), iterator=iterator,
              ckpt=ckpt, writer=MetricsWriter(workdir),
              record=ckpt.trainer_record() or {"diverged": {}}, step=ckpt.latest_step() or 0)
 
