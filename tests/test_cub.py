@@ -9,6 +9,7 @@ JPEGs, 10 captions each, 3 train classes / 1 test class, one held-out image per 
 import os
 import shutil
 import sys
+import unicodedata
 
 import numpy as np
 import pytest
@@ -203,6 +204,16 @@ def test_export_regions_and_from_data_dir(built, tmp_path):
   t = precomp.load_split(out, "test", captions_per_image=10)
   np.testing.assert_array_equal(t.images, s.images)
   assert t.captions == s.captions
+
+
+def test_exported_captions_are_normalised():
+  nfd = unicodedata.normalize("NFD", "\ufeffA bird on a café sign\r")
+  caps = [nfd.encode("utf-8")] + [b"a bird"] * (cub.CAPTIONS_PER_IMAGE - 1)
+  out = cub_export._decode_captions({"captions": caps}, "split 'test' example 3")
+  assert out[0] == unicodedata.normalize("NFC", "A bird on a café sign")
+  caps[4] = "\u200b".encode("utf-8")
+  with pytest.raises(DataError, match=r"split 'test' example 3: caption 4 is empty"):
+    cub_export._decode_captions({"captions": caps}, "split 'test' example 3")
 
 
 def test_export_of_unbuilt_dataset_names_the_path(tmp_path):

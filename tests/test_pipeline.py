@@ -2,6 +2,7 @@
 import itertools
 import json
 import os
+import unicodedata
 
 import numpy as np
 import pytest
@@ -185,6 +186,17 @@ def test_deps_encoding(split, deps_vocab):
                                 [2, 2, 2, 2, 2, 2, 2, 3])
   np.testing.assert_array_equal(batch["deps"][7, :3], flat[offsets[7]:offsets[8]])
   assert (batch["deps"][~batch["deps_mask"]] == 0).all()
+
+
+def test_dep_words_are_normalised_as_caption_words():
+  from xmr_jax.data.tokenizers import word_tokenize
+  nfd = unicodedata.normalize("NFD", "Người-2")
+  assert pipeline.normalize_dep_word(nfd) == word_tokenize(nfd[:-2])[0]
+  assert pipeline.normalize_dep_word(nfd) == unicodedata.normalize("NFC", "người")
+  assert pipeline.normalize_dep_word("\ufeffDog-12") == "dog"
+  v = pipeline.DepsVocab.build([[("nsubj", nfd, "dog")]] * 2 + [[
+      ("nsubj", unicodedata.normalize("NFC", "người-5"), "dog")]] * 2)
+  assert len(v.words.word2idx) == 6      # 4 specials, one "người", "dog"
 
 
 def test_deps_vocab_save_load(tmp_path, deps_vocab):

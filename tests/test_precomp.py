@@ -1,6 +1,7 @@
 """Tests for the SCAN precomp reader and its validation errors."""
 import json
 import os
+import unicodedata
 
 import numpy as np
 import pytest
@@ -101,6 +102,89 @@ def test_empty_caption_line(tmp_path):
     f.write("\n".join(caps) + "\n")
   with pytest.raises(DataError, match=r"train_caps.txt: line 3 is empty"):
     precomp.load_split(str(tmp_path), "train")
+
+
+VIET = unicodedata.normalize("NFC", "Một người đàn ông đang đi bộ")
+
+
+def _write_bytes(d, data, split="train", k=2):
+  """A one-image split of k captions whose caption file holds ``data``."""
+  _write_split(d, split, n=1, k=k)
+  with open(os.path.join(d, f"{split}_caps.txt"), "wb") as f:
+    f.write(data)
+  return precomp.load_split(str(d), split).captions
+
+
+def test_byte_order_mark_is_not_part_of_the_first_caption(tmp_path):
+  from xmr_jax.data.tokenizers import WordVocab
+  plain = _write_bytes(tmp_path, b"A dog runs.\nA dog sits.\n")
+  with_bom = _write_bytes(tmp_path, b"\xef\xbb\xbfA dog runs.\nA dog sits.\n")
+  assert with_bom == plain == ["A dog runs.", "A dog sits."]
+  v = WordVocab.build(plain * 4)
+  assert v.encode_many(with_bom) == v.encode_many(plain)
+  assert v.encode(with_bom[0])[1] == v.word2idx["a"] != v.unk_id
+
+
+def test_crlf_file_reads_as_the_lf_file(tmp_path):
+  lf = "\n".join([VIET, "a dog \"runs\"", "two cats"]) + "\n"
+  a = _write_bytes(tmp_path, lf.encode("utf-8"), k=3)
+  b = _write_bytes(tmp_path, lf.replace("\n", "\r\n").encode("utf-8"), k=3)
+  assert a == b == [VIET, 'a dog "runs"', "two cats"]
+
+
+def test_decomposed_captions_are_read_composed(tmp_path):
+  nfd = unicodedata.normalize("NFD", VIET)
+  assert nfd != VIET
+  caps = _write_bytes(tmp_path, (nfd + "\n" + VIET + "\n").encode("utf-8"))
+  assert caps == [VIET, VIET]
+  assert precomp.normalize_caption(nfd) == VIET
+
+
+@pytest.mark.parametrize("invisible", [
+    "\u200b", "\u200c", "\u200d", "\u2060", "\ufeff", "\u00a0", "\u3000",
+    "\u2028", "\u200b \t\u200d\r"])
+def test_line_without_visible_characters_is_empty(tmp_path, invisible):
+  with pytest.raises(DataError,
+                     match=r"train_caps.txt: line 2 is empty \(it holds only "
+                     r"invisible characters: U\+[0-9A-F]{4} .*\); every line "
+                     r"must hold one caption"):
+    _write_bytes(tmp_path, f"a dog\n{invisible}\na cat\n".encode("utf-8"), k=3)
+
+
+def test_zero_width_space_line_message(tmp_path):
+  with pytest.raises(DataError) as e:
+    _write_bytes(tmp_path, "a dog\n\u200b\n".encode("utf-8"))
+  assert str(e.value) == (
+      f"{tmp_path}/train_caps.txt: line 2 is empty (it holds only invisible "
+      "characters: U+200B ZERO WIDTH SPACE); every line must hold one caption "
+      "(remove the blank line or write the missing caption).")
+
+
+def test_invisible_characters_are_trimmed_only_at_the_ends(tmp_path):
+  family = "\U0001F468\u200d\U0001F467"    # an emoji sequence joined by U+200D
+  caps = _write_bytes(tmp_path, f"\u200ba dog\u2060\n{family} waves\u00a0\n"
+                      .encode("utf-8"))
+  assert caps == ["a dog", f"{family} waves"]
+
+
+def test_metadata_lines_keep_their_unicode_form(tmp_path):
+  nfd = unicodedata.normalize("NFD", "1 Café/Một.jpg")
+  path = tmp_path / "images.txt"
+  path.write_bytes(("\ufeff" + nfd + "\r\n").encode("utf-8"))
+  assert precomp.read_lines(str(path)) == [nfd]   # file names keep their bytes
+  assert precomp.read_captions(str(path)) == [unicodedata.normalize("NFC", nfd)]
+  path.write_bytes(b"1 a.jpg\n\xe2\x80\x8b\n")
+  with pytest.raises(DataError, match=r"images.txt: line 2 is empty .* one entry"):
+    precomp.read_lines(str(path))
+
+
+def test_deps_file_with_byte_order_mark_and_crlf(tmp_path):
+  _write_split(tmp_path, n=1, k=2)
+  rows = [json.dumps([["nsubj", "runs", "dog"]]), json.dumps([])]
+  (tmp_path / "train_deps.jsonl").write_bytes(
+      ("\ufeff" + "\r\n".join(rows) + "\r\n").encode("utf-8"))
+  assert precomp.load_split(str(tmp_path), "train").deps == [
+      [("nsubj", "runs", "dog")], []]
 
 
 def test_non_utf8_caption(tmp_path):

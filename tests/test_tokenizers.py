@@ -1,6 +1,7 @@
 """Tests for the word vocabulary, sentencepiece tokenizer and padding."""
 import json
 import os
+import unicodedata
 
 import numpy as np
 import pytest
@@ -23,6 +24,76 @@ def test_word_tokenize():
   assert word_tokenize("A Dog's T-shirt, isn't it?  3.5 m.") == [
       "a", "dog", "'s", "t-shirt", ",", "is", "n't", "it", "?", "3.5", "m", "."]
   assert word_tokenize("") == []
+
+
+# Captions where the former regular expression differed from NLTK, or could.
+NLTK_CASES = [
+    'A sign that says "Stop" on a pole.',
+    'He yells "go!" at the dog',
+    "Mr. Smith and Mrs. Jones walk in the U.S. capitol.",
+    "A man in a t-shirt and a well-worn hat.",
+    "The dog's owner doesn't see it; they're busy.",
+    "A girl waits... and waits",
+    "Two men (one in red) play 3.5 rounds of golf at 5 p.m.",
+    "A man ' s hat",
+]
+
+
+@pytest.mark.parametrize("caption", NLTK_CASES)
+def test_word_tokenize_is_nltk_on_the_lower_cased_caption(caption):
+  from nltk.tokenize import word_tokenize as nltk_word_tokenize
+  assert word_tokenize(caption) == nltk_word_tokenize(caption.lower(),
+                                                      preserve_line=True)
+
+
+def test_word_tokenize_quotes_abbreviations_ellipsis():
+  # Values the former regular expression got wrong (it kept '"', split
+  # "mr." and "u.s." and cut "..." into three tokens).
+  assert word_tokenize(NLTK_CASES[0]) == [
+      "a", "sign", "that", "says", "``", "stop", "''", "on", "a", "pole", "."]
+  assert word_tokenize(NLTK_CASES[2])[:2] == ["mr.", "smith"]
+  assert "u.s." in word_tokenize(NLTK_CASES[2])
+  assert word_tokenize(NLTK_CASES[5]) == ["a", "girl", "waits", "...", "and",
+                                          "waits"]
+  assert word_tokenize(NLTK_CASES[4])[:5] == ["the", "dog", "'s", "owner", "does"]
+
+
+def test_word_tokenize_needs_no_nltk_data(monkeypatch):
+  # punkt (sentence splitting) is the only part of word_tokenize that reads
+  # downloaded data; make every way to it fail.
+  import nltk
+  import nltk.tokenize
+
+  def no_data(*args, **kwargs):
+    raise AssertionError(f"nltk data was looked up: {args}")
+  monkeypatch.setattr(nltk.data, "find", no_data)
+  monkeypatch.setattr(nltk.data, "load", no_data)
+  monkeypatch.setattr(nltk, "download", no_data)
+  monkeypatch.setattr(nltk.tokenize, "sent_tokenize", no_data)
+  assert word_tokenize("Mr. Lee's dog. It runs.") == [
+      "mr.", "lee", "'s", "dog.", "it", "runs", "."]
+
+
+def test_composed_and_decomposed_text_give_the_same_ids():
+  nfc = unicodedata.normalize("NFC", "Một người đàn ông đang đi bộ")
+  nfd = unicodedata.normalize("NFD", nfc)
+  assert nfc != nfd
+  v = WordVocab.build([nfc] * 4)
+  assert word_tokenize(nfd) == word_tokenize(nfc) == nfc.lower().split()
+  assert v.encode(nfd) == v.encode(nfc) == [1, 4, 5, 6, 7, 8, 9, 10, 2]
+  # Invisible characters at the ends (a byte-order mark, a zero-width space)
+  # are not a word.
+  assert v.encode("\ufeff" + nfd + "\u200b") == v.encode(nfc)
+
+
+def test_word_vocab_ids_use_nltk_quote_tokens():
+  caps = ['A shirt that says "Go" .'] * 4
+  v = WordVocab.build(caps)
+  assert "``" in v.word2idx and "''" in v.word2idx and '"' not in v.word2idx
+  ids = v.encode('A shirt that says "Go" .')
+  assert ids == [1] + [v.word2idx[w] for w in
+                       ["a", "shirt", "that", "says", "``", "go", "''", "."]] + [2]
+  assert v.unk_id not in ids
 
 
 def test_word_vocab_threshold_and_ids():
@@ -184,6 +255,27 @@ def test_get_tokenizer_caches(tmp_path, sp_model):
   for alias in ("bpe", "spm", "vocab"):     # no silent aliases: the message lists the kinds
     with pytest.raises(ValueError, match=r"unknown tokenizer kind .*'sentencepiece', 'word'"):
       get_tokenizer(alias, cache_dir=str(tmp_path), train_captions=CAPTIONS)
+
+
+def test_word_vocab_cache_key_names_the_tokenizer(tmp_path, monkeypatch):
+  # A vocabulary cached under the key of the former regular-expression
+  # tokenizer (settings "word:<threshold>") must not be reused.
+  stale = tmp_path / f"vocab_word_t4_{tokenizers.captions_hash(CAPTIONS, 'word:4')}.json"
+  WordVocab({"<pad>": 0, "<start>": 1, "<end>": 2, "<unk>": 3, "stale": 4}).save(str(stale))
+  v = get_tokenizer("word", cache_dir=str(tmp_path), train_captions=CAPTIONS)
+  assert "stale" not in v.word2idx and v.word2idx == WordVocab.build(CAPTIONS).word2idx
+  assert len(os.listdir(tmp_path)) == 2
+  # Another tokenizer version (or nltk version) is another cache file.
+  monkeypatch.setattr(tokenizers, "WORD_TOKENIZER_VERSION", "another tokenizer")
+  get_tokenizer("word", cache_dir=str(tmp_path), train_captions=CAPTIONS)
+  assert len(os.listdir(tmp_path)) == 3
+  # Captions that differ only in Unicode form are one vocabulary (one file).
+  nfd = [unicodedata.normalize("NFD", c + " café") for c in CAPTIONS]
+  nfc = [unicodedata.normalize("NFC", c) for c in nfd]
+  a = get_tokenizer("word", cache_dir=str(tmp_path), train_captions=nfd)
+  b = get_tokenizer("word", cache_dir=str(tmp_path), train_captions=nfc)
+  assert len(os.listdir(tmp_path)) == 4 and a.word2idx == b.word2idx
+  assert unicodedata.normalize("NFC", "café") in a.word2idx
 
 
 def test_sentencepiece_keeps_frequent_words_whole_on_a_small_vocabulary():

@@ -30,7 +30,7 @@ from typing import Dict, List, Sequence, Set, Tuple
 
 import numpy as np
 
-from xmr_jax.data.precomp import DataError, open_npy, read_captions
+from xmr_jax.data.precomp import DataError, open_npy, read_captions, read_lines
 
 CAPTIONS_PER_IMAGE = 10
 NUM_CLASSES = 200
@@ -95,7 +95,7 @@ def read_table(path: str, num_fields: int) -> Dict[int, List[str]]:
   if not os.path.isfile(path):
     raise DataError(f"{path}: file not found; it is part of the CUB_200_2011 release.")
   table = {}
-  for line_no, line in enumerate(read_captions(path), 1):
+  for line_no, line in enumerate(read_lines(path), 1):
     parts = line.split()
     if len(parts) != num_fields + 1 or not parts[0].isdigit():
       raise DataError(f"{path}: line {line_no} should be '<id>' and {num_fields} "
@@ -111,7 +111,7 @@ def read_caption_file(path: str, k: int = CAPTIONS_PER_IMAGE) -> Tuple[str, ...]
   if not os.path.isfile(path):
     raise DataError(f"{path}: caption file not found; every image needs "
                     f"text_c10/<class dir>/<image name>.txt with {k} captions.")
-  captions = read_captions(path)   # raises on non-UTF-8 and empty lines, naming the line
+  captions = read_captions(path)   # DataError on non-UTF-8 or empty lines, naming the line
   if len(captions) != k:
     raise DataError(f"{path}: has {len(captions)} captions (lines) but every CUB image needs "
                     f"exactly {k}, one per line; line {min(len(captions), k) + 1} is where "
@@ -125,7 +125,7 @@ def read_class_split(path: str, class_ids: Dict[str, int]) -> Set[int]:
     raise DataError(f"{path}: split file not found; copy it from naver-ai/pcme "
                     "datasets/annotations/cub/.")
   out = set()
-  for line_no, name in enumerate(read_captions(path), 1):
+  for line_no, name in enumerate(read_lines(path), 1):
     if name not in class_ids:
       raise DataError(f"{path}: line {line_no}: class {name!r} is not in classes.txt.")
     out.add(class_ids[name] - 1)
@@ -137,7 +137,7 @@ def read_held_out(path: str, known: Set[str]) -> Set[str]:
   if not os.path.isfile(path):
     raise DataError(f"{path}: file not found; copy seen_test_images.txt from naver-ai/pcme "
                     "datasets/annotations/cub/ (the seen-class images kept out of training).")
-  names = read_captions(path)
+  names = read_lines(path)
   for line_no, name in enumerate(names, 1):
     if name not in known:
       raise DataError(f"{path}: line {line_no}: image {name!r} is not in images.txt.")

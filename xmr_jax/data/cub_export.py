@@ -20,7 +20,7 @@ import tensorflow_datasets as tfds
 
 from xmr_jax.data import tfds_cub
 from xmr_jax.data.cub import CAPTIONS_PER_IMAGE, NUM_CLASSES, SPLIT_SETS, SPLITS
-from xmr_jax.data.precomp import DataError
+from xmr_jax.data.precomp import DataError, normalize_caption
 
 
 def pixel_grid_features(pixels: np.ndarray, grid: int = 4) -> np.ndarray:
@@ -83,7 +83,9 @@ def _decode_captions(ex: Dict[str, Any], where: str) -> List[str]:
     except UnicodeDecodeError as e:
       raise DataError(f"{where}: caption {j} is not valid UTF-8 ({e.reason}); "
                       "rebuild the dataset.") from e
-    if not text.strip() or "\n" in text or "\r" in text:
+    # A dataset built before captions were normalised may hold other forms.
+    text = normalize_caption(text)
+    if not text or "\n" in text or "\r" in text:
       raise DataError(f"{where}: caption {j} is empty or spans lines: {text[:60]!r}.")
     out.append(text)
   return out

@@ -48,8 +48,13 @@ _POSITION_SUFFIX = re.compile(r"-\d+$")
 
 
 def normalize_dep_word(word: str) -> str:
-  """Lower-cases a dependency word and drops a ``-<position>`` suffix."""
-  return _POSITION_SUFFIX.sub("", word.lower())
+  """A dependency word as the word tokenizer writes caption words.
+
+  :func:`~xmr_jax.data.precomp.normalize_caption` (NFC, invisible ends trimmed)
+  and lower-case, as :func:`~xmr_jax.data.tokenizers.word_tokenize` does; then
+  a ``-<position>`` suffix is dropped ("Dog-2" -> "dog").
+  """
+  return _POSITION_SUFFIX.sub("", precomp.normalize_caption(word).lower())
 
 
 class DepsVocab:

@@ -4,7 +4,9 @@ A dataset directory holds, per split (train / dev / test / testall):
 
 * ``{split}_ims.npy``  (N, R, F) float region features (SCAN: R = 36, F = 2048);
 * ``{split}_caps.txt`` k captions per image, one per line; caption c belongs to
-  image c // k (k = 5 for Flickr30K / MS-COCO).
+  image c // k (k = 5 for Flickr30K / MS-COCO). UTF-8, with or without a
+  byte-order mark, LF or CRLF line ends; each caption is put in Unicode NFC
+  (:func:`normalize_caption`), and a line with no visible character is an error.
 
 Optional extras (written by the synthetic benchmark):
 
@@ -27,7 +29,8 @@ dimension and region count, k, which extras exist, class count, pixel size).
 import dataclasses
 import json
 import os
-from typing import List, Optional, Sequence, Tuple
+import unicodedata
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -118,11 +121,60 @@ def open_npy(path: str) -> np.ndarray:
   return np.load(path, mmap_mode="r", allow_pickle=False)
 
 
-def read_captions(path: str) -> List[str]:
-  """Reads one caption per line (UTF-8), rejecting empty lines.
+# Unicode categories that show nothing: format characters (zero-width space and
+# joiners U+200B-U+200D, word joiner U+2060, byte-order mark U+FEFF), controls
+# (tab, CR) and space / line / paragraph separators. A caption made only of
+# these looks blank in every editor, so it is treated as an empty line.
+_INVISIBLE_CATEGORIES = frozenset({"Cf", "Cc", "Zs", "Zl", "Zp"})
 
-  A final newline is allowed; ``\\r\\n`` line ends are accepted.
+
+def _is_invisible(char: str) -> bool:
+  return unicodedata.category(char) in _INVISIBLE_CATEGORIES
+
+
+def strip_invisible(text: str) -> str:
+  """``text`` without invisible characters (see ``_INVISIBLE_CATEGORIES``) at either end.
+
+  Trims a byte-order mark, a CR of a CRLF line end, spaces and zero-width
+  characters; "" when the text has no visible character. Inner characters are
+  kept: a zero-width joiner inside an emoji or a word carries meaning.
   """
+  start, stop = 0, len(text)
+  while start < stop and _is_invisible(text[start]):
+    start += 1
+  while stop > start and _is_invisible(text[stop - 1]):
+    stop -= 1
+  return text[start:stop]
+
+
+def normalize_caption(text: str) -> str:
+  """The one normalisation of caption text, applied wherever captions enter.
+
+  Unicode NFC (accented text arrives both composed and decomposed, e.g.
+  the "ộ" of "Một" as U+1ED9 or as o + U+0323 + U+0302; NFC makes them one
+  word), then :func:`strip_invisible`. Returns "" for a caption with no
+  visible character.
+  Idempotent, so tokenizers may apply it again to captions read from files.
+  """
+  return strip_invisible(unicodedata.normalize("NFC", text))
+
+
+def _empty_line_error(path: str, line_no: int, raw: str, what: str) -> DataError:
+  """DataError for a blank line, naming any invisible characters it holds."""
+  shown = sorted(set(raw) - set(" \t\r"))
+  detail = ""
+  if shown:
+    names = ", ".join(f"U+{ord(c):04X} {unicodedata.name(c, 'control')}"
+                      for c in shown[:3]) + (", ..." if len(shown) > 3 else "")
+    detail = f" (it holds only invisible characters: {names})"
+  return DataError(f"{path}: line {line_no} is empty{detail}; every line must "
+                   f"hold one {what} (remove the blank line or write the "
+                   f"missing {what}).")
+
+
+def _read_text_lines(path: str, clean: Callable[[str], str],
+                     what: str) -> List[str]:
+  """``clean(line)`` of every line of a UTF-8 text file; DataError if one is empty."""
   if not os.path.isfile(path):
     raise _missing_error(path)
   with open(path, "rb") as f:
@@ -136,25 +188,54 @@ def read_captions(path: str) -> List[str]:
                     f"{e.start - line_start} in the line, {e.start} in the "
                     f"file: {e.reason}). Re-encode the file as UTF-8, e.g. "
                     "`iconv -f latin1 -t utf-8`.") from e
+  # Lines end at "\n" only (as SCAN's readers split them); a CR before it and a
+  # byte-order mark (U+FEFF, written by Notepad and pandas) before line 1 are
+  # invisible characters, trimmed by ``clean``.
   lines = text.split("\n")
   if lines and lines[-1] == "":
     lines.pop()
-  captions = [line.rstrip("\r").strip() for line in lines]
-  for i, caption in enumerate(captions):
-    if not caption:
-      raise DataError(f"{path}: line {i + 1} is empty; every line must hold "
-                      "one caption (remove the blank line or write the "
-                      "missing caption).")
-  return captions
+  out = []
+  for i, raw in enumerate(lines):
+    line = clean(raw)
+    if not line:
+      raise _empty_line_error(path, i + 1, raw, what)
+    out.append(line)
+  return out
+
+
+def read_captions(path: str) -> List[str]:
+  """Reads one caption per line (UTF-8), each through :func:`normalize_caption`.
+
+  A final newline, CRLF line ends and a byte-order mark are accepted.
+
+  Raises:
+    DataError: the file is missing, is not UTF-8 (naming the line and byte), or
+      a line has no visible character (naming the line).
+  """
+  return _read_text_lines(path, normalize_caption, "caption")
+
+
+def read_lines(path: str) -> List[str]:
+  """Reads a UTF-8 metadata file (ids, class or file names), one item per line.
+
+  Like :func:`read_captions` but without NFC: the items name files, and a
+  file name must keep the bytes it has on disk.
+  """
+  return _read_text_lines(path, strip_invisible, "entry")
 
 
 def read_deps(path: str, num_captions: int) -> List[List[Triple]]:
-  """Reads ``{split}_deps.jsonl``: one list of string triples per caption."""
+  """Reads ``{split}_deps.jsonl``: one list of string triples per caption.
+
+  A byte-order mark and CRLF line ends are accepted (as in caption files).
+  """
   deps = []
   with open(path, "rb") as f:
     for i, line in enumerate(f):
       try:
-        triples = json.loads(line.decode("utf-8"))
+        text = line.decode("utf-8")
+        # json.loads rejects a byte-order mark (U+FEFF) before line 1's list.
+        triples = json.loads(text.removeprefix("\ufeff") if i == 0 else text)
       except UnicodeDecodeError as e:
         raise DataError(f"{path}: line {i + 1} is not valid UTF-8 (byte offset "
                         f"{e.start} in the line); re-encode the file as "

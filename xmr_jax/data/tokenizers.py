@@ -16,13 +16,15 @@ Both share one interface:
   user asks for is applied explicitly (:func:`cap_ragged`).
 
 Both wrap each caption as ``<start> ... <end>`` (ids 1 and 2), as SCAN's
-``data.py`` does for its word vocabulary.
+``data.py`` does for its word vocabulary, and both see a caption through
+:func:`~xmr_jax.data.precomp.normalize_caption` (Unicode NFC, invisible
+characters trimmed), as captions read from files already are.
 """
 import collections
 import hashlib
+import importlib.metadata
 import json
 import os
-import re
 import warnings
 from typing import Dict, Iterable, List, Sequence, Tuple
 
@@ -30,27 +32,49 @@ import numpy as np
 import sentencepiece as spm
 
 from xmr_jax.common.io import atomic_write_bytes
-from xmr_jax.data.precomp import DataError
+from xmr_jax.data.precomp import DataError, normalize_caption
 
 DEFAULT_BUCKETS = (16, 32, 64)
 
-# Approximates nltk's word_tokenize on lower-cased text (what SCAN's vocab.py
-# and data.py use) without the nltk dependency. In order of preference:
-# a word followed by "n't" ("don't" -> "do", "n't"); "n't"; clitics "'s 're 've
-# 'll 'd 'm"; a word, possibly joined by "-" or "." to more word characters
-# ("t-shirt", "3.5"); any other single non-space character (punctuation).
-# Differences from nltk: "..." gives three tokens, quotes stay as typed.
-_TOKEN_RE = re.compile(
-    r"[^\W_]+(?=n't\b)|n't\b|'(?:s|re|ve|ll|d|m)\b|[^\W_]+(?:[-.][^\W_]+)*|\S")
+# Identifies the word tokenizer in the cache key of a built word vocabulary
+# (with the installed nltk version), so a vocabulary cached by an earlier
+# tokenizer (before v2: a regular expression imitating nltk) is rebuilt.
+WORD_TOKENIZER_VERSION = "nfc+lower+nltk.word_tokenize(preserve_line):v2"
 
 
 def word_tokenize(text: str) -> List[str]:
-  """Lower-cases and splits a caption into words and punctuation marks.
+  r"""Splits a caption into words as SCAN's vocab.py and data.py do.
 
-  >>> word_tokenize("A dog's T-shirt, isn't it?")
-  ['a', 'dog', "'s", 't-shirt', ',', 'is', "n't", 'it', '?']
+  :func:`~xmr_jax.data.precomp.normalize_caption`, lower-case, then NLTK's
+  ``word_tokenize`` (what the official SCAN / VSE++ / SGRAF vocabularies were
+  built with), so words get the ids of an official vocabulary: an opening and
+  a closing double quote become the tokens `` and '', "mr." and "u.s." stay
+  one token.
+
+  ``preserve_line=True`` skips NLTK's punkt sentence splitter, which needs
+  downloaded data (nothing is ever downloaded). The one difference it makes: in
+  a caption of several sentences, a period closing an inner sentence stays on
+  its word ("sits." rather than "sits", "."). NLTK itself has changed since the
+  official code ran (2018): runs of periods are now split ("street.." gives
+  "street", ".."), so the few such words of the official COCO vocabulary are
+  never produced.
+
+  Official code lower-cases UTF-8 bytes (ASCII letters only); ``str.lower``
+  also lower-cases other letters ("Ở" -> "ở"). The official vocabularies hold
+  no upper-case or non-ASCII word, so their ids are the same either way.
+
+  >>> word_tokenize('A dog\'s "T-shirt", isn\'t it?')
+  ['a', 'dog', "'s", '``', 't-shirt', "''", ',', 'is', "n't", 'it', '?']
   """
-  return _TOKEN_RE.findall(text.lower())
+  # nltk is imported on first use: importing it takes about a second (it
+  # pulls in scipy), which sentencepiece runs need not pay.
+  from nltk.tokenize import word_tokenize as nltk_word_tokenize
+  return nltk_word_tokenize(normalize_caption(text).lower(), preserve_line=True)
+
+
+def word_tokenizer_id() -> str:
+  """:data:`WORD_TOKENIZER_VERSION` and the installed nltk version (cache keys)."""
+  return f"{WORD_TOKENIZER_VERSION}:nltk-{importlib.metadata.version('nltk')}"
 
 
 def _too_long(what: str, length: int, buckets: Sequence[int]) -> ValueError:
@@ -328,7 +352,7 @@ class SentencePieceTokenizer(_RaggedEncoder):
     writer = _BytesWriter()
     spm.set_random_generator_seed(seed)
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(captions), model_writer=writer,
+        sentence_iterator=(normalize_caption(c) for c in captions), model_writer=writer,
         vocab_size=vocab_size, model_type="bpe", hard_vocab_limit=False,
         pad_id=cls.PAD_ID, bos_id=cls.BOS_ID, eos_id=cls.EOS_ID,
         unk_id=cls.UNK_ID, num_threads=1, shuffle_input_sentence=False,
@@ -350,8 +374,13 @@ class SentencePieceTokenizer(_RaggedEncoder):
       return cls(f.read())
 
   def encode_many(self, captions: Sequence[str]) -> List[List[int]]:
-    """Per caption, its piece ids, wrapped in ``<s> ... </s>`` if ``add_bos_eos``."""
-    return self.processor.encode(list(captions), add_bos=self.add_bos_eos,
+    """Per caption, its piece ids, wrapped in ``<s> ... </s>`` if ``add_bos_eos``.
+
+    Captions go through :func:`~xmr_jax.data.precomp.normalize_caption` first,
+    as for the word vocabulary.
+    """
+    return self.processor.encode([normalize_caption(c) for c in captions],
+                                 add_bos=self.add_bos_eos,
                                  add_eos=self.add_bos_eos)
 
   def decode(self, ids: Sequence[int]) -> str:
@@ -422,10 +451,13 @@ def get_tokenizer(kind: str, *, cache_dir: str,
   Raises:
     ValueError: ``kind`` is not one of TOKENIZER_KINDS.
   """
+  # Hash what the tokenizer is built from: the normalised captions.
+  train_captions = [normalize_caption(c) for c in train_captions]
   if kind == "word":
     if vocab_path:
       return WordVocab.load(vocab_path)
-    digest = captions_hash(train_captions, f"word:{word_threshold}")
+    # The tokenizer's identity is in the key: another tokenizer gives other words.
+    digest = captions_hash(train_captions, f"word:{word_threshold}:{word_tokenizer_id()}")
     path = os.path.join(cache_dir, f"vocab_word_t{word_threshold}_{digest}.json")
     return _cached(path,
                    lambda: WordVocab.build(train_captions, word_threshold),
