@@ -51,7 +51,7 @@ def forbidden_imports(root: pathlib.Path = PKG):
       for line, module in _imports(path):
         if any(module == p.rstrip(".") or module.startswith(p if p.endswith(".") else p + ".")
                or module == p for p in prefixes):
-          if room == "common" or not module.startswith(f"xmr_jax.{room}"):
+          if not module.startswith(f"xmr_jax.{room}"):
             bad.append((f"{path.relative_to(root.parent)}:{line}", module))
   return bad
 

@@ -115,10 +115,11 @@ def test_stack_hparams_overrides_only_named_keys():
 
 
 def test_a_diverging_variant_stops_alone(tiny_data_dir, tmp_path):
-  """lr = inf makes variant "bad" non-finite at its first update: it keeps its initial
-  (finite) parameters, is reported as diverged at step 1, and "good" trains on."""
+  """lr = 1e38 makes variant "bad" blow up at its first update (Adam moves weights by ~1e38:
+  the update's norm overflows): it keeps its initial (finite) parameters, is reported as
+  diverged at step 1, and "good" trains on. (A non-finite hparam is a config error.)"""
   config = _config(tiny_data_dir)
-  variants = [dict(name="good", seed=0), dict(name="bad", hparams=dict(learning_rate=np.inf),
+  variants = [dict(name="good", seed=0), dict(name="bad", hparams=dict(learning_rate=1e38),
                                                 seed=0)]
   config.sweep = ml_collections.ConfigDict(dict(variants=variants))
   workdir = str(tmp_path / "sweep")
@@ -133,11 +134,12 @@ def test_a_diverging_variant_stops_alone(tiny_data_dir, tmp_path):
   stacked, _ = ck.restore(like)
   ck.close()
   assert list(np.asarray(stacked["alive"])) == [True, False]
+  assert list(np.asarray(stacked["step"])) == [config.train.num_steps, 0]   # frozen at 0
   initial = jax.tree.leaves(state["params"])
   for w, w0 in zip(jax.tree.leaves(stacked["params"]), initial):
-    np.testing.assert_array_equal(np.asarray(w)[1], np.asarray(w0))     # frozen at step 0
+    np.testing.assert_array_equal(np.asarray(w)[1], np.asarray(w0))    # last finite = initial
   assert not np.array_equal(np.asarray(jax.tree.leaves(stacked["params"])[0])[0],
-                            np.asarray(initial[0]))                    # "good" moved on
+                            np.asarray(initial[0]))                   # "good" moved on
   with open(os.path.join(workdir, "base", "metrics.jsonl")) as f:
     records = [json.loads(line) for line in f]
   assert any("dev_rsum/good" in r for r in records)       # dev evaluation per variant

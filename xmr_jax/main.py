@@ -14,7 +14,7 @@ from ml_collections import config_flags
 from xmr_jax import training
 from xmr_jax.common import mesh
 from xmr_jax.common.errors import InputError
-from xmr_jax.training import sweep
+from xmr_jax.training import config_check, sweep
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/vsepp.py:runlocal.",
@@ -33,6 +33,17 @@ def _fail(message: str) -> None:
   sys.exit(2)
 
 
+def _user_cause(error: BaseException):
+  """The innermost InputError an exception was raised from, or None: config_flags re-raises
+  a config file's error as a new one of the same type whose text is the whole traceback."""
+  found = None
+  while error is not None:
+    if isinstance(error, InputError):
+      found = error
+    error = error.__cause__ or error.__context__
+  return found
+
+
 def parse_flags(argv):
   """absl flag parsing (the config file is loaded here) with bad input as exit status 2.
 
@@ -43,7 +54,13 @@ def parse_flags(argv):
   try:
     return FLAGS(argv)
   except (flags.Error, InputError) as e:
-    _fail(str(e))
+    _fail(str(_user_cause(e) or e))
+  except (AttributeError, KeyError) as e:
+    # ml_collections applies each --config.<key>=... during parsing; a key the config does
+    # not have surfaces as AttributeError/KeyError naming it.
+    overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
+    _fail(f"a --config.<key> override names a key the config does not have ({e}); overrides "
+          f"given: {overrides}. Check the spelling against the config file")
 
 
 def run(argv) -> None:
@@ -65,6 +82,8 @@ def run(argv) -> None:
   if FLAGS.config is None:
     raise InputError("--config is required (e.g. --config=configs/sgraf.py)")
   config = FLAGS.config
+  # A --config.x=... the chosen path never reads is an error, not a silent no-op.
+  config_check.check_overrides(config, config_flags.get_override_values(FLAGS["config"]))
   if FLAGS.mode == "train":
     training.train_and_evaluate(config, FLAGS.workdir)
   elif FLAGS.mode == "sweep":

@@ -30,6 +30,7 @@ from typing import Dict, List, Sequence, Set, Tuple
 
 import numpy as np
 
+from xmr_jax.common.errors import ConfigError
 from xmr_jax.data.precomp import DataError, open_npy, read_captions, read_lines
 
 CAPTIONS_PER_IMAGE = 10
@@ -182,7 +183,7 @@ def read_index(manual_dir: str, split_set: str = "cub") -> Dict[str, List[CubIma
     split_set: ``cub`` (150 / 50 classes, the paper's benchmark) or ``cub_trainval{1,2,3}``.
   """
   if split_set not in SPLIT_SETS:
-    raise ValueError(f"split_set={split_set!r}; choose one of {sorted(SPLIT_SETS)}")
+    raise ConfigError(f"split_set={split_set!r}; choose one of {sorted(SPLIT_SETS)}")
   layout = find_layout(manual_dir)
   images = _read_images(layout)
   class_ids = {row[0]: cid for cid, row in

@@ -28,7 +28,6 @@ import sys
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import numpy as np
-from absl import logging
 
 from xmr_jax.common.errors import ConfigError
 from xmr_jax.common.io import cache_root
@@ -94,6 +93,39 @@ def check_tokenizer(name: str) -> str:
   return _check_choice("data.tokenizer", name, tokenizers.TOKENIZER_KINDS, {
       "vocab": "use --config.data.tokenizer=word (the SCAN word vocabulary; "
                "config.data.vocab_path may name an official vocab json)"})
+
+
+# data.vocab_path suffix -> (tokenizer kind it implies, what such a file is).
+VOCAB_SUFFIXES = {".json": ("word", "SCAN/VSE++ word vocabulary"),
+                  ".model": ("sentencepiece", "sentencepiece model")}
+
+
+def _suffix(path: str) -> str:
+  return os.path.splitext(path)[1].lower()
+
+
+def tokenizer_kind(data_config) -> str:
+  """The tokenizer a data config uses: ``data.tokenizer``, or the kind ``data.vocab_path``
+  implies (``.json``: the SCAN word vocabulary the official checkpoints need; ``.model``: a
+  sentencepiece model). ConfigError for an unknown kind, a missing file or another suffix."""
+  kind = check_tokenizer(data_config.tokenizer)
+  path = data_config.vocab_path
+  if not path:
+    return kind
+  if not os.path.isfile(path):
+    raise ConfigError(f"config.data.vocab_path={path!r}: no such file; give a SCAN/VSE++ word "
+                      f"vocabulary (.json) or a sentencepiece model (.model), or leave it empty "
+                      f"to build one from the training captions")
+  if _suffix(path) not in VOCAB_SUFFIXES:
+    raise ConfigError(f"config.data.vocab_path={path!r}: expected a .json word vocabulary or "
+                      f"a .model sentencepiece model")
+  return VOCAB_SUFFIXES[_suffix(path)][0]
+
+
+def _say(message: str) -> None:
+  """A notice the user should see once, on stderr (not also through absl's log, which prints
+  to stderr too inside an absl app and so would show it twice)."""
+  print(f"xmr_jax: {message}", file=sys.stderr, flush=True)
 
 
 def check_name(name: str) -> str:
@@ -176,7 +208,10 @@ class Dataset:
 
   def _make_tokenizer(self, train: precomp.PrecompSplit):
     d = self.data_config
-    kind = check_tokenizer(d.tokenizer)
+    kind = tokenizer_kind(d)
+    if kind != d.tokenizer:
+      _say(f"data.vocab_path={d.vocab_path} is a {VOCAB_SUFFIXES[_suffix(d.vocab_path)][1]}: "
+           f"using data.tokenizer={kind} (data.tokenizer={d.tokenizer} is overridden)")
     captions = list(train.captions)
     if kind == "word" and not d.vocab_path:   # SCAN builds its vocab from train + dev
       captions += self.split(d.dev_split).captions
@@ -205,6 +240,19 @@ class Dataset:
       # Triples are never cut: the largest deps bucket grows to the longest triple list.
       longest_deps = max((len(t) for s in self._splits.values() for t in s.deps), default=0)
       self.deps_buckets = tokenizers.fit_buckets(pipeline.DEFAULT_DEPS_BUCKETS, longest_deps)
+
+  def fingerprint(self, name: str) -> Dict[str, Any]:
+    """What identifies split ``name``'s data: its location, sizes, and hashes of its captions
+    (in file order) and features (shape, dtype and the first, middle and last rows: enough to
+    tell two exports apart without reading a multi-GB file). Ensembles compare these."""
+    s = self.split(name)
+    captions = hashlib.sha256("\n".join(s.captions).encode("utf-8")).hexdigest()[:16]
+    features = hashlib.sha256(f"{s.images.shape}{s.images.dtype}".encode())
+    for row in sorted({0, s.num_images // 2, s.num_images - 1}):
+      features.update(np.ascontiguousarray(s.images[row]).tobytes())
+    return {"location": os.path.abspath(self.data_dir), "split": name,
+            "images": int(s.num_images), "captions_per_image": int(s.k),
+            "captions": captions, "features": features.hexdigest()[:16]}
 
   def split(self, name: str) -> precomp.PrecompSplit:
     """The split ``name`` (memory-mapped, opened with the dataset).
@@ -314,8 +362,7 @@ def _report_cut(data_dir: str, cap: int, cut: Dict[str, int]) -> None:
              f"longer than {cap} tokens and are cut to their first {cap - 1} tokens and the "
              f"end token ({per_split}); set data.max_caption_len=0 to keep every caption "
              "whole")
-  logging.warning(message)
-  print(f"xmr_jax: {message}", file=sys.stderr)
+  _say(message)
 
 
 def _head(s: precomp.PrecompSplit, n: int) -> precomp.PrecompSplit:
@@ -349,7 +396,8 @@ def resolve_data_dir(data_config) -> str:
     raise ConfigError("config.data.name='precomp' needs --config.data.dir=/path/to/dataset "
                      "(a directory with {split}_ims.npy and {split}_caps.txt)")
   if not os.path.isdir(d.dir):
-    raise FileNotFoundError(f"config.data.dir={d.dir!r} is not a directory")
+    raise ConfigError(f"config.data.dir={d.dir!r} is not a directory; point it at a dataset in "
+                      f"the SCAN precomp layout ({{split}}_ims.npy, {{split}}_caps.txt)")
   return d.dir
 
 
@@ -368,12 +416,12 @@ def open_dataset(data_config, *, needs=frozenset(), seed: int = 0) -> Dataset:
     A :class:`Dataset`.
 
   Raises:
-    ValueError: unknown ``needs``, ``data.name`` or ``data.tokenizer`` (checked before
-      anything is generated or read), or ``data.name='precomp'`` without ``data.dir``.
-    FileNotFoundError: ``data.dir`` is not a directory.
+    ConfigError: unknown ``needs``, ``data.name`` or ``data.tokenizer``, a missing or
+      unknown ``data.vocab_path`` (checked before anything is generated or read),
+      ``data.name='precomp'`` without ``data.dir``, or ``data.dir`` not a directory.
     DataError: a dataset or word-vector file is missing or malformed.
   """
   needs = check_needs(needs)
   check_name(data_config.name)
-  check_tokenizer(data_config.tokenizer)
+  tokenizer_kind(data_config)
   return Dataset(data_config, resolve_data_dir(data_config), needs=needs, seed=seed)

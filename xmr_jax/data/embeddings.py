@@ -11,6 +11,7 @@ from typing import Iterator, List, Tuple
 import numpy as np
 
 from xmr_jax.data.precomp import DataError
+from xmr_jax.common.errors import ConfigError
 from xmr_jax.data.tokenizers import WordVocab
 
 
@@ -72,7 +73,7 @@ def load_word_vectors(path: str, tokenizer, *, seed: int = 0) -> np.ndarray:
       value that is not a finite number; the file has no vector or no word of the vocabulary.
   """
   if not isinstance(tokenizer, WordVocab):
-    raise ValueError("config.data.word_embeddings needs word tokens: set "
+    raise ConfigError("config.data.word_embeddings needs word tokens: set "
                      "--config.data.tokenizer=word (sentencepiece pieces are not words)")
   table, dim, first, found = None, 0, 0, 0
   for lineno, word, values in _vector_lines(path):

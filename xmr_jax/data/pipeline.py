@@ -37,6 +37,7 @@ from xmr_jax import types
 from xmr_jax.common.io import atomic_write_bytes
 from xmr_jax.data import precomp
 from xmr_jax.data.precomp import DataError, PrecompSplit
+from xmr_jax.common.errors import ConfigError
 from xmr_jax.data.tokenizers import (DEFAULT_BUCKETS, WordVocab, cap_ragged, pad_ragged,
                                      ragged_from_lists)
 
@@ -230,7 +231,7 @@ class EpochPlan:
 
   def __init__(self, num_images: int, k: int, batch_size: int, seed: int):
     if batch_size > num_images:
-      raise ValueError(f"batch_size {batch_size} exceeds the {num_images} "
+      raise ConfigError(f"batch_size {batch_size} exceeds the {num_images} "
                        "images of the split; batches hold distinct images.")
     self.num_images, self.k = num_images, k
     self.batch_size, self.seed = batch_size, seed
@@ -287,7 +288,7 @@ def train_dataset(split: PrecompSplit, tokenizer, batch_size: int, *,
       token last (:func:`~xmr_jax.data.tokenizers.cap_ragged`); 0 = no cap.
   """
   if batch_size % shard_count or not 0 <= shard_index < shard_count:
-    raise ValueError(f"batch_size {batch_size} must split evenly into "
+    raise ConfigError(f"batch_size {batch_size} must split evenly into "
                      f"{shard_count} shards and 0 <= shard_index "
                      f"({shard_index}) < shard_count.")
   plan = EpochPlan(split.num_images, split.k, batch_size, seed)

@@ -32,6 +32,7 @@ import numpy as np
 import sentencepiece as spm
 
 from xmr_jax.common.io import atomic_write_bytes
+from xmr_jax.common.errors import ConfigError
 from xmr_jax.data.precomp import DataError, normalize_caption
 
 DEFAULT_BUCKETS = (16, 32, 64)
@@ -121,7 +122,7 @@ def fit_buckets(len_buckets: Sequence[int], longest: int,
   """
   buckets = sorted({int(b) for b in len_buckets})
   if not buckets or buckets[0] < 1 or any(int(b) != b for b in len_buckets):
-    raise ValueError(f"length buckets must be positive ints (at least one), got "
+    raise ConfigError(f"length buckets must be positive ints (at least one), got "
                      f"{tuple(len_buckets)}; e.g. config.data.len_buckets=(16, 24, 32, 64)")
   if longest > buckets[-1]:
     buckets.append(-(-int(longest) // multiple) * multiple)
@@ -149,7 +150,7 @@ def cap_ragged(flat: np.ndarray, offsets: np.ndarray, max_len: int
     ValueError: ``max_len`` < 2 (a cut row could not keep both ends).
   """
   if max_len < 2:
-    raise ValueError(f"max_len={max_len}: a cap keeps a row's first item(s) and its last "
+    raise ConfigError(f"max_len={max_len}: a cap keeps a row's first item(s) and its last "
                      "one, so it must be at least 2")
   offsets = np.asarray(offsets, np.int64)
   lengths = np.diff(offsets)
@@ -441,7 +442,8 @@ def get_tokenizer(kind: str, *, cache_dir: str,
     cache_dir: where the trained tokenizer is cached (beside the data).
     train_captions: captions to build from (SCAN builds words from train+dev).
     vocab_size: sentencepiece vocabulary size (upper bound).
-    vocab_path: for "word", an existing vocab json (e.g. SCAN's) to load.
+    vocab_path: an existing vocabulary to load instead of building one: for "word" a vocab
+      json (e.g. SCAN's), for "sentencepiece" a ``.model`` file.
     word_threshold: minimum count for a word to enter the word vocab.
     seed: sentencepiece trainer seed.
 
@@ -463,10 +465,12 @@ def get_tokenizer(kind: str, *, cache_dir: str,
                    lambda: WordVocab.build(train_captions, word_threshold),
                    WordVocab.load, lambda v, p: v.save(p))
   if kind == "sentencepiece":
+    if vocab_path:
+      return SentencePieceTokenizer.load(vocab_path)
     digest = captions_hash(train_captions, f"spm:bpe:{vocab_size}:{seed}")
     path = os.path.join(cache_dir, f"spm_bpe_{vocab_size}_{digest}.model")
     return _cached(
         path,
         lambda: SentencePieceTokenizer.train(train_captions, vocab_size, seed),
         SentencePieceTokenizer.load, lambda t, p: t.save(p))
-  raise ValueError(f"unknown tokenizer kind {kind!r}; choose one of {list(TOKENIZER_KINDS)}.")
+  raise ConfigError(f"unknown tokenizer kind {kind!r}; choose one of {list(TOKENIZER_KINDS)}.")

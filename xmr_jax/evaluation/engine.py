@@ -39,16 +39,18 @@ def encode_all(method, variables, batches: Iterable[Mapping[str, Any]], side: st
                seed: int = 0, progress: bool = False, desc: str = "") -> PyTree:
   """Encodes batches (each with a ``valid`` (B,) row mask) and concatenates the real rows.
 
-  ``side`` is ``"image"`` or ``"text"``. Each batch is encoded with ``rngs={'sampling':
-  fold_in(key(seed), batch_index)}`` so methods that sample (PCME) are deterministic for a
-  fixed seed and batch size. Returns the repr pytree as numpy arrays, item axis first.
+  ``side`` is ``"image"`` or ``"text"``. Methods that sample at evaluation
+  (``Method.samples_at_eval``: PCME) draw every item's numbers from ``fold_in(key(seed),
+  item index in its split)`` (the batch's ``image_index`` / ``caption_index``), so no batch
+  size, tile, length-group or device setting changes a result. Returns the repr pytree as
+  numpy arrays, item axis first.
   """
   fn = _encoder(method, side)
   key = jax.random.key(seed)
   parts = []
-  for i, batch in enumerate(tqdm(batches, desc=desc or f"encode {side}", disable=not progress,
-                                 leave=False)):
-    out = fn(variables, batch, jax.random.fold_in(key, i))
+  for batch in tqdm(batches, desc=desc or f"encode {side}", disable=not progress,
+                    leave=False):
+    out = fn(variables, batch, key)
     # ``valid`` (B,) marks real rows; the padded tail of the last batch is dropped.
     valid = np.asarray(batch["valid"]) if "valid" in batch else slice(None)
     parts.append(jax.tree.map(lambda x: np.asarray(x)[valid], out))
@@ -60,13 +62,24 @@ def _encoder(method, side: str) -> Callable:
     raise ValueError(f"encode_all: side must be 'image' or 'text', got {side!r}")
   pick = image_inputs if side == "image" else text_inputs
   name = "encode_images" if side == "image" else "encode_texts"
+  index_key = "image_index" if side == "image" else "caption_index"
   model = method.model
 
+  def apply(variables, inputs, key):
+    return model.apply(variables, inputs, train=False, method=name, rngs={"sampling": key})
+
+  def per_item(variables, batch, key):
+    # One key per item, from its index in the split: each item is encoded as a batch of one
+    # under vmap, so its samples never depend on which batch it came in.
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(batch[index_key])
+    one = lambda x, k: jax.tree.map(lambda a: a[0], apply(
+        variables, jax.tree.map(lambda a: a[None], x), k))
+    return jax.vmap(one)(pick(batch), keys)
+
   def make():
-    def fn(variables, batch, key):
-      return model.apply(variables, pick(batch), train=False, method=name,
-                         rngs={"sampling": key})
-    return jax.jit(fn)
+    if method.samples_at_eval:
+      return jax.jit(per_item)
+    return jax.jit(lambda variables, batch, key: apply(variables, pick(batch), key))
   return _cached((method.key, side), make)
 
 

@@ -22,19 +22,31 @@ class Member:
   ctx: EvalContext
 
 
+def check_compatible(members: Sequence[Member]) -> None:
+  """InputError unless every member evaluates the same data as the first (``fingerprint``)."""
+  first = members[0]
+  ref = first.ctx.dataset.fingerprint(first.ctx.split)
+  for m in members[1:]:
+    got = m.ctx.dataset.fingerprint(m.ctx.split)
+    diff = [f"{k}: {got[k]} (first member {ref[k]})" for k in ref if got[k] != ref[k]]
+    if diff:
+      raise InputError(f"ensemble member {m.workdir} does not evaluate the data of the first "
+                       f"member {first.workdir}: " + "; ".join(diff) + ". Members' score "
+                       f"matrices are averaged pair by pair, so they must share the dataset, "
+                       f"the split and the caption order")
+
+
 def evaluate_ensemble(members: Sequence[Member], out_workdir: str,
                       protocol_name: str) -> Dict[str, Any]:
   """Averages the members' (n_img, n_txt) scores on their split; writes ``eval/results.json``.
 
-  Raises InputError when the members' score matrices differ in shape (different datasets).
+  Raises InputError naming the member and what differs when the members do not share the
+  dataset (location, captions in order, features), the split and its sizes.
   """
+  check_compatible(members)
   total, data, seconds = None, None, {"encode": 0.0, "score": 0.0}
   for m in members:
     scores, data, sec = retrieval.score_split(m.ctx, progress=True)
-    if total is not None and scores.shape != total.shape:
-      raise InputError(f"ensemble member {m.workdir} has {scores.shape} scores on split "
-                       f"{m.ctx.split!r}, the first member {total.shape}: members must be "
-                       f"trained on the same dataset")
     total = scores if total is None else total + scores
     for k in seconds:
       seconds[k] += sec[k]

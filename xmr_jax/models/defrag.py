@@ -158,6 +158,17 @@ def inputs(model_config) -> FrozenSet[str]:
   return frozenset({"deps"} if model_config.fragments == "dependency" else ())
 
 
+def unread(model_config) -> Dict[str, str]:
+  """Relation matrices exist for dependency fragments only; the MIL switch needs MIL."""
+  m, out = model_config, {}
+  if m.fragments != "dependency":
+    out["shared_relation_matrix"] = (f"model.fragments={m.fragments!r}; only 'dependency' "
+                                     f"fragments have relation matrices")
+  if not m.use_mil:
+    out["mil_start_epoch"] = "model.use_mil=False; only the MIL objective reads it"
+  return out
+
+
 def build_method(model_config, info: DataInfo) -> Method:
   """DeFrag from ``config.model`` (configs/defrag.py).
 

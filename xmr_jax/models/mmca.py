@@ -268,6 +268,12 @@ def inputs(model_config) -> FrozenSet[str]:
   return frozenset()
 
 
+def unread(model_config) -> Dict[str, str]:
+  """Every MMCA model key is read whatever the settings."""
+  del model_config
+  return {}
+
+
 def build_method(model_config, info: DataInfo) -> Method:
   """MMCA from ``config.model`` (configs/mmca.py)."""
   m = model_config

@@ -234,6 +234,14 @@ def uncertainty_of(official_kl: bool):
   return lambda repr_: np.mean(np.exp(power * np.asarray(repr_["logsigma"])), axis=-1)
 
 
+def unread(model_config) -> Dict[str, str]:
+  """``pixel_dim`` sizes the pixel encoder only."""
+  m = model_config
+  if m.image_input != "pixels":
+    return {"pixel_dim": f"model.image_input={m.image_input!r}; only 'pixels' reads it"}
+  return {}
+
+
 def build_method(model_config, info: DataInfo) -> Method:
   """PCME from ``config.model`` (see configs/pcme.py). a and b are the top-level params
   ``negative_scale`` and ``shift``; the official code does not clip their gradients
@@ -250,4 +258,5 @@ def build_method(model_config, info: DataInfo) -> Method:
                          use_uniformity=m.use_uniformity)
   return Method(name="pcme", model=model, loss_fn=loss_fn,
                 hparam_names=("vib_beta", "uniform_lambda"), unclipped_params=UNCLIPPED_PARAMS,
-                train_score="match_log_odds", uncertainty=uncertainty_of(m.official_kl))
+                train_score="match_log_odds", uncertainty=uncertainty_of(m.official_kl),
+                samples_at_eval=True)

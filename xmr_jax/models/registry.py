@@ -6,7 +6,9 @@ to know about a method, so nothing outside ``xmr_jax/models`` names one
 
 * ``inputs(model_config) -> frozenset``: the optional batch inputs the method reads
   (``"pixels"``, ``"deps"``, ``"boxes"``), asked for before the data is opened;
-* ``build_method(model_config, info: DataInfo) -> Method`` (``config.model`` only).
+* ``build_method(model_config, info: DataInfo) -> Method`` (``config.model`` only);
+* ``unread(model_config) -> {key: reason}``: model keys these settings never read
+  (a user who sets one on the command line gets an error instead of a silent no-op).
 
 Modules are imported lazily so that one method's optional dependencies never affect another.
 """
@@ -55,6 +57,8 @@ class Method:
     alignments: name of the model method ``(img, txt) -> {"index", "score"}`` giving the best
       image fragment of every sentence fragment of matched pairs (DeFrag), for the
       ``alignments`` evaluator.
+    samples_at_eval: the encoders draw random numbers at evaluation (PCME's J samples); the
+      engine then keys every item's draws by its index in the split.
     key: a fingerprint of what determines the compiled programs (the model's class and
       fields, array fields by content; ``model_fingerprint``): compiled encoders and scorers
       are cached under it. Filled in when left empty.
@@ -70,6 +74,7 @@ class Method:
   inputs: FrozenSet[str] = frozenset()
   uncertainty: Optional[Callable[[Any], np.ndarray]] = None
   alignments: Optional[str] = None
+  samples_at_eval: bool = False
   key: str = ""
 
   def __post_init__(self):
@@ -110,6 +115,12 @@ def method_inputs(config) -> FrozenSet[str]:
   unknown = needs - set(OPTIONAL_INPUTS)
   assert not unknown, f"{config.method}.inputs returned unknown inputs {sorted(unknown)}"
   return needs
+
+
+def unread_model_keys(config) -> Dict[str, str]:
+  """``config.model`` keys the method does not read with these settings, with the reason
+  (each model module's ``unread(model_config)``, empty when it has none)."""
+  return dict(_module(config.method).unread(config.model))
 
 
 def get_method(config, info: DataInfo) -> Method:

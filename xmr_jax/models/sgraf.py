@@ -381,6 +381,15 @@ def inputs(model_config) -> FrozenSet[str]:
   return frozenset()
 
 
+def unread(model_config) -> Dict[str, str]:
+  """SGR-only settings under SAF and the other way round."""
+  m = model_config
+  if m.variant == "saf":
+    why = "model.variant='saf'; only SGR reads it"
+    return {"sgr_steps": why, "sparse_backward": why}
+  return {"saf_bn_stats": f"model.variant={m.variant!r}; only SAF reads it"}
+
+
 def build_method(model_config, info: DataInfo) -> Method:
   """SGRAF (SGR or SAF, ``model.variant``) from ``config.model`` (configs/sgraf.py).
 

@@ -74,6 +74,12 @@ def inputs(model_config) -> FrozenSet[str]:
   return frozenset({"pixels"} if model_config.image_input == "pixels" else ())
 
 
+def unread(model_config) -> Dict[str, str]:
+  """Every VSE++ model key is read whatever the settings."""
+  del model_config
+  return {}
+
+
 def build_method(model_config, info: DataInfo) -> Method:
   """VSE++ from ``config.model`` (configs/vsepp.py)."""
   m = model_config

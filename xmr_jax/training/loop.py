@@ -26,7 +26,7 @@ from xmr_jax.common.io import atomic_write_json
 from xmr_jax.data import datasets
 from xmr_jax.evaluation import retrieval
 from xmr_jax.models.registry import get_method, method_inputs
-from xmr_jax.training import checkpoints, state as state_lib, step as step_lib
+from xmr_jax.training import checkpoints, config_check, state as state_lib, step as step_lib
 from xmr_jax.training.logging import MetricsWriter
 
 
@@ -55,9 +55,11 @@ def schedule(config, num_train_images: int, captions_per_image: int) -> Dict[str
 def setup(config):
   """(dataset, method, optimiser, hparams, initial state) for ``config``.
 
-  The data is opened with only what the method reads (``Method.inputs``); the config's
-  evaluators are checked against the method before anything trains.
+  The config's values and paths are checked first (``config_check``), the data is opened with
+  only what the method reads (``Method.inputs``), and the config's evaluators are checked
+  against the method before anything trains.
   """
+  config_check.check_config(config)
   ds = datasets.open_dataset(config.data, needs=method_inputs(config), seed=config.seed)
   method = get_method(config, ds.info)
   evaluation.check_evals(config.evals, method)

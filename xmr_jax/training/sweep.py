@@ -50,7 +50,7 @@ from xmr_jax import evaluation
 from xmr_jax.common.errors import ConfigError
 from xmr_jax.common.io import atomic_write_json
 from xmr_jax.evaluation import retrieval
-from xmr_jax.training import loop
+from xmr_jax.training import config_check, loop
 
 def _plain(x: Any) -> Any:
   return x.to_dict() if isinstance(x, ml_collections.ConfigDict) else x
@@ -101,6 +101,8 @@ def _check_variants(config, variants: Sequence[Mapping[str, Any]], group: str) -
     if unknown:
       raise ConfigError(f"sweep variant {v['name']!r} sets {sorted(unknown)}, not in config.hparams "
                      f"{sorted(config.hparams)}; shape-changing settings go in sweep.sequential")
+    config_check.check_hparams(v.get("hparams", {}),
+                               where=f"sweep variant {v['name']!r}: hparams")
     extra = set(v) - {"name", "hparams", "seed"}
     if extra:
       raise ConfigError(f"sweep variant {v['name']!r}: unknown fields {sorted(extra)}")

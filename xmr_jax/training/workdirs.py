@@ -32,6 +32,9 @@ def restore_variables(config, workdir: str):
 
   Raises WorkdirError when the workdir holds no checkpoint.
   """
+  # Checked before a checkpoint manager exists: creating one writes directories.
+  if not any(os.path.isdir(os.path.join(workdir, d)) for d in ("best", "checkpoints")):
+    raise WorkdirError(f"{workdir} holds no checkpoint to evaluate; train it first")
   ds, method, _, _, state = loop.setup(config)
   like = jax.tree.map(np.asarray, state_lib.variables_of(state))
   ckpt = checkpoints.Checkpointer(workdir, config.train.max_to_keep)

@@ -1,0 +1,107 @@
+"""Config checks that run before anything else: values, paths, and options set but not used.
+
+``check_config(config)`` runs in every entry point (``loop.setup``); ``check_overrides(config,
+overrides)`` runs in the CLI with the ``--config.x=...`` values the user typed, so that a value
+the chosen path never reads is an error naming the key instead of being silently ignored.
+Every problem is a ``ConfigError`` (the CLI prints it as one line, exit status 2).
+"""
+import math
+import os
+from typing import Any, Dict, Mapping
+
+from xmr_jax.common.errors import ConfigError
+from xmr_jax.data import datasets
+from xmr_jax.models import registry
+
+# File paths a config may name: each must exist when set (data.dir is checked by the data room,
+# since the synthetic benchmark uses it as a cache directory that may not exist yet).
+PATH_KEYS = ("data.vocab_path", "data.word_embeddings")
+# train.* values that must be positive (> 0) or non-negative (>= 0) numbers.
+POSITIVE = ("batch_size", "log_every_steps", "checkpoint_every_steps", "max_to_keep",
+            "eval_every_epochs")
+NON_NEGATIVE = ("grad_clip", "weight_decay", "lr_decay_epochs", "momentum", "num_devices")
+
+
+def _get(config, dotted: str):
+  node = config
+  for part in dotted.split("."):
+    node = node[part]
+  return node
+
+
+def check_hparams(hparams: Mapping[str, Any], where: str = "config.hparams") -> None:
+  """Every swept scalar is a finite number >= 0, and the learning rate is > 0.
+
+  ``where`` names the source in the message (``config.hparams`` or a sweep variant).
+  """
+  for key, value in hparams.items():
+    try:
+      value = float(value)
+    except (TypeError, ValueError):
+      raise ConfigError(f"{where}.{key}={value!r} is not a number") from None
+    if not math.isfinite(value):
+      raise ConfigError(f"{where}.{key}={value} is not a finite number; set a finite value "
+                        f"(e.g. --config.hparams.{key}=...)")
+    if value < 0 or (key == "learning_rate" and value == 0):
+      bound = "> 0" if key == "learning_rate" else ">= 0"
+      raise ConfigError(f"{where}.{key}={value:g} must be {bound}")
+
+
+def _check_train(train) -> None:
+  for key in POSITIVE + NON_NEGATIVE:
+    if key not in train:
+      continue
+    value = train[key]
+    ok = isinstance(value, (int, float)) and math.isfinite(value)
+    if not ok or (key in POSITIVE and value <= 0) or value < 0:
+      bound = "> 0" if key in POSITIVE else ">= 0"
+      raise ConfigError(f"config.train.{key}={value!r} must be a finite number {bound}")
+  if train.num_steps <= 0 and not (math.isfinite(train.num_epochs) and train.num_epochs > 0):
+    raise ConfigError(f"config.train.num_epochs={train.num_epochs!r} must be > 0 (or set "
+                      f"config.train.num_steps > 0)")
+  if not 0 < train.lr_decay_factor <= 1:
+    raise ConfigError(f"config.train.lr_decay_factor={train.lr_decay_factor!r} must be in "
+                      f"(0, 1]")
+
+
+def _check_paths(config) -> None:
+  for key in PATH_KEYS:
+    path = _get(config, key)
+    if path and not os.path.isfile(path):
+      raise ConfigError(f"config.{key}={path!r}: no such file; give an existing file or leave "
+                        f"it empty")
+
+
+def check_config(config) -> None:
+  """ConfigError naming the key for a non-finite or out-of-range value or a missing file."""
+  check_hparams(config.hparams)
+  _check_train(config.train)
+  _check_paths(config)
+
+
+def unread_keys(config) -> Dict[str, str]:
+  """Config keys (or sections) the chosen paths of ``config`` do not read, with the reason."""
+  out = {}
+  d, t = config.data, config.train
+  if d.name != "synthetic":
+    out["data.synthetic"] = f"data.name={d.name!r}; only the synthetic benchmark reads it"
+  if datasets.tokenizer_kind(d) != "sentencepiece" or d.vocab_path:
+    out["data.vocab_size"] = ("only a sentencepiece model trained here reads it (not the word "
+                              "vocabulary, not a data.vocab_path)")
+  if t.optimizer != "sgd":
+    out["train.momentum"] = f"train.optimizer={t.optimizer!r}; only 'sgd' reads it"
+  if t.num_steps > 0:
+    out["train.num_epochs"] = f"train.num_steps={t.num_steps} sets the length instead"
+  for key, why in registry.unread_model_keys(config).items():
+    out[f"model.{key}"] = why
+  return out
+
+
+def check_overrides(config, overrides: Mapping[str, Any]) -> None:
+  """ConfigError for a ``--config.<key>`` the user set that this config's path never reads."""
+  unread = unread_keys(config)
+  for key in sorted(overrides):
+    for prefix, why in unread.items():
+      if key == prefix or key.startswith(prefix + "."):
+        raise ConfigError(f"--config.{key} is set but not used: {why}. Remove it, or change "
+                          f"the setting that makes it unused")
