@@ -178,7 +178,7 @@ def test_cli_bad_input_is_one_message_exit_2_and_the_workdir_is_untouched(tiny_d
   workdir = tmp_path / "w"
   workdir.mkdir()
   (workdir / "notes.txt").write_text("mine")
-  data = [f"--config.data.name=precomp", f"--config.data.dir={tiny_data_dir}"]
+  data = ["--config.data.name=precomp", f"--config.data.dir={tiny_data_dir}"]
   cases = [
       (["--config.hparams.learning_rate=nan"], "config.hparams.learning_rate=nan"),
       (["--config.data.vocab_path=/nonexistent/vocab.json"], "config.data.vocab_path"),

@@ -32,7 +32,7 @@ def check_compatible(members: Sequence[Member]) -> None:
     if diff:
       raise InputError(f"ensemble member {m.workdir} does not evaluate the data of the first "
                        f"member {first.workdir}: " + "; ".join(diff) + ". Members' score "
-                       f"matrices are averaged pair by pair, so they must share the dataset, "
+                       "matrices are averaged pair by pair, so they must share the dataset, "
                        f"the split and the caption order")
 
 
