@@ -33,7 +33,7 @@ def check_compatible(members: Sequence[Member]) -> None:
       raise InputError(f"ensemble member {m.workdir} does not evaluate the data of the first "
                        f"member {first.workdir}: " + "; ".join(diff) + ". Members' score "
                        "matrices are averaged pair by pair, so they must share the dataset, "
-                       f"the split and the caption order")
+                       "the split and the caption order")
 
 
 def evaluate_ensemble(members: Sequence[Member], out_workdir: str,
