@@ -244,3 +244,25 @@ def test_extras_with_wrong_rows(tmp_path):
   np.save(tmp_path / "train_labels.npy", np.zeros((N + 1, 3), np.uint8))
   with pytest.raises(DataError, match=r"train_labels.npy.*12 rows"):
     precomp.load_split(str(tmp_path), "train")
+
+
+def test_region_mask_file_declares_variable_region_counts(tmp_path):
+  """{split}_region_mask.npy marks real regions; batches carry it; a bad one is named."""
+  from xmr_jax.data import pipeline
+  d = str(tmp_path)
+  ims = np.random.default_rng(0).normal(size=(3, 4, 2)).astype(np.float32)
+  np.save(os.path.join(d, "train_ims.npy"), ims)
+  with open(os.path.join(d, "train_caps.txt"), "w") as f:
+    f.write("".join(f"caption {i}\n" for i in range(3)))
+  mask = np.array([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]], bool)
+  np.save(os.path.join(d, "train_region_mask.npy"), mask)
+  split = precomp.load_split(d, "train")
+  batch = next(pipeline.eval_image_batches(split, 3))
+  np.testing.assert_array_equal(batch["region_mask"], mask)
+  np.save(os.path.join(d, "train_region_mask.npy"), np.array([[1, 1, 1, 1], [0, 0, 0, 0],
+                                                               [1, 0, 0, 0]], bool))
+  with pytest.raises(precomp.DataError, match="train_region_mask.npy: image 1 .*no real region"):
+    precomp.load_split(d, "train")
+  np.save(os.path.join(d, "train_region_mask.npy"), mask.astype(np.float32))
+  with pytest.raises(precomp.DataError, match=r"expected \(N, 4\) bool"):
+    precomp.load_split(d, "train")

@@ -371,7 +371,7 @@ def _head(s: precomp.PrecompSplit, n: int) -> precomp.PrecompSplit:
   return dataclasses.replace(
       s, images=s.images[:n], captions=s.captions[:n * s.k], num_images=n,
       labels=cut(s.labels, n), cap_labels=cut(s.cap_labels, n * s.k), boxes=cut(s.boxes, n),
-      pixels=cut(s.pixels, n), deps=cut(s.deps, n * s.k))
+      pixels=cut(s.pixels, n), deps=cut(s.deps, n * s.k), region_mask=cut(s.region_mask, n))
 
 
 def _writable_cache_dir(data_dir: str) -> str:

@@ -191,7 +191,8 @@ class _Reader:
     regions = _gather(self.split.images, image_index)
     precomp.check_finite(regions, image_index, self.split.images_path)
     out = {"regions": regions.astype(np.float32, copy=False),
-           "region_mask": np.ones(regions.shape[:2], bool),
+           "region_mask": (np.ones(regions.shape[:2], bool) if self.split.region_mask is None
+                           else _gather(self.split.region_mask, image_index)),
            "image_index": image_index.astype(np.int32)}
     if self.with_boxes:
       out["boxes"] = _gather(self.split.boxes, image_index).astype(

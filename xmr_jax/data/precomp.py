@@ -58,6 +58,7 @@ class PrecompSplit:
   deps: Optional[List[List[Triple]]] = None  # kN lists of triples
   boxes: Optional[np.ndarray] = None        # (N, R, 4)
   pixels: Optional[np.ndarray] = None       # (N, H, W, 3) uint8
+  region_mask: Optional[np.ndarray] = None  # (N, R) bool: real regions (variable counts)
 
   @property
   def num_captions(self) -> int:
@@ -322,6 +323,26 @@ def _load_extras(split_obj: PrecompSplit) -> None:
   p = _path(d, s, "deps.jsonl")
   if os.path.isfile(p):
     split_obj.deps = read_deps(p, split_obj.num_captions)
+  _load_region_mask(split_obj)
+
+
+def _load_region_mask(split_obj: PrecompSplit) -> None:
+  """``{split}_region_mask.npy`` (N, R) bool: a dataset whose images have different numbers of
+  regions (e.g. detected boxes + the whole image) pads R and marks the real ones. Every image
+  needs at least one real region (a masked mean over none is undefined)."""
+  p = _path(split_obj.data_dir, split_obj.split, "region_mask.npy")
+  if not os.path.isfile(p):
+    return
+  mask = open_npy(p)
+  _check_rows(p, mask, split_obj.num_images, "image", 2)
+  if mask.dtype != np.bool_ or mask.shape[1] != split_obj.images.shape[1]:
+    raise DataError(f"{p}: expected (N, {split_obj.images.shape[1]}) bool, got {mask.shape} "
+                    f"{mask.dtype}.")
+  empty = np.flatnonzero(~np.asarray(mask).any(axis=1))
+  if empty.size:
+    raise DataError(f"{p}: image {int(empty[0])} (and {empty.size - 1} more) has no real region;"
+                    f" every image needs at least one (e.g. the whole-image region).")
+  split_obj.region_mask = mask
 
 
 def load_split(data_dir: str, split: str,
@@ -364,7 +385,7 @@ def find_splits(data_dir: str) -> List[str]:
 # Optional per-split files (attribute of PrecompSplit -> file suffix). Present in one split,
 # they must be present in all: a model sized or evaluated on one split reads them on another.
 EXTRAS = {"labels": "labels.npy", "cap_labels": "cap_labels.npy", "boxes": "boxes.npy",
-          "pixels": "pixels.npy", "deps": "deps.jsonl"}
+          "pixels": "pixels.npy", "deps": "deps.jsonl", "region_mask": "region_mask.npy"}
 
 
 def _agreement(split: PrecompSplit):
@@ -387,8 +408,9 @@ def check_agreement(reference: PrecompSplit, split: PrecompSplit) -> None:
   """Raises DataError unless ``split`` agrees with ``reference`` (the training split).
 
   Compared: feature dtype, feature dimension F and region count R of ``{split}_ims.npy``
-  (a model's parameters are sized by the training split; there is no variable-region-count
-  declaration, so R must be equal), captions per image k, which optional extras exist
+  (a model's parameters are sized by the training split; a dataset with variable region
+  counts pads R and declares the real regions in ``{split}_region_mask.npy``, so R is equal
+  there too), captions per image k, which optional extras exist
   (:data:`EXTRAS`), the class count C of labels / caption labels and the (H, W) of pixels.
   Only headers and presence are read (the arrays are memory maps), so this is cheap.
 
