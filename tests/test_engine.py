@@ -56,6 +56,16 @@ def test_eval_mode_writes_results_for_a_trained_workdir(tiny_data_dir, tmp_path)
   for name in ("curves.png", "retrieval_examples.png"):
     assert os.path.getsize(os.path.join(workdir, "plots", name)) > 1000
   assert "pmrp" in written and 0 <= written["pmrp"]["i2t"] <= 100
+  # From the command line, --mode=eval needs no --config: the workdir's config.json is used.
+  import subprocess, sys
+  os.remove(os.path.join(workdir, "eval", "results.json"))
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = subprocess.run([sys.executable, "-m", "xmr_jax.main", "--mode=eval",
+                        f"--workdir={workdir}"], cwd=repo, capture_output=True, text=True,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert out.returncode == 0, out.stderr[-2000:]
+  with open(os.path.join(workdir, "eval", "results.json")) as f:
+    assert json.load(f)["rsum"] == pytest.approx(trained["rsum"])
 
 
 def test_eval_mode_without_checkpoint_is_a_clear_error(tiny_data_dir, tmp_path):

@@ -88,7 +88,7 @@ def base_config(method: str) -> ml_collections.ConfigDict:
       train_split="train", dev_split="dev", test_split="test",
   ))
   c.model = ml_collections.ConfigDict()
-  # Swept scalars: everything here becomes an array in the hparams pytree (DESIGN.md).
+  # Swept scalars: everything here becomes an array in the hparams pytree (docs/architecture.md, "Rules").
   c.hparams = ml_collections.ConfigDict(dict(learning_rate=2e-4, margin=0.2))
   c.train = ml_collections.ConfigDict(dict(
       batch_size=128,

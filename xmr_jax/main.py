@@ -14,7 +14,7 @@ from ml_collections import config_flags
 from xmr_jax import training
 from xmr_jax.common import mesh
 from xmr_jax.common.errors import InputError
-from xmr_jax.training import config_check, sweep
+from xmr_jax.training import config_check, sweep, workdirs
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/vsepp.py:runlocal.",
@@ -79,11 +79,15 @@ def run(argv) -> None:
       raise InputError("--ensemble goes with --mode=eval")
     training.evaluate_ensemble(FLAGS.ensemble, FLAGS.workdir)
     return
-  if FLAGS.config is None:
-    raise InputError("--config is required (e.g. --config=configs/sgraf.py)")
   config = FLAGS.config
-  # A --config.x=... the chosen path never reads is an error, not a silent no-op.
-  config_check.check_overrides(config, config_flags.get_override_values(FLAGS["config"]))
+  if config is None and FLAGS.mode == "eval":
+    # A trained workdir knows its config: --mode=eval needs no --config.
+    config = workdirs.config_from_workdir(FLAGS.workdir)
+  elif config is None:
+    raise InputError("--config is required (e.g. --config=configs/sgraf.py)")
+  else:
+    # A --config.x=... the chosen path never reads is an error, not a silent no-op.
+    config_check.check_overrides(config, config_flags.get_override_values(FLAGS["config"]))
   if FLAGS.mode == "train":
     training.train_and_evaluate(config, FLAGS.workdir)
   elif FLAGS.mode == "sweep":

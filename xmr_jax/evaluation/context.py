@@ -21,7 +21,7 @@ class EvalContext:
     mesh: the ``"data"`` mesh for scoring (None: every local device).
     scores: (n_img, n_txt) float32, filled by the ``retrieval`` evaluator.
     data: the split's ``EvalData``, filled by ``retrieval``.
-    results: the results dict (DESIGN.md schema), filled by ``retrieval``.
+    results: the results dict (docs/architecture.md; schema in the README), filled by ``retrieval``.
   """
   method: Any
   variables: Any

@@ -1,4 +1,4 @@
-"""The method contract every retrieval model follows (see DESIGN.md, "The method contract").
+"""The method contract every retrieval model follows (docs/architecture.md, "The method contract").
 
 A method is a ``flax.linen.Module`` with three methods:
 
@@ -13,7 +13,7 @@ A method is a ``flax.linen.Module`` with three methods:
   (parameters aside), vectorised over both axes, so the evaluation engine can feed it
   fixed-size tiles and ``jax.lax.map`` over them.
 
-The inputs are dicts rather than ``(tokens, mask)`` positional arrays (DESIGN.md's sketch)
+The inputs are dicts rather than ``(tokens, mask)`` positional arrays (the original design sketch)
 because DeFrag needs dependency triples and the pixel encoders need pixels: one signature
 serves every method.
 

@@ -10,7 +10,7 @@ into the full (B, B) matrix. Every device then evaluates the method loss on the 
 the caller differentiates. Differentiating the ``pmean`` of the loss is what gives the
 single-device gradient: the transpose of ``all_gather`` sums the cotangents of all devices
 onto each shard and the replicated parameters' implicit broadcast transposes to a ``psum``.
-Averaging per-device gradients instead would double count (DESIGN.md, "Parallelism").
+Averaging per-device gradients instead would double count (README, "Many devices").
 
 Random numbers: every device but the first folds its mesh index into the dropout and sampling
 keys (``_device_key``), so a run is deterministic for a fixed device count and a one-device

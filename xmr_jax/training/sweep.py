@@ -13,7 +13,7 @@ A sweep config is a normal method config plus ``config.sweep``::
         ],
     ))
 
-``hparams`` overrides must name keys of ``config.hparams`` (DESIGN.md: everything a sweep
+``hparams`` overrides must name keys of ``config.hparams`` (docs/architecture.md: everything a sweep
 varies is an array in the hparams pytree); ``seed`` (default ``config.seed``) sets the
 variant's initial parameters and its dropout/sampling stream. Every variant of a group reads
 the SAME data stream (order and caption choice from the base ``config.seed``), which is what
@@ -42,9 +42,7 @@ import os
 import time
 from typing import Any, Dict, List, Mapping, Sequence
 
-import jax
 import ml_collections
-import numpy as np
 
 from xmr_jax import evaluation
 from xmr_jax.common.errors import ConfigError
@@ -108,14 +106,16 @@ def _check_variants(config, variants: Sequence[Mapping[str, Any]], group: str) -
       raise ConfigError(f"sweep variant {v['name']!r}: unknown fields {sorted(extra)}")
 
 
-def _row(config, method, variant, group: str, hparams, k: int, run) -> Dict[str, Any]:
-  """The results row of variant k: its swept values and its evaluation on the eval split."""
+def _row(config, method, variant, group: str, k: int, run) -> Dict[str, Any]:
+  """The results row of variant k: its hparams as written in the config and the variant (not
+  their float32 round trip) and its evaluation on the eval split."""
   name = variant["name"]
   diverged_at = run.record["diverged"].get(name)
   ctx = evaluation.EvalContext(method, loop.best_variables(run, k), run.ds, config.eval.split,
                                config.eval, seed=config.seed)
   return {"name": name if group == "base" else f"{group}/{name}", "group": group,
-          "hparams": {n: float(x[k]) for n, x in hparams.items()},
+          "hparams": {**{n: float(v) for n, v in config.hparams.items()},
+                      **{n: float(v) for n, v in variant.get("hparams", {}).items()}},
           "seed": int(variant.get("seed", config.seed)),
           "diverged": diverged_at is not None, "diverged_at_step": diverged_at,
           "results": retrieval.evaluate(ctx)}
@@ -126,8 +126,7 @@ def run_group(config, variants, workdir: str) -> List[Dict[str, Any]]:
   run = loop.start(config, workdir, variants)
   try:
     loop.train(run)
-    hparams = jax.tree.map(np.asarray, run.hparams)
-    return [_row(config, run.method, v, os.path.basename(workdir), hparams, k, run)
+    return [_row(config, run.method, v, os.path.basename(workdir), k, run)
             for k, v in enumerate(variants)]
   finally:
     loop.close(run)

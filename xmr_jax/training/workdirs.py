@@ -22,7 +22,8 @@ def config_from_workdir(workdir: str) -> ml_collections.ConfigDict:
   """The ConfigDict a workdir was trained with; WorkdirError when it has none."""
   path = os.path.join(workdir, "config.json")
   if not os.path.isfile(path):
-    raise WorkdirError(f"{path} not found: {workdir} is not a trained xmr_jax workdir")
+    raise WorkdirError(f"{path} not found: {workdir} is not a trained xmr_jax workdir (give "
+                       f"--config with --mode=eval, or train it first)")
   with open(path) as f:
     return ml_collections.ConfigDict(json.load(f))
 
