@@ -210,3 +210,14 @@ def test_real_coco_captions_all_get_triples(nlp, tmp_path):
   assert [[list(t) for t in c] for c in precomp.read_deps(path, len(out))] == out
   print(f"\nparsed {len(captions)} COCO captions at {len(captions) / seconds:.0f} captions/s; "
         f"top labels: {labels.most_common(15)}")
+
+
+@needs_model
+def test_symbols_are_no_words_and_ampersand_reads_as_and(nlp):
+  # spaCy: "~" punct, "|" compound(cat, |), "&" cc of "children", "+" cc of "man".
+  out = parse.caption_triples(nlp, ["A dog ~ a cat.", "Dog | cat",
+                                    "Children & one adult flying a kite", "A man + a woman"])
+  assert not any(w in {"~", "|", "&", "+"} for triples in out for t in triples for w in t)
+  assert out[1] == [["compound", "cat", "dog"]]
+  assert ["conj_and", "children", "adult"] in out[2]
+  assert ["conj", "man", "woman"] in out[3]

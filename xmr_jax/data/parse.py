@@ -19,9 +19,11 @@ spaCy's labels onto the collapsed scheme:
   and stays ``prep_to(h, left)``, ``det(left, the)``, ``prep_of(left, o)``.
 * ``cc`` + ``conj`` -> ``conj_<cc word>(first conjunct, conjunct)``: every conjunct of
   "A, B, and C" hangs from the first one, as in the manual; the cc word is the one between
-  the conjunct and its spaCy head, else the one right after the conjunct; ``conj`` with no
-  cc word stays ``conj``. A ``cc`` folded into a ``conj_`` label is dropped.
-* Punctuation, whitespace tokens and the ROOT self-relation are dropped; every other label
+  the conjunct and its spaCy head, else the one right after the conjunct ("&" reads as
+  "and"); a ``conj`` with no cc word (or a symbol such as "+") stays ``conj``. A ``cc`` of
+  a coordination is dropped.
+* The ROOT self-relation and every triple with a word that holds no letter or digit
+  (punctuation, whitespace tokens, symbols such as "|") are dropped; every other label
   is kept as spaCy writes it (``det``, ``amod``, ``nsubj``, ``dobj``, ``acl``,
   ``compound``, ``nummod``, ...). Words are the caption's words, lower-cased.
 
@@ -69,6 +71,9 @@ _MULTIWORD_LENGTHS = sorted({len(p) for p in MULTIWORD_PREPOSITIONS}, reverse=Tr
 # spaCy labels of a preposition whose object is collapsed into the relation.
 _PREP_LABELS = ("prep", "dative")
 _OBJECT_LABELS = ("pobj", "pcomp")
+# Captions write "and" as "&" ("Children & one adult"); other symbols used as cc ("+", "/")
+# give a plain conj.
+_CC_SYMBOLS = {"&": "and"}
 
 
 class ParserError(InputError):
@@ -173,7 +178,8 @@ def multiword_phrases(doc) -> Dict[int, _Phrase]:
 
 
 def _is_word(token) -> bool:
-  return not (token.is_punct or token.is_space)
+  """A word holds a letter or digit: punctuation, whitespace and symbols ("|", "~") do not."""
+  return any(ch.isalnum() for ch in token.text)
 
 
 def _collapses(prep) -> bool:
@@ -188,10 +194,12 @@ def _cc_word(conj) -> Optional[str]:
   """The coordinating word of a conj token (see the module docstring), lower-cased."""
   head = conj.head
   between = [c for c in head.children if c.dep_ == "cc" and head.i < c.i < conj.i]
-  if between:
-    return between[-1].lower_
   after = [c for c in conj.children if c.dep_ == "cc" and c.i > conj.i]
-  return after[0].lower_ if after else None
+  cc = between[-1] if between else (after[0] if after else None)
+  if cc is None:
+    return None
+  word = _CC_SYMBOLS.get(cc.text, cc.lower_)
+  return word if all(ch.isalnum() for ch in word) else None
 
 
 def _in_coordination(token) -> bool:
@@ -229,12 +237,14 @@ def token_triple(token, phrases: Dict[int, _Phrase]) -> Optional[List[str]]:
     token: a token of a parsed spaCy Doc.
     phrases: ``multiword_phrases(token.doc)``.
   Returns:
-    [relation, head word, dependent word] (lower-cased), or None for punctuation,
-    whitespace, ROOT, a word of a multi-word preposition, a preposition collapsed into its
-    object's triple and a cc folded into a conj_ label.
+    [relation, head word, dependent word] (lower-cased), or None for ROOT, a token the
+    parser labels punct, a triple with a word holding no letter or digit (punctuation,
+    whitespace, symbols), a word of a multi-word preposition, a preposition collapsed into
+    its object's triple and the cc of a coordination.
   """
   dep = token.dep_
-  if dep in ("ROOT", "punct") or token.head.i == token.i or token.i in phrases:
+  # ROOT is the token's own head.
+  if dep == "punct" or token.head.i == token.i or token.i in phrases:
     return None
   if not (_is_word(token) and _is_word(token.head)):
     return None
