@@ -250,6 +250,16 @@ def test_auto_detection_says_what_it_chose(tmp_path, capsys):
 
 
 def test_a_forced_format_that_does_not_fit_is_one_error(tmp_path, capsys):
+  coco = _json(tmp_path / "captions.json", COCO)
+  with pytest.raises(DataError, match=r"captions.json: no caption line after the header; "
+                                      r"expected one caption a line, `name.jpg, caption`"):
+    C.read_caption_set(coco, format="csv")
+  with pytest.raises(DataError, match=r"empty.txt: no caption line; expected .*name.jpg#i"):
+    C.read_caption_set(_write(tmp_path / "empty.txt", "\n \n"), format="flickr")
+  with pytest.raises(DataError, match=r"c.json: annotations\[\] is empty"):
+    C.read_coco(_json(tmp_path / "c.json", {"images": [], "annotations": []}))
+  with pytest.raises(DataError, match=r"k.json: images\[\] is empty"):
+    C.read_karpathy(_json(tmp_path / "k.json", {"images": []}))
   path = _write(tmp_path / "captions.txt", "a.jpg, x\n")
   with pytest.raises(DataError, match=r"captions.txt:1: 'a.jpg, x' is not a Flickr token"):
     C.read_caption_set(path, format="flickr")

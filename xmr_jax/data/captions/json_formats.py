@@ -93,7 +93,10 @@ def coco_captions(path: str, doc: Dict[str, Any], strict: bool) -> CaptionSet:
   """:func:`read_coco` on an already loaded ``doc`` (format detection loads it once)."""
   id_to_file = _id_to_file(path, doc, COCO_LAYOUT)
   rows, unknown, dropped = [], {}, []
-  for j, note in enumerate(_entries(doc, "annotations", path, COCO_LAYOUT)):
+  notes = _entries(doc, "annotations", path, COCO_LAYOUT)
+  if not notes:
+    raise DataError(f"{path}: annotations[] is empty: no caption; expected {COCO_LAYOUT}")
+  for j, note in enumerate(notes):
     where = f"{path}: annotations[{j}]"
     image_id = _field(note, "image_id", (int, str), where, COCO_LAYOUT)
     caption = _field(note, "caption", (str,), where, COCO_LAYOUT)
@@ -210,7 +213,10 @@ def attach_instances(captions: CaptionSet, path: str) -> CaptionSet:
 def _karpathy_rows(path: str, doc: Dict[str, Any], strict: bool,
                    dropped: List[Dropped]) -> List[Row]:
   rows, seen = [], {}
-  for i, image in enumerate(_entries(doc, "images", path, KARPATHY_LAYOUT)):
+  images = _entries(doc, "images", path, KARPATHY_LAYOUT)
+  if not images:
+    raise DataError(f"{path}: images[] is empty: no caption; expected {KARPATHY_LAYOUT}")
+  for i, image in enumerate(images):
     where = f"{path}: images[{i}]"
     name = _field(image, "filename", (str,), where, KARPATHY_LAYOUT)
     folder = image.get("filepath") or ""

@@ -56,7 +56,8 @@ def flickr_rows(path: str) -> List[Row]:
   """The rows of a Flickr token file; a caption's order is its "#i" index.
 
   Raises:
-    DataError: a line without the token layout (naming the line and FLICKR_LAYOUT).
+    DataError: a line without the token layout (naming the line and FLICKR_LAYOUT), or no
+      line at all.
   """
   rows = []
   for number, line in read_text_lines(path):
@@ -65,6 +66,8 @@ def flickr_rows(path: str) -> List[Row]:
       raise DataError(f"{path}:{number}: {line[:80]!r} is not a Flickr token line; expected "
                       f"{FLICKR_LAYOUT}")
     rows.append(Row(match[1], match[3], f"{path}:{number}", int(match[2])))
+  if not rows:
+    raise DataError(f"{path}: no caption line; expected {FLICKR_LAYOUT}")
   return rows
 
 
@@ -115,7 +118,7 @@ def csv_rows(path: str) -> Tuple[List[Row], Optional[str]]:
 
   Raises:
     DataError: a line (other than a header) without a separator or whose first field is not
-      a photo file name (naming the line and CSV_LAYOUT).
+      a photo file name (naming the line and CSV_LAYOUT), or no caption line at all.
   """
   rows, header = [], None
   for index, (number, line) in enumerate(read_text_lines(path)):
@@ -128,6 +131,9 @@ def csv_rows(path: str) -> Tuple[List[Row], Optional[str]]:
               f"starts with {parsed[0][:60]!r}, which is not a photo file name")
       raise DataError(f"{path}:{number}: the line {what}; expected {CSV_LAYOUT}")
     rows.append(Row(parsed[0], parsed[1], f"{path}:{number}", index))
+  if not rows:
+    raise DataError(f"{path}: no caption line{' after the header' if header else ''}; expected "
+                    f"{CSV_LAYOUT}")
   return rows, header
 
 
