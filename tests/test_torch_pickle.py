@@ -168,6 +168,8 @@ def test_other_globals_are_refused(tmp_path, module, name):
     ([("w", _tensor(_storage("FloatStorage", "1", 4), 0, (4,), (1,)))], {"1": A[:4], "2": A},
      "storage keys listed"),
     ([("w", _storage("FloatStorage", "1", 4))], {"1": A[:4]}, "bare _StorageRef"),
+    ([("w", b"\x8f(" + _storage("FloatStorage", "1", 4) + b"\x90")], {"1": A[:4]},
+     "a set holding"),                                      # EMPTY_SET, MARK, ADDITEMS
 ])
 def test_malformed_streams_are_one_clear_error(tmp_path, items, storages, message):
   path, sha = _write(tmp_path, _legacy_file(_state_dict(items), storages))

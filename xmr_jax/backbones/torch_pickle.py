@@ -238,12 +238,13 @@ def _resolve(obj, flat: Dict[str, np.ndarray]):
   """Replaces every tensor placeholder in dicts/lists/tuples by its array."""
   if isinstance(obj, _TensorRef):
     return _materialise(obj, flat)
-  if isinstance(obj, collections.OrderedDict):
-    return collections.OrderedDict((k, _resolve(v, flat)) for k, v in obj.items())
   if isinstance(obj, dict):
-    return {k: _resolve(v, flat) for k, v in obj.items()}
+    # Keys go through _resolve too: a placeholder key is refused (a tensor key is unhashable).
+    return type(obj)((_resolve(k, flat), _resolve(v, flat)) for k, v in obj.items())
   if isinstance(obj, (list, tuple)):
     return type(obj)(_resolve(v, flat) for v in obj)
+  if isinstance(obj, (set, frozenset)) and any(isinstance(v, _Inert) for v in obj):
+    raise _Malformed("a set holding a tensor or storage")
   if isinstance(obj, _Inert):
     raise _Malformed(f"a bare {type(obj).__name__} outside a tensor")
   return obj
