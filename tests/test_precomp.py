@@ -266,3 +266,10 @@ def test_region_mask_file_declares_variable_region_counts(tmp_path):
   np.save(os.path.join(d, "train_region_mask.npy"), mask.astype(np.float32))
   with pytest.raises(precomp.DataError, match=r"expected \(N, 4\) bool"):
     precomp.load_split(d, "train")
+
+
+def test_line_breaks_and_tabs_inside_a_caption_become_one_space():
+  # COCO's captions json holds captions with a newline inside; caps.txt is one per line.
+  assert precomp.normalize_caption("A dog\n on a\tbeach.\r\n") == "A dog on a beach."
+  assert precomp.normalize_caption("two\u2028lines") == "two lines"
+  assert precomp.normalize_caption(precomp.normalize_caption("a \n b")) == "a b"

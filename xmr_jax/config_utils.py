@@ -73,9 +73,16 @@ def base_config(method: str) -> ml_collections.ConfigDict:
   c.method = method
   c.seed = 0
   c.data = ml_collections.ConfigDict(dict(
-      name="synthetic",        # synthetic | precomp (TFDS-built data: export it to precomp)
-      dir="",                  # dataset dir (precomp) or cache dir override (synthetic)
+      name="synthetic",        # synthetic | precomp | images (TFDS-built data: export to precomp)
+      dir="",                  # precomp dir; photos folder (images); cache override (synthetic)
       captions_per_image=5,
+      # data.name=images: a folder with images/ and a caption file, extracted once into the
+      # cache with EfficientNet-Lite0 (xmr_jax/data/images_cache.py, xmr_jax/data/extract.py).
+      images=dict(captions="", instances="", format="auto", regions="grid", size=192,
+                  max_boxes=36, parse="auto"),
+      split_sizes=(0, 0),      # images: (dev, test) images of a seeded split by image
+      split_seed=0,            # images: the seed of that split
+      strict=False,            # images: every fault of the data is an error, not a drop
       synthetic=dict(n_train=10000, n_dev=500, n_test=1000, seed=0, pixels=True),
       tokenizer="sentencepiece",   # sentencepiece | word (SCAN word2idx vocab json)
       vocab_path="",           # explicit vocab json / sentencepiece model (else built + cached)

@@ -335,7 +335,10 @@ def _check_size(size, where: str) -> None:
 
 def _check_images(images, where: str) -> jax.Array:
   """(B, H, W, 3) floating, H and W positive multiples of 32 -> float32 array."""
-  shape, dtype = np.shape(images), getattr(images, "dtype", np.asarray(images).dtype)
+  # Shape and dtype only (no conversion): callers may pass traced arrays from inside a jit.
+  if not hasattr(images, "dtype"):
+    images = np.asarray(images)
+  shape, dtype = np.shape(images), images.dtype
   if len(shape) != 4 or shape[-1] != 3 or not jnp.issubdtype(dtype, jnp.floating):
     raise BackboneError(f"{where}: expected (B, S, S, 3) floating images from preprocess(), "
                         f"got shape {tuple(shape)} {dtype}")

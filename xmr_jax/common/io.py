@@ -22,11 +22,23 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
   try:
     with os.fdopen(fd, "wb") as f:
       f.write(data)
+    os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes 0600; a result file is readable as usual
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
+
+
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
+def make_public_dir(path: str) -> None:
+  """chmod a directory made by ``tempfile.mkdtemp`` (0700) to the usual 0777 & ~umask."""
+  os.chmod(path, 0o777 & ~_umask())
 
 
 def atomic_write_json(path: str, obj: Any) -> None:

@@ -37,7 +37,7 @@ from xmr_jax.data import embeddings, pipeline, precomp, synthetic, tokenizers
 # Optional batch inputs a method may need: rendered ``pixels``, dependency triples ``deps``
 # (DeFrag), region ``boxes``. A needed input missing from the data is a DataError up front.
 NEEDS = frozenset({"pixels", "deps", "boxes"})
-DATA_NAMES = ("synthetic", "precomp")
+DATA_NAMES = ("synthetic", "precomp", "images")
 
 _MISSING = {
     "pixels": ("pixels.npy", "the method reads pixels (model.image_input='pixels'): use data "
@@ -384,9 +384,13 @@ def _writable_cache_dir(data_dir: str) -> str:
 
 
 def resolve_data_dir(data_config) -> str:
-  """The dataset directory for ``data_config`` (generating the synthetic benchmark if needed)."""
+  """The dataset directory for ``data_config``: the synthetic benchmark (generated once), a
+  precomp directory, or a folder of photos + captions (extracted once, ``images_cache``)."""
   d = data_config
   check_name(d.name)
+  if d.name == "images":
+    from xmr_jax.data import images_cache   # the backbone only for photo folders
+    return images_cache.dataset_dir(d)
   if d.name == "synthetic":
     p = d.synthetic
     return synthetic.get_or_create(seed=p.seed, n_train=p.n_train, n_dev=p.n_dev,

@@ -29,6 +29,7 @@ dimension and region count, k, which extras exist, class count, pixel size).
 import dataclasses
 import json
 import os
+import re
 import unicodedata
 from typing import Callable, List, Optional, Sequence, Tuple
 
@@ -148,16 +149,23 @@ def strip_invisible(text: str) -> str:
   return text[start:stop]
 
 
+# Line and paragraph separators, tabs, vertical tab and form feed: not part of one line.
+_INNER_BREAKS = re.compile("[ \t]*[\r\n\t\v\f\x85\u2028\u2029]+[ \t]*")
+
+
 def normalize_caption(text: str) -> str:
   """The one normalisation of caption text, applied wherever captions enter.
 
   Unicode NFC (accented text arrives both composed and decomposed, e.g.
   the "ộ" of "Một" as U+1ED9 or as o + U+0323 + U+0302; NFC makes them one
-  word), then :func:`strip_invisible`. Returns "" for a caption with no
+  word), line breaks and tabs inside the caption become one space (a caption is
+  one line of ``{split}_caps.txt``; COCO's json has captions with a newline in
+  them), then :func:`strip_invisible`. Returns "" for a caption with no
   visible character.
   Idempotent, so tokenizers may apply it again to captions read from files.
   """
-  return strip_invisible(unicodedata.normalize("NFC", text))
+  text = _INNER_BREAKS.sub(" ", unicodedata.normalize("NFC", text))
+  return strip_invisible(text)
 
 
 def _empty_line_error(path: str, line_no: int, raw: str, what: str) -> DataError:

@@ -85,6 +85,9 @@ def unread_keys(config) -> Dict[str, str]:
   d, t = config.data, config.train
   if d.name != "synthetic":
     out["data.synthetic"] = f"data.name={d.name!r}; only the synthetic benchmark reads it"
+  if d.name != "images":
+    for key in ("images", "split_sizes", "split_seed", "strict"):
+      out[f"data.{key}"] = f"data.name={d.name!r}; only a photo folder (data.name=images) reads it"
   if datasets.tokenizer_kind(d) != "sentencepiece" or d.vocab_path:
     out["data.vocab_size"] = ("only a sentencepiece model trained here reads it (not the word "
                               "vocabulary, not a data.vocab_path)")

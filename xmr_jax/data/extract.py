@@ -1,0 +1,304 @@
+"""Photos + a caption file -> a dataset in the SCAN precomp layout, with a pretrained backbone.
+
+  python -m xmr_jax.data.extract --images DIR --captions FILE --out DIR \\
+      [--format auto|coco|flickr|karpathy|csv] [--instances instances.json] \\
+      [--regions grid|boxes|grid+boxes] [--dev N --test N --seed S] [--size 192]
+
+Per split (Karpathy's json gives them; otherwise a seeded split by image, ``--dev``/``--test``
+images, train the rest) it writes
+
+=============================== ============================================================
+``{split}_ims.npy``             (N, R, 1280) float32 region features of EfficientNet-Lite0
+``{split}_caps.txt``            k captions per image, in file order
+``{split}_ids.txt``             the photo file of each row
+``{split}_pixels.npy``          (N, T, T, 3) uint8 thumbnails (retrieval-example pictures)
+``{split}_boxes.npy``           (N, R, 4) float32 region boxes x0, y0, x1, y1 in [0, 1]
+``{split}_labels.npy``          (N, C) multi-hot instance classes (with ``--instances``; an
+                                image without instances is all zero, left out of PMRP)
+``{split}_region_mask.npy``     (N, R) bool real regions (``boxes``, ``grid+boxes`` only)
+``{split}_deps.jsonl``          dependency triples of English captions (spaCy; DeFrag)
+``dropped.txt``, ``meta.json``  every dropped item with its reason; settings and counts
+=============================== ============================================================
+
+Regions: ``grid`` = the 36 cells of the final 6 x 6 map (S = 192), row-major; ``boxes`` = the
+largest ``--max-boxes`` instance boxes of a photo by area, plus the whole image, each the mean
+of a 2 x 2 RoIAlign on the final map (aligned, sampling ratio 2; ``kernels.roi_align``), padded
+to ``max_boxes + 1`` with a region mask; ``grid+boxes`` = both. The backbone runs jitted in
+fixed-size batches (the last one padded) with a progress bar. Everything is written into a
+temporary directory beside ``--out`` and moved into place when complete: an interrupted run
+leaves nothing half-written.
+"""
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import tempfile
+from typing import Any, Dict, List, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from xmr_jax.backbones import efficientnet_lite as backbone
+from xmr_jax.common.errors import ConfigError, InputError
+from xmr_jax.common.io import atomic_write_bytes, atomic_write_json, make_public_dir
+from xmr_jax.data import captions as captions_lib
+from xmr_jax.kernels import roi_align
+
+REGIONS = ("grid", "boxes", "grid+boxes")
+STRIDE = backbone.STRIDE   # one cell of the final map per 32 input pixels
+VERSION = "extract-v1"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """What determines the extracted features (part of the cache key of ``data.name=images``)."""
+  size: int = backbone.DEFAULT_SIZE
+  regions: str = "grid"
+  max_boxes: int = 36
+  captions_per_image: int = 5
+  n_dev: int = 0
+  n_test: int = 0
+  seed: int = 0
+  format: str = "auto"
+  strict: bool = False
+  parse: str = "auto"          # auto (English captions + spaCy installed) | yes | no
+  thumbnail: int = 64
+  batch_size: int = 32
+
+  def check(self) -> None:
+    """ConfigError naming the setting for an unknown region mode or a bad size."""
+    if self.regions not in REGIONS:
+      raise ConfigError(f"regions={self.regions!r}; choose one of {list(REGIONS)}")
+    if self.size % STRIDE or self.size < STRIDE:
+      raise ConfigError(f"size={self.size}: must be a positive multiple of {STRIDE}")
+    if self.parse not in ("auto", "yes", "no"):
+      raise ConfigError(f"parse={self.parse!r}; choose auto, yes or no")
+    if self.max_boxes < 1 or self.batch_size < 1 or self.thumbnail < 8:
+      raise ConfigError("max_boxes and batch_size must be >= 1 and thumbnail >= 8")
+
+
+def grid_boxes(cells: int) -> np.ndarray:
+  """(cells^2, 4) float32 boxes in [0, 1] of the row-major grid cells."""
+  edges = np.arange(cells + 1, dtype=np.float32) / cells
+  y0, x0 = np.meshgrid(edges[:-1], edges[:-1], indexing="ij")
+  y1, x1 = np.meshgrid(edges[1:], edges[1:], indexing="ij")
+  return np.stack([x0, y0, x1, y1], -1).reshape(-1, 4)
+
+
+def photo_boxes(image: captions_lib.CaptionedImage, width: int, height: int,
+                max_boxes: int) -> np.ndarray:
+  """(max_boxes + 1, 4) pixel boxes: the largest ``max_boxes`` instance boxes of the photo
+  by area (fewer when it has fewer), then the whole image; rows after those repeat the whole
+  image (they are masked)."""
+  boxes = np.zeros((0, 4), np.float32) if image.boxes is None else np.asarray(image.boxes)
+  area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+  keep = boxes[np.argsort(-area, kind="stable")[:max_boxes]]
+  whole = np.array([[0, 0, width, height]], np.float32)
+  pad = np.repeat(whole, max_boxes - len(keep), 0)
+  return np.concatenate([keep, whole, pad], 0).astype(np.float32)
+
+
+def _region_fn(settings: Settings, variables):
+  """Jitted (B, S, S, 3), (B, M, 4) map-unit boxes -> (B, R, 1280) regions for the mode."""
+  cells = settings.size // STRIDE
+
+  def fn(images, boxes):
+    grid = backbone.features(variables, images)                      # (B, cells^2, 1280)
+    if settings.regions == "grid":
+      return grid
+    maps = grid.reshape(grid.shape[0], cells, cells, grid.shape[-1])
+    per_box = jax.vmap(lambda m, b: roi_align.box_features(m, b))(maps, boxes)
+    return per_box if settings.regions == "boxes" else jnp.concatenate([grid, per_box], 1)
+  return jax.jit(fn)
+
+
+def _region_layout(settings: Settings, n_boxes: np.ndarray, norm_boxes: np.ndarray):
+  """(boxes (R, 4) in [0, 1], mask (R,) bool) of one photo for the region mode."""
+  cells = settings.size // STRIDE
+  grid = grid_boxes(cells)
+  if settings.regions == "grid":
+    return grid, np.ones(len(grid), bool)
+  mask = np.arange(settings.max_boxes + 1) < n_boxes
+  if settings.regions == "boxes":
+    return norm_boxes, mask
+  return (np.concatenate([grid, norm_boxes], 0),
+          np.concatenate([np.ones(len(grid), bool), mask], 0))
+
+
+def _photo_inputs(settings: Settings, images_dir: str, item: captions_lib.CaptionedImage):
+  """(input (S, S, 3) float32, thumbnail, map-unit boxes, [0,1] boxes, region count)."""
+  photo = captions_lib.load_photo(os.path.join(images_dir, item.file))
+  width, height = photo.size
+  thumb = np.asarray(photo.resize((settings.thumbnail,) * 2, resample=2), np.uint8)  # bilinear
+  px = photo_boxes(item, width, height, settings.max_boxes)
+  n = min(0 if item.boxes is None else len(item.boxes), settings.max_boxes) + 1
+  map_boxes = np.asarray(roi_align.photo_boxes_to_map(px, (width, height), settings.size))
+  norm = np.clip(px / np.array([width, height, width, height], np.float32), 0.0, 1.0)
+  return backbone.preprocess(photo, settings.size), thumb, map_boxes, norm, n
+
+
+def _write_features(settings: Settings, images_dir: str, items, tmp: str, split: str,
+                    fn, bar) -> None:
+  """{split}_ims/pixels/boxes[/region_mask].npy, filled batch by batch (memory-mapped)."""
+  n, b = len(items), settings.batch_size
+  cells, whole_and_boxes = (settings.size // STRIDE) ** 2, settings.max_boxes + 1
+  r = {"grid": cells, "boxes": whole_and_boxes, "grid+boxes": cells + whole_and_boxes}[
+      settings.regions]
+  path = lambda suffix: os.path.join(tmp, f"{split}_{suffix}")
+  ims = np.lib.format.open_memmap(path("ims.npy"), "w+", np.float32, (n, r, backbone.FEATURES))
+  pixels = np.zeros((n, settings.thumbnail, settings.thumbnail, 3), np.uint8)
+  boxes, masks = np.zeros((n, r, 4), np.float32), np.zeros((n, r), bool)
+  for start in range(0, n, b):
+    rows = list(range(start, min(start + b, n)))
+    parts = [_photo_inputs(settings, images_dir, items[i]) for i in rows]
+    pad = [parts[-1]] * (b - len(parts))       # fixed batch: one compiled shape
+    batch = np.stack([p[0] for p in parts + pad])
+    out = np.asarray(fn(batch, np.stack([p[2] for p in parts + pad])))
+    ims[rows] = out[:len(rows)]
+    for i, p in zip(rows, parts):
+      pixels[i] = p[1]
+      boxes[i], masks[i] = _region_layout(settings, p[4], p[3])
+    bar.update(len(rows))
+  ims.flush()
+  del ims
+  np.save(path("pixels.npy"), pixels)
+  np.save(path("boxes.npy"), boxes)
+  if settings.regions != "grid":
+    np.save(path("region_mask.npy"), masks)
+
+
+def _write_text(items: Sequence[captions_lib.CaptionedImage], tmp: str, split: str,
+                labels: Optional[np.ndarray], triples) -> None:
+  caps = [c for it in items for c in it.captions]
+  atomic_write_bytes(os.path.join(tmp, f"{split}_caps.txt"),
+                     "".join(c + "\n" for c in caps).encode("utf-8"))
+  atomic_write_bytes(os.path.join(tmp, f"{split}_ids.txt"),
+                     "".join(it.file + "\n" for it in items).encode("utf-8"))
+  if labels is not None:
+    np.save(os.path.join(tmp, f"{split}_labels.npy"), labels)
+  if triples is not None:
+    from xmr_jax.data import parse   # spaCy only when parsing
+    parse.write_deps(os.path.join(tmp, f"{split}_deps.jsonl"), triples(caps))
+
+
+def _parser(settings: Settings, caption_set: captions_lib.CaptionSet):
+  """``captions -> triples`` with spaCy, or None: ``auto`` parses English (ASCII) captions
+  when the ``parse`` extra is installed, and says which it chose."""
+  if settings.parse == "no":
+    return None
+  text = "".join(c for it in caption_set.images for c in it.captions)
+  english = sum(ch.isascii() for ch in text) >= 0.98 * max(len(text), 1)
+  from xmr_jax.data import parse
+  if settings.parse == "auto":
+    try:
+      nlp = parse.load_parser() if english else None
+    except InputError as e:
+      print(f"xmr_jax extract: no dependency triples ({e})", file=sys.stderr)
+      return None
+    if nlp is None:
+      print("xmr_jax extract: captions are not English: no dependency triples (DeFrag can "
+            "use bigram fragments)", file=sys.stderr)
+      return None
+  else:
+    nlp = parse.load_parser()
+  return lambda caps: parse.caption_triples(nlp, caps)
+
+
+def read_captions(images_dir: str, captions_path: str, settings: Settings,
+                  instances: Optional[str] = None) -> captions_lib.CaptionSet:
+  """The caption set with k captions per kept image and a split for every image."""
+  cs = captions_lib.read_caption_set(captions_path, images_dir, format=settings.format,
+                                     instances=instances,
+                                     captions_per_image=settings.captions_per_image,
+                                     strict=settings.strict)
+  if any(it.split is None for it in cs.images):
+    cs = captions_lib.split_images(cs, settings.n_dev, settings.n_test, settings.seed)
+  return cs
+
+
+def extract(images_dir: str, captions_path: str, out_dir: str, settings: Settings = Settings(),
+            instances: Optional[str] = None, progress: bool = True) -> Dict[str, Any]:
+  """Writes the dataset into ``out_dir`` (which must not exist) atomically; returns meta.
+
+  Raises:
+    ConfigError: bad settings, or ``out_dir`` already exists.
+    DataError: unreadable caption/instance files, or any fault under ``settings.strict``.
+  """
+  settings.check()
+  if os.path.exists(out_dir):
+    raise ConfigError(f"--out {out_dir} already exists; choose a new directory (nothing is "
+                      f"overwritten)")
+  cs = read_captions(images_dir, captions_path, settings, instances)
+  triples = _parser(settings, cs)
+  variables = backbone.load_weights()
+  fn = _region_fn(settings, variables)
+  parent = os.path.dirname(os.path.abspath(out_dir))
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(dir=parent, prefix=".extract-")
+  make_public_dir(tmp)
+  try:
+    meta = _write_all(cs, images_dir, tmp, settings, fn, triples, progress)
+    captions_lib.write_dropped(os.path.join(tmp, "dropped.txt"), cs.dropped)
+    atomic_write_json(os.path.join(tmp, "meta.json"), meta)
+    os.replace(tmp, out_dir)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  print(f"xmr_jax extract: wrote {out_dir} ({meta['images_per_split']}); every dropped item "
+        f"is listed in {os.path.join(out_dir, 'dropped.txt')}", file=sys.stderr)
+  return meta
+
+
+def _write_all(cs, images_dir, tmp, settings, fn, triples, progress) -> Dict[str, Any]:
+  labels = captions_lib.multi_hot(cs) if cs.class_names is not None else None
+  counts = {}
+  with tqdm(total=len(cs.images), desc="extract", unit="img", disable=not progress) as bar:
+    for split in sorted({it.split for it in cs.images}):
+      rows = [i for i, it in enumerate(cs.images) if it.split == split]
+      items = [cs.images[i] for i in rows]
+      _write_features(settings, images_dir, items, tmp, split, fn, bar)
+      _write_text(items, tmp, split, None if labels is None else labels[rows], triples)
+      counts[split] = len(items)
+  return {"version": VERSION, "settings": dataclasses.asdict(settings),
+          "images_per_split": counts, "captions_file": os.path.abspath(cs.path),
+          "format": cs.format, "class_names": cs.class_names,
+          "backbone": {"name": "efficientnet-lite0", "sha256": backbone.WEIGHTS_SHA256},
+          "dropped": captions_lib.count_dropped(cs.dropped)}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+  """CLI; bad input is one line on stderr and exit status 2."""
+  p = argparse.ArgumentParser(prog="python -m xmr_jax.data.extract",
+                              description=__doc__.splitlines()[0])
+  p.add_argument("--images", required=True, help="folder of the photos")
+  p.add_argument("--captions", required=True, help="caption file (any supported format)")
+  p.add_argument("--out", required=True, help="new directory for the dataset")
+  p.add_argument("--instances", default=None, help="COCO instances json (boxes, classes)")
+  p.add_argument("--format", default="auto", choices=["auto", *captions_lib.FORMATS])
+  p.add_argument("--regions", default="grid", choices=REGIONS)
+  p.add_argument("--dev", type=int, default=0)
+  p.add_argument("--test", type=int, default=0)
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--size", type=int, default=backbone.DEFAULT_SIZE)
+  p.add_argument("--captions-per-image", type=int, default=5)
+  p.add_argument("--strict", action="store_true")
+  p.add_argument("--parse", default="auto", choices=["auto", "yes", "no"])
+  a = p.parse_args(argv)
+  settings = Settings(size=a.size, regions=a.regions, captions_per_image=a.captions_per_image,
+                      n_dev=a.dev, n_test=a.test, seed=a.seed, format=a.format,
+                      strict=a.strict, parse=a.parse)
+  try:
+    meta = extract(a.images, a.captions, a.out, settings, a.instances)
+  except InputError as e:
+    print(f"xmr_jax: error: {e}", file=sys.stderr)
+    return 2
+  print(json.dumps(meta["images_per_split"]))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,104 @@
+"""``data.name=images``: a folder of photos + a caption file, extracted once into the cache.
+
+``data.dir`` holds ``images/`` and a caption file in any supported format (found by name:
+``captions.json``, ``captions.txt``, ``dataset_*.json``, ``*.token``, ``*.csv``/``*.tsv``, or
+named by ``data.images.captions``) and optionally ``instances.json``. The first run extracts
+it (``xmr_jax.data.extract``) into ``$XMR_DATA_DIR/images/<folder>-<fingerprint>``; later runs
+reuse it. The fingerprint covers the caption and instance files' bytes, every photo's name,
+size and modification time, and the extraction settings, so a changed input is extracted
+again. An exclusive lock (``fcntl.flock``) makes two runs started together extract once.
+"""
+import dataclasses
+import fcntl
+import glob
+import hashlib
+import json
+import os
+from typing import Optional
+
+from xmr_jax.common.errors import ConfigError
+from xmr_jax.common.io import cache_root
+from xmr_jax.data import captions as captions_lib
+
+CAPTION_PATTERNS = ("captions.json", "captions.txt", "dataset_*.json", "*.token", "*.csv",
+                    "*.tsv")
+
+
+def find_captions(root: str, named: str = "") -> str:
+  """The caption file of ``root``: ``named`` (relative to root or absolute) or the one file
+  matching :data:`CAPTION_PATTERNS`; ConfigError naming what was found otherwise."""
+  if named:
+    path = named if os.path.isabs(named) else os.path.join(root, named)
+    if not os.path.isfile(path):
+      raise ConfigError(f"config.data.images.captions={named!r}: no such file in {root}")
+    return path
+  found = sorted({p for pat in CAPTION_PATTERNS for p in glob.glob(os.path.join(root, pat))})
+  if len(found) != 1:
+    raise ConfigError(f"config.data.dir={root!r}: expected one caption file matching "
+                      f"{list(CAPTION_PATTERNS)}, found {[os.path.basename(p) for p in found]};"
+                      f" name it with --config.data.images.captions=FILE")
+  return found[0]
+
+
+def settings_of(data_config):
+  """The extraction settings a data config asks for (``extract.Settings``)."""
+  from xmr_jax.data import extract   # the backbone (and JAX programs) only when extracting
+  im = data_config.images
+  n_dev, n_test = data_config.split_sizes
+  return extract.Settings(size=im.size, regions=im.regions, max_boxes=im.max_boxes,
+                          captions_per_image=data_config.captions_per_image,
+                          n_dev=int(n_dev), n_test=int(n_test), seed=data_config.split_seed,
+                          format=im.format, strict=data_config.strict, parse=im.parse)
+
+
+def _file_digest(path: Optional[str]) -> str:
+  if not path:
+    return ""
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      h.update(chunk)
+  return h.hexdigest()
+
+
+def fingerprint(images_dir: str, captions_path: str, instances: Optional[str],
+                settings) -> str:
+  """sha256 (hex, 16 chars) of the inputs and settings that determine the extraction."""
+  h = hashlib.sha256()
+  h.update(json.dumps(dataclasses.asdict(settings), sort_keys=True).encode())
+  h.update(_file_digest(captions_path).encode() + _file_digest(instances).encode())
+  for name in captions_lib.list_photos(images_dir):
+    st = os.stat(os.path.join(images_dir, name))
+    h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+  return h.hexdigest()[:16]
+
+
+def dataset_dir(data_config) -> str:
+  """The precomp directory for ``data_config`` (``data.name='images'``), extracted if needed.
+
+  Raises:
+    ConfigError: ``data.dir`` is not a folder with ``images/`` and one caption file.
+    DataError: faults of the data under ``data.strict`` (see ``xmr_jax.data.captions``).
+  """
+  root = data_config.dir
+  images_dir = os.path.join(root, "images")
+  if not root or not os.path.isdir(images_dir):
+    raise ConfigError(f"config.data.name='images' needs --config.data.dir=FOLDER holding "
+                      f"images/ and a caption file; {root!r} has no images/ folder")
+  captions_path = find_captions(root, data_config.images.captions)
+  instances = data_config.images.instances or os.path.join(root, "instances.json")
+  instances = instances if os.path.isfile(instances) else None
+  if data_config.images.instances and instances is None:
+    raise ConfigError(f"config.data.images.instances={data_config.images.instances!r}: "
+                      f"no such file")
+  settings = settings_of(data_config)
+  key = fingerprint(images_dir, captions_path, instances, settings)
+  name = os.path.basename(os.path.normpath(root)) or "images"
+  out = os.path.join(cache_root(), "images", f"{name}-{key}")
+  os.makedirs(os.path.dirname(out), exist_ok=True)
+  with open(out + ".lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)          # a second run waits, then finds it done
+    if not os.path.isdir(out):
+      from xmr_jax.data import extract
+      extract.extract(images_dir, captions_path, out, settings, instances)
+  return out
