@@ -3,7 +3,6 @@ data.name=images (extracted once into the cache). Needs the backbone extra."""
 import json
 import os
 
-import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
