@@ -67,12 +67,9 @@ def config_path(anchor_file: str, *parts: str) -> str:
   return os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(anchor_file)), *parts))
 
 
-def base_config(method: str) -> ml_collections.ConfigDict:
-  """Fields every method's config has. Method files fill ``model`` and ``hparams``."""
-  c = ml_collections.ConfigDict()
-  c.method = method
-  c.seed = 0
-  c.data = ml_collections.ConfigDict(dict(
+def data_config() -> ml_collections.ConfigDict:
+  """The ``data`` section every config starts from (see each key's comment)."""
+  return ml_collections.ConfigDict(dict(
       name="synthetic",        # synthetic | precomp | images (TFDS-built data: export to precomp)
       dir="",                  # precomp dir; photos folder (images); cache override (synthetic)
       captions_per_image=5,
@@ -94,6 +91,14 @@ def base_config(method: str) -> ml_collections.ConfigDict:
       word_embeddings="",      # optional GloVe-format text file (its own dim) for word vectors
       train_split="train", dev_split="dev", test_split="test",
   ))
+
+
+def base_config(method: str) -> ml_collections.ConfigDict:
+  """Fields every method's config has. Method files fill ``model`` and ``hparams``."""
+  c = ml_collections.ConfigDict()
+  c.method = method
+  c.seed = 0
+  c.data = data_config()
   c.model = ml_collections.ConfigDict()
   # Swept scalars: everything here becomes an array in the hparams pytree (docs/architecture.md, "Rules").
   c.hparams = ml_collections.ConfigDict(dict(learning_rate=2e-4, margin=0.2))
