@@ -5,7 +5,9 @@ Launch:
   python -m xmr_jax.main --config=configs/vsepp.py:runlocal --workdir=/tmp/vsepp_l  # ~1 minute
   python -m xmr_jax.main --config=configs/vsepp.py:data=f30k --workdir=W \
       --config.data.dir=/path/to/f30k_precomp
-Arguments: runlocal, data=synthetic|f30k|coco, max_violation=true|false (VSE0 when false),
+  python -m xmr_jax.main --config=configs/vsepp.py:data=images --workdir=W \
+      --config.data.dir=../shared/real/uitviic        # photos + captions (README, real data)
+Arguments: runlocal, data=synthetic|f30k|coco|images, max_violation=true|false (VSE0 when false),
   image_input=regions|pixels.
 
 Paper numbers it targets (VSE++ table, ResNet152 fine-tuned, 1K test): COCO i2t R@1 64.6,
@@ -38,6 +40,8 @@ def get_config(arg=None):
     c.train.num_epochs = 10
     c.train.lr_decay_epochs = 8
     c.hparams.hardneg_warmup_epochs = 1.0   # see models/vsepp.py: avoids the collapsed start
+  elif a.data == "images":
+    _images(c)
   elif a.data in ("f30k", "coco"):
     c.data.name = "precomp"
     c.data.tokenizer = "word"
@@ -46,7 +50,7 @@ def get_config(arg=None):
     if a.data == "coco":
       c.eval.protocol = "coco1k"
   else:
-    raise ValueError(f"configs/vsepp.py: unknown data={a.data!r} (synthetic|f30k|coco)")
+    raise ValueError(f"configs/vsepp.py: unknown data={a.data!r} (synthetic|f30k|coco|images)")
   if a.runlocal:
     c.data.synthetic.update(n_train=1000, n_dev=100, n_test=200)
     c.train.num_epochs = 3
@@ -55,3 +59,18 @@ def get_config(arg=None):
     c.train.batch_size = 64
     c.train.log_every_steps = 5
   return c
+
+
+def _images(c):
+  """A folder of photos + captions (data.name=images): EfficientNet-Lite0 grid regions (36 x
+  1280), a seeded 250/250 dev/test split (uitviic; coco_mini: split_sizes=(50, 50)), sized
+  for about 10 minutes of training on 2 CPU cores."""
+  c.data.name = "images"
+  c.data.split_sizes = (250, 250)
+  c.model.word_dim = 256
+  c.model.embed_dim = 512
+  c.train.batch_size = 128
+  c.train.num_epochs = 30          # 5 x (2424 // 128) = 90 steps an epoch on uitviic
+  c.train.lr_decay_epochs = 15
+  c.hparams.hardneg_warmup_epochs = 2.0   # small data: start with the sum over negatives
+  c.eval.dev_max_images = 250

@@ -97,7 +97,7 @@ def test_tfds_name_points_to_the_precomp_export(tmp_path):
                                        r"--config.data.name=precomp"):
     datasets.open_dataset(data_only(str(tmp_path), name="tfds"))
   with pytest.raises(ValueError, match=r"config.data.name='coco' is unknown; choose one of "
-                                       r"\['synthetic', 'precomp'\]"):
+                                       r"\['synthetic', 'precomp', 'images'\]"):
     datasets.open_dataset(data_only(str(tmp_path), name="coco"))
 
 
