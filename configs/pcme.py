@@ -64,6 +64,17 @@ def get_config(arg=None):
     # dev rsum 297 (i2t R@1 26.8) after epoch 1.
     c.train.num_epochs = 2
     c.train.lr_decay_epochs = 1
+  elif a.data == "images":
+    # A folder of photos + captions (README, real data): EfficientNet-Lite0 grid regions,
+    # seeded 250/250 dev/test split (coco_mini: --config.data.split_sizes='(50, 50)').
+    c.data.name = "images"
+    c.data.split_sizes = (250, 250)
+    m.word_dim = 128
+    m.embed_dim = 256
+    m.sigma_bias_init = -4.0        # as the synthetic preset: short runs learn (see there)
+    c.train.num_epochs = 10         # 5 x (2424 // 128) = 90 steps an epoch on uitviic
+    c.train.lr_decay_epochs = 8
+    c.eval.dev_max_images = 250
   elif a.data == "coco":
     # config/coco/pcme_coco.yaml: 30 pretrain + 30 finetune epochs, lr 2e-4, finetune x0.1.
     c.data.name = "precomp"
@@ -90,7 +101,7 @@ def get_config(arg=None):
     c.train.lr_decay_epochs = 60
     c.train.lr_decay_factor = 1.0
   else:
-    raise ValueError(f"configs/pcme.py: unknown data={a.data!r} (synthetic|coco|cub)")
+    raise ValueError(f"configs/pcme.py: unknown data={a.data!r} (synthetic|coco|cub|images)")
   if a.runlocal:
     c.data.synthetic.update(n_train=1000, n_dev=100, n_test=200)
     m.word_dim = 64
