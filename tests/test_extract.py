@@ -127,3 +127,13 @@ def test_images_folder_needs_images_and_one_caption_file(tmp_path):
   (tmp_path / "captions.txt").write_text("x.jpg, y\n")
   with pytest.raises(ConfigError, match="expected one caption file .*a.csv.*captions.txt"):
     images_cache.dataset_dir(d)
+
+
+@pytest.mark.parametrize("method", ["vsepp", "pcme"])
+def test_data_images_presets_extract_the_documented_split(method):
+  import importlib
+  config = importlib.import_module(f"configs.{method}").get_config("data=images")
+  assert config.data.name == "images"
+  s = images_cache.settings_of(config.data)
+  assert (s.n_dev, s.n_test, s.seed, s.captions_per_image, s.regions, s.size) == (
+      250, 250, 0, 5, "grid", 192)
