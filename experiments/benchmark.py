@@ -10,6 +10,9 @@ points elsewhere):
     ``n_images`` x ``5 n_images`` grid through the tiled engine;
   * peak memory: the compiled train step's and score tile's XLA memory analysis (temp +
     argument bytes) and the process's peak RSS.
+With ``--extract_images=DIR`` (a folder of photos; ``--config`` then optional) it also
+measures feature extraction (``xmr_jax.data.extract``'s backbone, EfficientNet-Lite0 at
+S = 192, batch 32): images/s of the backbone alone and of decode + preprocess + backbone.
 Absolute times on shared machines are noisy: compare ratios measured in one run.
 """
 import json
@@ -31,6 +34,8 @@ config_flags.DEFINE_config_file("config", None, "Config file (as for xmr_jax.mai
 flags.DEFINE_string("out", "benchmark.json", "Where to write the JSON.")
 flags.DEFINE_integer("steps", 20, "Timed train steps.")
 flags.DEFINE_integer("n_images", 1000, "Images in the scoring benchmark (5 captions each).")
+flags.DEFINE_string("extract_images", "", "A folder of photos: also benchmark extraction.")
+flags.DEFINE_integer("extract_n", 256, "Photos used by the extraction benchmark.")
 
 
 def _median_time(fn, repeats: int) -> float:
@@ -102,16 +107,44 @@ def bench_eval(config, ds, method, state, n_images: int) -> dict:
                                    "length_groups": groups}}
 
 
+def bench_extract(images_dir: str, n: int, batch: int = 32, size: int = 192) -> dict:
+  """Backbone images/s, and decode + preprocess + backbone images/s, on ``n`` photos."""
+  from xmr_jax.backbones import efficientnet_lite as lite
+  from xmr_jax.data import captions
+  names = captions.list_photos(images_dir)[:n]
+  n = len(names) - len(names) % batch
+  variables = lite.load_weights()
+  t0 = time.perf_counter()
+  x = np.stack([lite.preprocess(captions.load_photo(os.path.join(images_dir, f)), size)
+                for f in names[:n]])
+  decode = time.perf_counter() - t0
+  jax.block_until_ready(lite.features(variables, x[:batch]))      # compile
+  t0 = time.perf_counter()
+  for i in range(0, n, batch):
+    jax.block_until_ready(lite.features(variables, x[i:i + batch]))
+  net = time.perf_counter() - t0
+  return {"photos": n, "batch": batch, "size": size, "backbone_images_per_sec": n / net,
+          "decode_preprocess_images_per_sec": n / decode,
+          "pipeline_images_per_sec": n / (net + decode)}
+
+
 def main(argv):
   del argv
   config = FLAGS.config
+  result = {"device": str(jax.devices()[0]), "device_count": jax.device_count(),
+            "jax": jax.__version__, "cpu_count": os.cpu_count(),
+            "load_average_start": os.getloadavg()}
+  if FLAGS.extract_images:
+    result["extract"] = bench_extract(FLAGS.extract_images, FLAGS.extract_n)
+    print(json.dumps(result["extract"], indent=2))
+  if config is None:
+    if not FLAGS.extract_images:
+      raise app.UsageError("give --config (and/or --extract_images)")
+    with open(FLAGS.out, "w") as f:
+      json.dump(result, f, indent=2, default=str)
+    return
   ds, method, tx, hparams, state = loop.setup(config)
-  result = {
-      "config": config.to_dict(), "method": method.name,
-      "device": str(jax.devices()[0]), "device_count": jax.device_count(),
-      "jax": jax.__version__, "cpu_count": os.cpu_count(),
-      "load_average_start": os.getloadavg(),
-  }
+  result.update(config=config.to_dict(), method=method.name)
   # Evaluation first: the train step donates (consumes) the state buffers.
   result["eval"] = bench_eval(config, ds, method, state, FLAGS.n_images)
   result["train"] = bench_train(config, ds, method, tx, hparams, state, FLAGS.steps)
@@ -128,5 +161,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config"])
   app.run(main)
