@@ -161,3 +161,56 @@ def test_unknown_config_argument_names_the_key():
     parse_arg("runlocal,bogus=1", runlocal=False)
   assert parse_arg("runlocal,data=coco", runlocal=False, data="synthetic").to_dict() == {
       "runlocal": True, "data": "coco"}
+
+
+_RUN_LONG = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {tests!r})
+    from conftest import tiny_config
+    from xmr_jax import training
+    c = tiny_config("vsepp", {data!r}, embed_dim=16, word_dim=8)
+    c.train.num_steps = 40
+    c.train.log_every_steps = 1
+    c.train.checkpoint_every_steps = 1000
+    c.train.eval_every_epochs = 100
+    print(training.train_and_evaluate(c, {workdir!r}), flush=True)
+""")
+
+
+def test_sigterm_checkpoints_marks_and_resumes_bit_equal(tiny_data_dir, tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  tests = os.path.join(REPO, "tests")
+  code = lambda w: [sys.executable, "-c", _RUN_LONG.format(tests=tests, data=tiny_data_dir,
+                                                           workdir=w)]
+  straight, stopped = str(tmp_path / "straight"), str(tmp_path / "stopped")
+  subprocess.run(code(straight), check=True, env=env, cwd=REPO, capture_output=True)
+  proc = subprocess.Popen(code(stopped), env=env, cwd=REPO, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  metrics = os.path.join(stopped, "metrics.jsonl")
+  # Signal once step 3 is logged: mid-training, with batches prefetched ahead of the step.
+  while proc.poll() is None and not (os.path.exists(metrics) and
+                                     sum(1 for _ in open(metrics)) >= 3):
+    try:
+      proc.wait(timeout=0.05)
+    except subprocess.TimeoutExpired:
+      pass
+  assert proc.poll() is None, "the run ended before it could be signalled"
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=120)
+  assert proc.returncode == 0, err[-3000:]
+  with open(os.path.join(stopped, "PREEMPTED")) as f:
+    step = json.load(f)["step"]
+  assert 3 <= step < 40 and f"{{'preempted': {step}}}" in out
+  assert "preempted (SIGTERM): checkpoint of step" in out + err
+  ck = checkpoints.Checkpointer(stopped)
+  assert ck.latest_step() == step       # saved at the step it stopped, not the periodic one
+  ck.close()
+  assert not os.path.exists(os.path.join(stopped, "eval"))   # final evaluation skipped
+  subprocess.run(code(stopped), check=True, env=env, cwd=REPO, capture_output=True)
+  assert not os.path.exists(os.path.join(stopped, "PREEMPTED"))
+  config = tiny_config("vsepp", tiny_data_dir, embed_dim=16, word_dim=8)
+  a, b = _params_of(straight, config), _params_of(stopped, config)
+  assert int(a["step"]) == int(b["step"]) == 40
+  jax.tree.map(np.testing.assert_array_equal, a["params"], b["params"])
+  with open(os.path.join(stopped, "eval", "results.json")) as f:
+    assert json.load(f)["rsum"] >= 0

@@ -21,17 +21,44 @@ DATA_AXIS = "data"
 PyTree = Any
 
 
-def maybe_initialize_distributed(force: Optional[bool] = None) -> bool:
-  """``jax.distributed.initialize()`` when ``force`` or env ``XMR_DISTRIBUTED=1``.
+def _env_int(name: str) -> Optional[int]:
+  value = os.environ.get(name, "")
+  if not value:
+    return None
+  try:
+    return int(value)
+  except ValueError:
+    raise ConfigError(f"environment variable {name}={value!r} is not an integer") from None
 
-  On Cloud TPU pods and SLURM/Open MPI clusters ``initialize()`` finds the coordinator itself;
-  elsewhere set ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``.
-  Must run before anything touches a device. Returns whether it initialised.
+
+def maybe_initialize_distributed(force: Optional[bool] = None) -> bool:
+  """``jax.distributed.initialize(...)`` when ``force`` or env ``XMR_DISTRIBUTED=1``.
+
+  The interface is the same command on every process with ``JAX_COORDINATOR_ADDRESS``
+  (``host:port`` of process 0), ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``; this JAX does
+  not read them itself, so they are passed explicitly. Without them (Cloud TPU pods, SLURM,
+  Open MPI) ``initialize()`` detects the cluster. On CPU the cross-process collectives are
+  gloo's (``jax_cpu_collectives_implementation``). Must run before anything touches a
+  device. Returns whether it initialised; raises ConfigError for a malformed variable or only
+  some of the three set.
   """
   want = force if force is not None else os.environ.get("XMR_DISTRIBUTED", "") in ("1", "true")
   if not want:
     return False
-  jax.distributed.initialize()
+  names = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+  given = [n for n in names if os.environ.get(n)]
+  if given and len(given) != len(names):
+    raise ConfigError(f"XMR_DISTRIBUTED=1 with {', '.join(given)} set but not "
+                      f"{', '.join(n for n in names if n not in given)}: set all three (or "
+                      f"none, where the cluster is detected)")
+  if jax.config.jax_cpu_collectives_implementation in (None, "", "none"):
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  kwargs = {}
+  if given:
+    kwargs = dict(coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+                  num_processes=_env_int("JAX_NUM_PROCESSES"),
+                  process_id=_env_int("JAX_PROCESS_ID"))
+  jax.distributed.initialize(**kwargs)
   return True
 
 
@@ -102,3 +129,65 @@ def process_shard() -> dict:
   if jax.process_count() == 1:
     return {}
   return {"shard_index": jax.process_index(), "shard_count": jax.process_count()}
+
+
+def is_primary() -> bool:
+  """Whether this is process 0, the one that writes results, plots, logs and caches."""
+  return jax.process_index() == 0
+
+
+def primary_first(fn, name: str):
+  """``fn()`` on process 0 first, then on the others (a barrier between): process 0 builds a
+  shared cache (the synthetic benchmark, extracted photos) that the others then only read.
+  A single process just calls ``fn()``."""
+  if jax.process_count() == 1:
+    return fn()
+  from jax.experimental import multihost_utils
+  out = fn() if is_primary() else None
+  multihost_utils.sync_global_devices(f"xmr_jax {name}: process 0 done")
+  return fn() if not is_primary() else out
+
+
+def to_host(tree: PyTree) -> PyTree:
+  """A replicated tree (a train state's variables) usable by this process alone.
+
+  A replicated global array of a multi-process mesh is not fully addressable; each process
+  holds a complete copy on its own devices, returned as numpy. Arrays this process can
+  address whole (every array of a single-process run) and numpy leaves pass through.
+  Raises ValueError for an array split (not replicated) over processes.
+  """
+  def one(x):
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+      return x
+    if not x.sharding.is_fully_replicated:
+      raise ValueError(f"to_host: a {x.shape} array sharded over processes is not replicated")
+    return np.asarray(x.addressable_data(0))
+  return jax.tree.map(one, tree)
+
+
+def process_block(n: int, multiple: int) -> slice:
+  """This process's contiguous share of ``n`` rows in whole blocks of ``multiple`` rows.
+
+  The blocks are dealt out evenly (the last processes may get one block fewer, or none);
+  every process calls this with the same arguments. One process: every row.
+  """
+  count, index = jax.process_count(), jax.process_index()
+  if count == 1:
+    return slice(0, n)
+  blocks = -(-n // multiple)
+  per = -(-blocks // count)
+  return slice(min(n, index * per * multiple), min(n, (index + 1) * per * multiple))
+
+
+def gather_blocks(local: np.ndarray, n: int, multiple: int) -> np.ndarray:
+  """Every process's :func:`process_block` rows of ``local`` (rows, ...) stacked in process
+  order: the (n, ...) whole, on every process, in one collective. One process: ``local``."""
+  count = jax.process_count()
+  if count == 1:
+    return local
+  from jax.experimental import multihost_utils
+  per = -(-(-(-n // multiple)) // count) * multiple
+  padded = np.zeros((per,) + local.shape[1:], local.dtype)
+  padded[:local.shape[0]] = local
+  allrows = np.asarray(multihost_utils.process_allgather(padded, tiled=False))
+  return allrows.reshape((count * per,) + local.shape[1:])[:n]

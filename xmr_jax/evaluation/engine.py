@@ -134,18 +134,27 @@ def score_all(method, variables, img: PyTree, txt: PyTree, *, tile_images: int =
   ``mesh``: a ``"data"`` mesh whose devices share the caption tiles (default: every local
   device, ``common.mesh.local_mesh``). ``length_groups`` > 1 scores captions grouped by length
   with their padding trimmed (``group_by_length``; same scores, fewer FLOPs for methods whose
-  cost grows with the padded caption length). Padded rows (repeats) are cut off.
+  cost grows with the padded caption length). Padded rows (repeats) are cut off. Several
+  processes: each scores ``common.mesh.process_block`` of the image rows and every process
+  returns the whole grid (``common.mesh.gather_blocks``).
   """
   mesh = mesh or mesh_lib.local_mesh()
   n_img = jax.tree.leaves(img)[0].shape[0]
   n_txt = jax.tree.leaves(txt)[0].shape[0]
-  out = None
+  # Several processes: each scores its block of image rows (whole image tiles) against every
+  # caption, and the rows are gathered once at the end (one collective).
+  rows = mesh_lib.process_block(n_img, tile_images)
+  mine = jax.tree.map(lambda x: np.asarray(x)[rows], img) if jax.process_count() > 1 else img
+  n_mine = rows.stop - rows.start
+  out = np.zeros((n_mine, n_txt), np.float32)
   for idx, sub in group_by_length(method, txt, length_groups, multiple=tile_texts):
-    part = _score_grid(method, variables, img, sub, tile_images, tile_texts, mesh, progress)
-    if out is None:
-      out = np.empty((n_img, n_txt), part.dtype)
+    if n_mine == 0:
+      break
+    part = _score_grid(method, variables, mine, sub, tile_images, tile_texts, mesh, progress)
+    if part.dtype != out.dtype:
+      out = out.astype(part.dtype)
     out[:, idx] = part
-  return out
+  return mesh_lib.gather_blocks(out, n_img, tile_images)
 
 
 def _score_grid(method, variables, img, txt, tile_images, tile_texts, mesh, progress):

@@ -10,12 +10,15 @@ from tensorboardX import SummaryWriter
 class MetricsWriter:
   """Appends one JSON object per call to ``workdir/metrics.jsonl`` and mirrors it to TB."""
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, enabled: bool = True):
+    """``enabled`` False (processes other than 0 of a multi-process run) writes nothing."""
     self.path = os.path.join(workdir, "metrics.jsonl")
-    self._tb = SummaryWriter(logdir=os.path.join(workdir, "tensorboard"))
+    self._tb = SummaryWriter(logdir=os.path.join(workdir, "tensorboard")) if enabled else None
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
     """One JSON line ``{"step", **scalars}`` (non-finite values as strings) + TB scalars."""
+    if self._tb is None:
+      return
     record = {"step": int(step)}
     for k, v in scalars.items():
       v = float(v)
@@ -26,4 +29,5 @@ class MetricsWriter:
 
   def close(self):
     """Flushes and closes the TensorBoard writer."""
-    self._tb.close()
+    if self._tb is not None:
+      self._tb.close()

@@ -9,14 +9,18 @@ metrics/TensorBoard logging and a progress bar. ``train_and_evaluate`` then runs
 evaluators (``config.evals``) on the best parameters; ``sweep.run_sweep`` evaluates every
 variant. ``main.py`` and notebooks call these functions.
 """
+import collections
 import dataclasses
 import os
+import signal
 import sys
+import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from xmr_jax import evaluation
@@ -60,7 +64,9 @@ def setup(config):
   against the method before anything trains.
   """
   config_check.check_config(config)
-  ds = datasets.open_dataset(config.data, needs=method_inputs(config), seed=config.seed)
+  # Several processes: process 0 builds a missing dataset cache, the others then read it.
+  ds = mesh_lib.primary_first(lambda: datasets.open_dataset(
+      config.data, needs=method_inputs(config), seed=config.seed), "dataset")
   method = get_method(config, ds.info)
   evaluation.check_evals(config.evals, method)
   tx = state_lib.make_optimizer(config.train, method.unclipped_params)
@@ -89,6 +95,7 @@ class Run:
   writer: MetricsWriter
   record: Dict[str, Any]      # {"diverged": {variant: step}}, saved with every checkpoint
   step: int = 0
+  preempted: bool = False     # stopped by SIGTERM (a checkpoint was saved; no final eval)
 
   @property
   def variant_names(self) -> List[Optional[str]]:
@@ -97,8 +104,8 @@ class Run:
 
   def variables(self, k: int = 0):
     """Flax variables of variant k (the run's own for a single run)."""
-    state = self.state if self.names is None else jax.tree.map(lambda x: x[k], self.state)
-    return state_lib.variables_of(state)
+    state = mesh_lib.to_host(state_lib.variables_of(self.state))
+    return state if self.names is None else jax.tree.map(lambda x: x[k], state)
 
 
 def start(config, workdir: str, variants: Optional[Sequence[Dict[str, Any]]] = None) -> Run:
@@ -110,6 +117,9 @@ def start(config, workdir: str, variants: Optional[Sequence[Dict[str, Any]]] = N
   ds, method, tx, hparams, state = setup(config)
   # Only now, with the config and data checked, is anything written into the workdir.
   os.makedirs(workdir, exist_ok=True)
+  marker = os.path.join(workdir, PREEMPTED)
+  if mesh_lib.is_primary() and os.path.exists(marker):
+    os.remove(marker)          # resuming a preempted run
   names = None if variants is None else [v["name"] for v in variants]
   if variants is not None:
     hparams = state_lib.stack_hparams(hparams, variants)
@@ -131,7 +141,7 @@ def start(config, workdir: str, variants: Optional[Sequence[Dict[str, Any]]] = N
              sched=sched, hparams=mesh_lib.replicate(hparams, mesh),
              state=mesh_lib.replicate(state, mesh), step_fn=step_fn,
              place=_placer(mesh, max(ds.len_buckets)), iterator=iterator,
-             ckpt=ckpt, writer=MetricsWriter(workdir),
+             ckpt=ckpt, writer=MetricsWriter(workdir, enabled=mesh_lib.is_primary()),
              record=ckpt.trainer_record() or {"diverged": {}}, step=ckpt.latest_step() or 0)
 
 
@@ -144,61 +154,149 @@ def _placer(mesh, text_len: int) -> Callable:
   return place
 
 
+PREEMPTED = "PREEMPTED"
+
+
+class _Preemption:
+  """SIGTERM (spot machines, SLURM, Cloud TPU maintenance) -> stop at a step every process
+  agrees on.
+
+  One process: a Python SIGTERM handler sets a flag the loop reads after each step. Several
+  processes: JAX's distributed runtime catches SIGTERM itself and its preemption sync manager
+  (``multihost_utils.reached_preemption_sync_point``, orbax's ``reached_preemption``) picks
+  the step at which all processes stop, without a per-step round trip between hosts.
+  """
+
+  def __init__(self):
+    self.flag, self._previous = False, None
+
+  def __enter__(self):
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handler)
+    return self
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+    return False
+
+  def _handler(self, signum, frame):
+    del signum, frame
+    self.flag = True
+
+  def reached(self, step: int) -> bool:
+    """Whether to stop after ``step`` (called after every step, on every process)."""
+    if jax.process_count() > 1:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self.flag
+
+
+class _Feed:
+  """Batches placed on the devices ``size`` steps ahead, each with the data iterator state
+  just after it was read: a checkpoint records the state of the batch last *used*, not of
+  the ones prefetched. Placing is asynchronous, so the host prepares the next batches while
+  the device runs the current step."""
+
+  def __init__(self, iterator, place: Callable, size: int):
+    self.iterator, self.place, self.size = iterator, place, max(1, int(size))
+    self.queue: "collections.deque" = collections.deque()
+
+  def next(self):
+    """(placed batch, data state after it)."""
+    while len(self.queue) < self.size:
+      host = next(self.iterator)
+      self.queue.append((self.place(host), self.iterator.get_state()))
+    return self.queue.popleft()
+
+
 def train(run: Run) -> Run:
-  """Trains ``run`` to ``total_steps``: the loop of every mode (see the module docstring)."""
+  """Trains ``run`` to ``total_steps``: the loop of every mode (see the module docstring).
+
+  The host never waits for a step except every ``log_every_steps`` (metrics), at checkpoints
+  (the NaN guard reads the state's ``alive`` flags first, so a saved checkpoint is always
+  from before the first non-finite step) and at dev evaluations; batches are prefetched
+  ``train.prefetch`` steps ahead. On SIGTERM the run saves a checkpoint after the current
+  step, writes ``workdir/PREEMPTED`` and returns with ``run.preempted`` set.
+  """
   c = run.config.train
   total, per_epoch = run.sched["total_steps"], run.sched["steps_per_epoch"]
   eval_period = max(1, round(run.config.train.eval_every_epochs * per_epoch))
   desc = f"train {run.method.name}" + ("" if run.names is None else f" x{len(run.names)}")
   bar = tqdm(total=total, initial=run.step, desc=desc, unit="step", dynamic_ncols=True,
-             mininterval=1.0 if sys.stderr.isatty() else 30.0)
+             mininterval=1.0 if sys.stderr.isatty() else 30.0,
+             disable=not mesh_lib.is_primary())
+  feed = _Feed(run.iterator, run.place, c.get("prefetch", 2))
   t_last, seen = time.time(), 0
   try:
-    while run.step < total:
-      batch = run.place(next(run.iterator))
-      run.state, metrics = run.step_fn(run.state, batch, run.hparams)
-      run.step += 1
-      seen += 1
-      _guard(run, metrics)
-      bar.update(1)
-      if run.step % c.log_every_steps == 0 or run.step == total:
-        now = time.time()
-        _log(run, metrics, seen / max(now - t_last, 1e-9), bar)
-        t_last, seen = now, 0
-      if run.step % c.checkpoint_every_steps == 0 or run.step == total:
-        run.ckpt.save(run.step, run.state, run.iterator.get_state(), run.config.to_dict(),
-                      run.record)
-      if run.step % eval_period == 0 or run.step == total:
-        _dev_eval(run)
+    with _Preemption() as preemption:
+      while run.step < total:
+        batch, data_state = feed.next()
+        run.state, metrics = run.step_fn(run.state, batch, run.hparams)
+        run.step += 1
+        seen += 1
+        bar.update(1)
+        stop = preemption.reached(run.step)
+        log = run.step % c.log_every_steps == 0 or run.step == total
+        save = run.step % c.checkpoint_every_steps == 0 or run.step == total or stop
+        dev = (run.step % eval_period == 0 or run.step == total) and not stop
+        if log or save or dev:
+          _guard(run)
+        if log:
+          now = time.time()
+          _log(run, metrics, seen / max(now - t_last, 1e-9), bar)
+          t_last, seen = now, 0
+        if save:
+          run.ckpt.save(run.step, run.state, data_state, run.config.to_dict(), run.record)
+        if stop:
+          _mark_preempted(run)
+          break
+        if dev:
+          _dev_eval(run)
   finally:
     bar.close()
   return run
 
 
-def _guard(run: Run, metrics) -> None:
-  """Records newly diverged variants; a single run that diverged stops with its checkpoint."""
-  alive = np.atleast_1d(np.asarray(metrics["alive"]))
-  loss = np.atleast_1d(np.asarray(metrics["loss"]))
+def _mark_preempted(run: Run) -> None:
+  run.preempted = True
+  if mesh_lib.is_primary():
+    atomic_write_json(os.path.join(run.workdir, PREEMPTED),
+                      {"step": run.step, "time": time.strftime("%Y-%m-%d %H:%M:%S")})
+    tqdm.write(f"preempted (SIGTERM): checkpoint of step {run.step} saved in "
+               f"{run.ckpt.latest.directory}; the final evaluation is skipped. Run the same "
+               f"command again to resume.")
+
+
+def _guard(run: Run) -> None:
+  """Records newly diverged variants; a single run that diverged stops with its checkpoint.
+
+  Reads the state's ``alive`` flags (a host sync): a diverged state keeps its last finite
+  parameters and its step counter, so ``step + 1`` is the first non-finite step.
+  """
+  alive = np.atleast_1d(mesh_lib.to_host(run.state["alive"]))
+  steps = np.atleast_1d(mesh_lib.to_host(run.state["step"]))
   for k, name in enumerate(run.variant_names):
     key = name or "run"
     if alive[k] or key in run.record["diverged"]:
       continue
-    run.record["diverged"][key] = run.step
+    first_bad = int(steps[k]) + 1
+    run.record["diverged"][key] = first_bad
     if name is None:
-      raise TrainingDivergedError(_diverged_message(run, float(loss[k])))
-    tqdm.write(f"variant {name} diverged at step {run.step} (loss {float(loss[k])}); it keeps "
-               f"its last finite parameters and is reported as diverged, the others go on")
+      raise TrainingDivergedError(_diverged_message(run, first_bad))
+    tqdm.write(f"variant {name} diverged at step {first_bad} (non-finite loss, gradient or "
+               f"update); it keeps its last finite parameters and is reported as diverged, "
+               f"the others go on")
 
 
-def _diverged_message(run: Run, loss: float) -> str:
+def _diverged_message(run: Run, first_bad: int) -> str:
   saved = run.ckpt.latest_step()
   where = (f"The last checkpoint (step {saved}) is intact in {run.ckpt.latest.directory}"
            if saved is not None else
            f"No checkpoint was saved yet (the first is due at step "
            f"{run.config.train.checkpoint_every_steps})")
-  return (f"loss became {loss} at step {run.step} ({run.method.name}); training stopped. "
-          f"{where}. Lower the learning rate or check the inputs of the batch read at that "
-          f"step.")
+  return (f"the loss, gradient or update became non-finite at step {first_bad} "
+          f"({run.method.name}); training stopped. {where}. Lower the learning rate or check "
+          f"the inputs of the batch read at that step.")
 
 
 def _log(run: Run, metrics, steps_per_sec: float, bar) -> None:
@@ -231,6 +329,8 @@ def _dev_eval(run: Run) -> None:
     best = run.ckpt.best_info(name)
     if best is None or res["rsum"] > best["rsum"]:
       run.ckpt.save_best(run.step, variables, {"step": run.step, "rsum": res["rsum"]}, name)
+    if not mesh_lib.is_primary():
+      continue
     tqdm.write(f"step {run.step}{'' if name is None else ' ' + name}: dev rsum "
                f"{res['rsum']:.2f} (i2t R@1 {res['i2t']['r1']:.1f}, t2i R@1 "
                f"{res['t2i']['r1']:.1f})")
@@ -250,17 +350,28 @@ def close(run: Run) -> None:
 
 def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   """``--mode=train``: trains (resuming if ``workdir`` holds a checkpoint), then runs the
-  config's evaluators on the best parameters; returns the ``retrieval`` results dict."""
+  config's evaluators on the best parameters; returns the ``retrieval`` results dict, or
+  ``{"preempted": step}`` when SIGTERM stopped the training (no evaluation then).
+
+  Several processes: all train and score (each its share of the tiles); only process 0
+  writes ``config.json``, metrics, results and plots.
+  """
   run = start(config, workdir)
-  atomic_write_json(os.path.join(workdir, "config.json"), config.to_dict())
+  primary = mesh_lib.is_primary()
+  if primary:
+    atomic_write_json(os.path.join(workdir, "config.json"), config.to_dict())
   try:
     train(run)
+    if run.preempted:
+      return {"preempted": run.step}
     ctx = evaluation.EvalContext(run.method, best_variables(run), run.ds, config.eval.split,
-                                 config.eval, seed=config.seed, workdir=workdir)
-    evaluation.run_evals(config.evals, ctx)
+                                 config.eval, seed=config.seed,
+                                 workdir=workdir if primary else None)
+    evaluation.run_evals(config.evals if primary else config.evals[:1], ctx)
   finally:
     close(run)
-  from xmr_jax import plots  # matplotlib only when plotting
-  plots.plot_curves(os.path.join(workdir, "metrics.jsonl"),
-                    os.path.join(workdir, "plots", "curves.png"))
+  if primary:
+    from xmr_jax import plots  # matplotlib only when plotting
+    plots.plot_curves(os.path.join(workdir, "metrics.jsonl"),
+                      os.path.join(workdir, "plots", "curves.png"))
   return ctx.results

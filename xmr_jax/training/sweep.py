@@ -40,7 +40,7 @@ resolved against the sweep file, so they work from an installed package too.
 import copy
 import os
 import time
-from typing import Any, Dict, List, Mapping, Sequence
+from typing import Any, Dict, List, Mapping, Sequence, Optional
 
 import ml_collections
 
@@ -121,11 +121,14 @@ def _row(config, method, variant, group: str, k: int, run) -> Dict[str, Any]:
           "results": retrieval.evaluate(ctx)}
 
 
-def run_group(config, variants, workdir: str) -> List[Dict[str, Any]]:
-  """Trains one group's K variants together (one vmapped program); returns their rows."""
+def run_group(config, variants, workdir: str) -> Optional[List[Dict[str, Any]]]:
+  """Trains one group's K variants together (one vmapped program); returns their rows, or
+  None when SIGTERM stopped it (checkpoint saved, ``PREEMPTED`` in its workdir)."""
   run = loop.start(config, workdir, variants)
   try:
     loop.train(run)
+    if run.preempted:
+      return None
     return [_row(config, run.method, v, os.path.basename(workdir), k, run)
             for k, v in enumerate(variants)]
   finally:
@@ -156,7 +159,12 @@ def run_sweep(config, workdir: str) -> List[Dict[str, Any]]:
   rows: List[Dict[str, Any]] = []
   t0 = time.time()
   for g in sweep_groups(config):
-    rows += run_group(g["config"], g["variants"], os.path.join(workdir, g["name"]))
+    group_rows = run_group(g["config"], g["variants"], os.path.join(workdir, g["name"]))
+    if group_rows is None:
+      print(f"sweep preempted in group {g['name']}; run the same command again to resume",
+            flush=True)
+      return rows
+    rows += group_rows
     atomic_write_json(os.path.join(workdir, "sweep_results.json"), rows)
   print(format_sweep_table(rows), flush=True)
   print(f"sweep of {len(rows)} variants took {time.time() - t0:.1f} s", flush=True)

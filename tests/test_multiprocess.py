@@ -1,0 +1,154 @@
+"""Several processes on one machine: 2 processes x 4 CPU devices = 1 process x 8 devices.
+
+Each run is a real ``jax.distributed`` job started the way the README says (the same code on
+every process, ``XMR_DISTRIBUTED=1`` and ``JAX_COORDINATOR_ADDRESS`` / ``JAX_NUM_PROCESSES`` /
+``JAX_PROCESS_ID``), with gloo CPU collectives. It trains a few steps on a fresh synthetic
+cache (process 0 builds it, the other waits) and evaluates (each process scores its share of
+the tiles). Losses, gradient norms, parameters, scores and metrics must equal the
+one-process run. Every child is killed after a timeout, so a hang fails instead of stalling CI.
+"""
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMEOUT_S = 300
+
+_CHILD = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {tests!r})
+    import numpy as np
+    from xmr_jax.common import mesh
+    mesh.maybe_initialize_distributed()
+    import jax
+    from xmr_jax.data.synthetic import store
+    from xmr_jax.training import loop
+    from conftest import tiny_config
+
+    generate = store.generate
+    def counted(*args, **kwargs):
+      print("XMR_TEST_GENERATE", jax.process_index(), flush=True)
+      return generate(*args, **kwargs)
+    store.generate = counted
+
+    final = {{}}
+    close = loop.close
+    def keep(run):
+      final.update(jax.tree_util.tree_flatten_with_path(mesh.to_host(run.state["params"]))[0])
+      close(run)
+    loop.close = keep
+
+    c = tiny_config({method!r}, "", **{model!r})
+    c.train.optimizer = {optimizer!r}
+    c.data.name = "synthetic"
+    c.data.dir = ""
+    c.data.synthetic.update(n_train=48, n_dev=16, n_test=16)
+    c.train.num_steps = 4
+    c.train.log_every_steps = 1
+    c.train.checkpoint_every_steps = 2
+    loop.train_and_evaluate(c, {workdir!r})
+    if mesh.is_primary():
+      np.savez({workdir!r} + "/final_params.npz",
+               **{{jax.tree_util.keystr(k): np.asarray(v) for k, v in final.items()}})
+    print("XMR_TEST_DONE", jax.process_index(), jax.device_count(), flush=True)
+""")
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _launch(method: str, model: dict, optimizer: str, workdir: str, cache: str,
+            processes: int, devices: int):
+  """Starts ``processes`` children with ``devices`` CPU devices each; returns their logs."""
+  code = _CHILD.format(tests=os.path.join(REPO, "tests"), method=method, model=model,
+                       optimizer=optimizer, workdir=workdir)
+  base = dict(os.environ, JAX_PLATFORMS="cpu", XMR_DATA_DIR=cache,
+              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  port = _free_port()
+  procs = []
+  for i in range(processes):
+    env = dict(base)
+    if processes > 1:
+      env.update(XMR_DISTRIBUTED="1", JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                 JAX_NUM_PROCESSES=str(processes), JAX_PROCESS_ID=str(i))
+    procs.append(subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+  logs = []
+  try:
+    for p in procs:
+      logs.append(p.communicate(timeout=TIMEOUT_S)[0])
+  except subprocess.TimeoutExpired:
+    for p in procs:
+      p.kill()
+    logs = [p.communicate()[0] for p in procs]
+    pytest.fail(f"{processes}-process run timed out after {TIMEOUT_S} s; logs:\n" +
+                "\n---\n".join(log[-3000:] for log in logs))
+  for i, (p, log) in enumerate(zip(procs, logs)):
+    assert p.returncode == 0, f"process {i} of {processes} failed:\n{log[-4000:]}"
+  return logs
+
+
+def _metrics(workdir: str):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  return {r["step"]: r for r in rows if "loss" in r}
+
+
+# SGRAF as SAF: its BatchNorm statistics cross the mesh (Method.for_mesh). SGRAF has biases
+# followed by BatchNorm, whose gradient is mathematically zero (float noise ~1e-11); Adam
+# turns that noise into +-lr steps whose sign depends on the reduction order, which says
+# nothing about parallel training, so SGRAF is compared under SGD (VSE++ under Adam).
+@pytest.fixture(scope="module", params=[("vsepp", {}, "adam"),
+                                        ("sgraf", {"variant": "saf"}, "sgd")],
+                ids=["vsepp", "sgraf_saf"])
+def runs(request, tmp_path_factory):
+  method, model, optimizer = request.param
+  root = tmp_path_factory.mktemp(f"mp_{method}")
+  cache = str(root / "cache")
+  multi = _launch(method, model, optimizer, str(root / "multi"), cache, processes=2, devices=4)
+  single = _launch(method, model, optimizer, str(root / "single"), cache, processes=1,
+                   devices=8)
+  return root, multi, single
+
+
+def test_process_zero_builds_the_cache_the_other_waits(runs):
+  _, multi, single = runs
+  assert [("XMR_TEST_GENERATE" in log) for log in multi] == [True, False]
+  assert "XMR_TEST_GENERATE" not in single[0]       # the cache built by the 2-process run
+  assert all("XMR_TEST_DONE" in log and log.rstrip().endswith(" 8") for log in multi + single)
+
+
+def test_two_processes_train_like_one(runs):
+  root, _, _ = runs
+  a, b = _metrics(str(root / "multi")), _metrics(str(root / "single"))
+  assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+  for step in a:
+    for key in ("loss", "grad_norm"):
+      np.testing.assert_allclose(a[step][key], b[step][key], rtol=1e-5, err_msg=f"{key}@{step}")
+  pa, pb = (np.load(str(root / w / "final_params.npz")) for w in ("multi", "single"))
+  assert sorted(pa.files) == sorted(pb.files) and pa.files
+  for k in pa.files:
+    np.testing.assert_allclose(pa[k], pb[k], rtol=1e-5, atol=1e-5, err_msg=k)
+
+
+def test_two_processes_evaluate_like_one(runs):
+  root, _, _ = runs
+  ra, rb = (json.load(open(str(root / w / "eval" / "results.json"))) for w in ("multi", "single"))
+  ra.pop("seconds"), rb.pop("seconds")
+  assert ra == rb
+  sa, sb = (np.load(str(root / w / "eval" / "test_scores.npy")) for w in ("multi", "single"))
+  assert sa.shape == sb.shape == (16, 80)
+  np.testing.assert_allclose(sa, sb, atol=1e-5)
+  # Only process 0 writes: one metrics line per logged step, not two.
+  with open(str(root / "multi" / "metrics.jsonl")) as f:
+    steps = [json.loads(line)["step"] for line in f if "loss" in line]
+  assert steps == [1, 2, 3, 4]
