@@ -153,8 +153,9 @@ def _conv_specs(size: int) -> list:
 
 def _jax_layer_times(specs: list, batch: int, repeats: int, dtype=np.float32,
                      impl=None) -> list:
-  """Median seconds of each convolution alone (lax.conv_general_dilated, NHWC / HWIO, TF
-  "SAME" padding, as flax.linen.Conv calls it) on random inputs of its shape."""
+  """Median seconds of each convolution alone on random inputs of its shape: lax.conv_general
+  _dilated (NHWC / HWIO, TF "SAME" padding, as flax.linen.Conv calls it), depthwise layers
+  as the package computes them (or ``impl(x, w, stride)``)."""
   rng = np.random.default_rng(0)
   out = []
   for spec in specs:
@@ -163,8 +164,8 @@ def _jax_layer_times(specs: list, batch: int, repeats: int, dtype=np.float32,
     w = jax.numpy.asarray(rng.standard_normal(
         (spec["k"], spec["k"], spec["c_in"] // spec["groups"], spec["c_out"]), np.float32),
         dtype)
-    if impl is not None:   # a depthwise implementation (x, w, stride)
-      conv = jax.jit(functools.partial(impl, stride=spec["stride"]))
+    if impl is not None or spec["kind"] == "depthwise":   # (x, w, stride)
+      conv = jax.jit(functools.partial(impl or _depthwise_package, stride=spec["stride"]))
     else:
       conv = jax.jit(functools.partial(
           jax.lax.conv_general_dilated, window_strides=(spec["stride"],) * 2,
@@ -199,25 +200,11 @@ def _images_per_sec(fn, x: np.ndarray, batch: int) -> float:
   return n / (time.perf_counter() - t0)
 
 
-def _tf_same_pad(n: int, k: int, s: int) -> tuple:
-  total = max((-(-n // s) - 1) * s + k - n, 0)
-  return total // 2, total - total // 2
-
-
-def _depthwise_shifted(x, w, stride: int):
-  """Depthwise k x k convolution (TF "SAME") as k^2 strided slices times per-channel weights,
-  summed: elementwise work that XLA fuses, instead of a feature_group_count convolution.
-  x (B, H, W, C), w (k, k, 1, C) as flax.linen.Conv holds it."""
-  k, (h, wd) = w.shape[0], x.shape[1:3]
-  x = jax.numpy.pad(x, ((0, 0), _tf_same_pad(h, k, stride), _tf_same_pad(wd, k, stride),
-                        (0, 0)))
-  ho, wo = -(-h // stride), -(-wd // stride)
-  out = 0
-  for i in range(k):
-    for j in range(k):
-      out = out + x[:, i:i + stride * (ho - 1) + 1:stride,
-                    j:j + stride * (wo - 1) + 1:stride, :] * w[i, j, 0]
-  return out
+def _depthwise_package(x, w, stride: int):
+  """The package's depthwise layer (efficientnet_lite.DepthwiseConv: k^2 shifted slices times
+  per-channel weights, summed). x (B, H, W, C), w (k, k, 1, C)."""
+  from xmr_jax.backbones import efficientnet_lite as lite
+  return lite.DepthwiseConv(w.shape[0], stride).apply({"params": {"kernel": w}}, x)
 
 
 def _depthwise_lax(x, w, stride: int):
@@ -227,13 +214,14 @@ def _depthwise_lax(x, w, stride: int):
 
 
 @functools.partial(jax.jit, static_argnames=("depthwise",))
-def _functional_features(variables, images, depthwise: str = "lax"):
+def _functional_features(variables, images, depthwise: str = "grouped"):
   """EfficientNet-Lite0's feature map written with plain lax ops on the Flax variables, with
-  a choice of depthwise implementation ("lax": grouped convolution as flax.linen.Conv does,
-  "shifted": :func:`_depthwise_shifted`). (B, S, S, 3) -> (B, (S/32)^2, 1280)."""
+  a choice of depthwise implementation ("grouped": lax grouped convolution, as
+  flax.linen.Conv(feature_group_count=C) computes it, what the package used before;
+  "shifted": the package's DepthwiseConv). (B, S, S, 3) -> (B, (S/32)^2, 1280)."""
   from xmr_jax.backbones import efficientnet_lite as lite
   p, st = variables["params"], variables["batch_stats"]
-  dw = {"lax": _depthwise_lax, "shifted": _depthwise_shifted}[depthwise]
+  dw = {"grouped": _depthwise_lax, "shifted": _depthwise_package}[depthwise]
 
   def conv(x, w, stride=1):
     return jax.lax.conv_general_dilated(x, w, (stride, stride), "SAME",
@@ -341,16 +329,16 @@ def bench_extract(images_dir: str, n: int, batch: int = 32, size: int = 192,
         "batch": batch, "images_per_sec": _images_per_sec(feats_bf16, x, batch),
         "parity_vs_float32": _rel_err(jax_feats, np.asarray(
             feats_bf16(x[:n_parity]), np.float32).reshape(jax_feats.shape))}
-    result["jax_depthwise_shifted"] = {}
-    for impl in ("lax", "shifted"):
+    result["jax_depthwise"] = {"batch": batch}
+    for impl in ("grouped", "shifted"):
       fn = functools.partial(_functional_features, variables, depthwise=impl)
-      result["jax_depthwise_shifted"][impl] = {
-          "images_per_sec": _images_per_sec(fn, x, batch),
-          "parity_vs_package": _rel_err(jax_feats, np.asarray(fn(x[:n_parity])))}
-    shifted_specs = [s for s in specs if s["kind"] == "depthwise"]
-    result["jax_depthwise_shifted"]["depthwise_layers_seconds"] = sum(
-        t["seconds"] for t in _jax_layer_times(shifted_specs, batch, LAYER_REPEATS,
-                                               impl=_depthwise_shifted))
+      result["jax_depthwise"][f"{impl}_network_images_per_sec"] = _images_per_sec(fn, x, batch)
+      result["jax_depthwise"][f"{impl}_parity_vs_package"] = _rel_err(
+          jax_feats, np.asarray(fn(x[:n_parity])))
+    dw_specs = [s for s in specs if s["kind"] == "depthwise"]
+    for impl, fn in (("grouped", _depthwise_lax), ("shifted", _depthwise_package)):
+      result["jax_depthwise"][f"{impl}_layers_seconds"] = sum(
+          t["seconds"] for t in _jax_layer_times(dw_specs, batch, LAYER_REPEATS, impl=fn))
     layers = _jax_layer_times(specs, batch, LAYER_REPEATS)
     result["jax_layers"] = {"batch": batch, "seconds_by_kind": _by_kind(specs, layers),
                             "per_layer": layers,
