@@ -157,18 +157,19 @@ def time_variant(net, x_nhwc, batch, repeats, channels_last, bf16) -> dict:
   """Images/s of the network over all inputs (tensors built beforehand, not timed)."""
   batches = _batches(x_nhwc, batch, channels_last)
   model = net.to(memory_format=torch.channels_last) if channels_last else net
-  passes = []
+  passes, cpu = [], []
   with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
     model(batches[0])   # warm-up (oneDNN primitive creation)
     for _ in range(repeats):
-      t0 = time.perf_counter()
+      t0, c0 = time.perf_counter(), time.process_time()
       for b in batches:
         model(b)
       passes.append(time.perf_counter() - t0)
+      cpu.append(time.process_time() - c0)
   n = len(x_nhwc)
   med = statistics.median(passes)
-  return {"images": n, "batch": batch, "pass_seconds": passes,
-          "images_per_sec": n / med}
+  return {"images": n, "batch": batch, "pass_seconds": passes, "images_per_sec": n / med,
+          "cpu_seconds_per_image": statistics.median(cpu) / n}
 
 
 def time_layers(layers, batch, repeats, channels_last=False) -> list:
