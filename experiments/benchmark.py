@@ -13,11 +13,23 @@ points elsewhere):
 With ``--extract_images=DIR`` (a folder of photos; ``--config`` then optional) it also
 measures feature extraction (``xmr_jax.data.extract``'s backbone, EfficientNet-Lite0 at
 S = 192, batch 32): images/s of the backbone alone and of decode + preprocess + backbone.
+In the same run, where ``--torch_python`` (default /work/torchvenv/bin/python) exists, the
+same network in PyTorch on the same inputs (experiments/torch_effnet_lite.py in a child
+process, 2 threads, float32 NCHW and channels-last, bfloat16 autocast), its feature parity
+with JAX and the JAX/torch ratio; and (``--extract_variants``, on by default) the JAX
+backbone at batch 8/32/64, in bfloat16, and every convolution timed alone in both
+frameworks, summed by kind (stem, expand, depthwise, project, head):
+
+  python experiments/benchmark.py --extract_images=../shared/real/uitviic/images \
+      --out=/tmp/bench_extract.json [--torch_python=/work/torchvenv/bin/python]
 Absolute times on shared machines are noisy: compare ratios measured in one run.
 """
+import functools
 import json
 import os
 import resource
+import subprocess
+import tempfile
 import time
 
 import jax
@@ -36,6 +48,16 @@ flags.DEFINE_integer("steps", 20, "Timed train steps.")
 flags.DEFINE_integer("n_images", 1000, "Images in the scoring benchmark (5 captions each).")
 flags.DEFINE_string("extract_images", "", "A folder of photos: also benchmark extraction.")
 flags.DEFINE_integer("extract_n", 256, "Photos used by the extraction benchmark.")
+DEFAULT_TORCH_PYTHON = "/work/torchvenv/bin/python"
+flags.DEFINE_string("torch_python", DEFAULT_TORCH_PYTHON,
+                    "Python of a separate torch venv: with --extract_images also time the same "
+                    "network in PyTorch (experiments/torch_effnet_lite.py). Skipped, with a "
+                    "note in the JSON, when that file does not exist or the flag is empty.")
+flags.DEFINE_bool("extract_variants", True,
+                  "With --extract_images also time the JAX backbone at batch 8/32/64, in "
+                  "bfloat16, and each convolution alone (JAX and torch).")
+TORCH_THREADS = 2   # torch.set_num_threads in the child, as official_bench.py
+LAYER_REPEATS = 3
 
 
 def _median_time(fn, repeats: int) -> float:
@@ -107,8 +129,154 @@ def bench_eval(config, ds, method, state, n_images: int) -> dict:
                                    "length_groups": groups}}
 
 
-def bench_extract(images_dir: str, n: int, batch: int = 32, size: int = 192) -> dict:
-  """Backbone images/s, and decode + preprocess + backbone images/s, on ``n`` photos."""
+def _conv_specs(size: int) -> list:
+  """Every convolution of EfficientNet-Lite0 at input side ``size``, in order, as dicts
+  {"name", "kind" (stem/expand/depthwise/project/head), "c_in", "c_out", "k", "stride",
+  "groups", "hw" (input side)}: the per-layer breakdown's shapes, shared with the torch child."""
+  from xmr_jax.backbones import efficientnet_lite as lite
+  specs = [dict(name="stem", kind="stem", c_in=3, c_out=32, k=3, stride=2, groups=1, hw=size)]
+  hw = -(-size // 2)
+  for i, (k, stride, expand, c_in, c_out) in enumerate(lite.block_configs()):
+    mid = c_in * expand
+    if expand != 1:
+      specs.append(dict(name=f"blocks_{i}.expand", kind="expand", c_in=c_in, c_out=mid, k=1,
+                        stride=1, groups=1, hw=hw))
+    specs.append(dict(name=f"blocks_{i}.depthwise", kind="depthwise", c_in=mid, c_out=mid,
+                      k=k, stride=stride, groups=mid, hw=hw))
+    hw = -(-hw // stride)
+    specs.append(dict(name=f"blocks_{i}.project", kind="project", c_in=mid, c_out=c_out, k=1,
+                      stride=1, groups=1, hw=hw))
+  specs.append(dict(name="head", kind="head", c_in=320, c_out=lite.FEATURES, k=1, stride=1,
+                    groups=1, hw=hw))
+  return specs
+
+
+def _jax_layer_times(specs: list, batch: int, repeats: int, dtype=np.float32,
+                     impl=None) -> list:
+  """Median seconds of each convolution alone on random inputs of its shape: lax.conv_general
+  _dilated (NHWC / HWIO, TF "SAME" padding, as flax.linen.Conv calls it), depthwise layers
+  as the package computes them (or ``impl(x, w, stride)``)."""
+  rng = np.random.default_rng(0)
+  out = []
+  for spec in specs:
+    x = jax.numpy.asarray(rng.standard_normal((batch, spec["hw"], spec["hw"], spec["c_in"]),
+                                              np.float32), dtype)
+    w = jax.numpy.asarray(rng.standard_normal(
+        (spec["k"], spec["k"], spec["c_in"] // spec["groups"], spec["c_out"]), np.float32),
+        dtype)
+    if impl is not None or spec["kind"] == "depthwise":   # (x, w, stride)
+      conv = jax.jit(functools.partial(impl or _depthwise_package, stride=spec["stride"]))
+    else:
+      conv = jax.jit(functools.partial(
+          jax.lax.conv_general_dilated, window_strides=(spec["stride"],) * 2,
+          padding="SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+          feature_group_count=spec["groups"]))
+    jax.block_until_ready(conv(x, w))
+    out.append({"name": spec["name"], "seconds": _median_time(lambda: conv(x, w), repeats)})
+  return out
+
+
+def _by_kind(specs: list, times: list) -> dict:
+  kinds = {}
+  for spec, t in zip(specs, times):
+    kinds[spec["kind"]] = kinds.get(spec["kind"], 0.0) + t["seconds"]
+  return kinds
+
+
+def _rel_err(ref: np.ndarray, other: np.ndarray) -> dict:
+  ref, other = np.asarray(ref, np.float64), np.asarray(other, np.float64)
+  return {"max_abs": float(np.abs(ref - other).max()),
+          "max_abs_over_max": float(np.abs(ref - other).max() / np.abs(ref).max()),
+          "rel_l2": float(np.linalg.norm(ref - other) / np.linalg.norm(ref))}
+
+
+def _images_per_sec(fn, x: np.ndarray, batch: int) -> float:
+  """One pass over ``x`` in batches (compiled and warmed up on the first batch first)."""
+  n = len(x) - len(x) % batch
+  jax.block_until_ready(fn(x[:batch]))
+  t0 = time.perf_counter()
+  for i in range(0, n, batch):
+    jax.block_until_ready(fn(x[i:i + batch]))
+  return n / (time.perf_counter() - t0)
+
+
+def _depthwise_package(x, w, stride: int):
+  """The package's depthwise layer (efficientnet_lite.DepthwiseConv: k^2 shifted slices times
+  per-channel weights, summed). x (B, H, W, C), w (k, k, 1, C)."""
+  from xmr_jax.backbones import efficientnet_lite as lite
+  return lite.DepthwiseConv(w.shape[0], stride).apply({"params": {"kernel": w}}, x)
+
+
+def _depthwise_lax(x, w, stride: int):
+  return jax.lax.conv_general_dilated(x, w, (stride, stride), "SAME",
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                      feature_group_count=x.shape[-1])
+
+
+@functools.partial(jax.jit, static_argnames=("depthwise",))
+def _functional_features(variables, images, depthwise: str = "grouped"):
+  """EfficientNet-Lite0's feature map written with plain lax ops on the Flax variables, with
+  a choice of depthwise implementation ("grouped": lax grouped convolution, as
+  flax.linen.Conv(feature_group_count=C) computes it, what the package used before;
+  "shifted": the package's DepthwiseConv). (B, S, S, 3) -> (B, (S/32)^2, 1280)."""
+  from xmr_jax.backbones import efficientnet_lite as lite
+  p, st = variables["params"], variables["batch_stats"]
+  dw = {"grouped": _depthwise_lax, "shifted": _depthwise_package}[depthwise]
+
+  def conv(x, w, stride=1):
+    return jax.lax.conv_general_dilated(x, w, (stride, stride), "SAME",
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+  def bn(x, params, stats):
+    scale = params["scale"] * jax.lax.rsqrt(stats["var"] + 1e-3)
+    return (x - stats["mean"]) * scale + params["bias"]
+
+  h = jax.nn.relu6(bn(conv(images, p["conv_stem"]["kernel"], 2), p["bn0"], st["bn0"]))
+  for i, (_, stride, expand, c_in, c_out) in enumerate(lite.block_configs()):
+    bp, bs, x = p[f"blocks_{i}"], st[f"blocks_{i}"], h
+    if expand != 1:
+      h = jax.nn.relu6(bn(conv(h, bp["expand_conv"]["kernel"]), bp["bn0"], bs["bn0"]))
+    h = jax.nn.relu6(bn(dw(h, bp["depthwise_conv"]["kernel"], stride), bp["bn1"], bs["bn1"]))
+    h = bn(conv(h, bp["project_conv"]["kernel"]), bp["bn2"], bs["bn2"])
+    if stride == 1 and c_in == c_out:
+      h = h + x
+  h = jax.nn.relu6(bn(conv(h, p["conv_head"]["kernel"]), p["bn1"], st["bn1"]))
+  return h.reshape(h.shape[0], -1, lite.FEATURES)
+
+
+def _torch_extract(torch_python: str, weights: str, x: np.ndarray, batch: int,
+                   n_parity: int, specs: list, layer_repeats: int) -> dict:
+  """Runs experiments/torch_effnet_lite.py under the torch venv's python on the same inputs."""
+  script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_effnet_lite.py")
+  with tempfile.TemporaryDirectory() as tmp:
+    req = {"weights": weights, "inputs": os.path.join(tmp, "inputs.npy"),
+           "features_out": os.path.join(tmp, "features.npy"),
+           "bf16_features_out": os.path.join(tmp, "features_bf16.npy"),
+           "n_parity": n_parity, "batch": batch, "threads": TORCH_THREADS, "repeats": 1,
+           "variants": ["float32_nchw", "float32_channels_last", "bfloat16_channels_last"],
+           "layers": specs, "layer_repeats": layer_repeats}
+    np.save(req["inputs"], x)
+    with open(os.path.join(tmp, "request.json"), "w") as f:
+      json.dump(req, f)
+    proc = subprocess.run([torch_python, script, os.path.join(tmp, "request.json")],
+                          capture_output=True, text=True, timeout=1800)
+    if proc.returncode != 0:
+      return {"error": f"exit {proc.returncode}", "stderr_tail": proc.stderr[-2000:]}
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["features"] = np.load(req["features_out"])
+    result["features_bf16"] = np.load(req["bf16_features_out"])
+  return result
+
+
+def bench_extract(images_dir: str, n: int, batch: int = 32, size: int = 192,
+                  torch_python: str = "", variants: bool = True) -> dict:
+  """Backbone images/s, and decode + preprocess + backbone images/s, on ``n`` photos.
+
+  With ``torch_python`` (a python that has torch) also the same network in PyTorch on the
+  same inputs (experiments/torch_effnet_lite.py in a child process, 2 threads), its parity
+  with the JAX features and the ratio; with ``variants`` the JAX backbone at batch 8/32/64,
+  in bfloat16, and each convolution alone (JAX and torch) summed by kind.
+  """
   from xmr_jax.backbones import efficientnet_lite as lite
   from xmr_jax.data import captions
   names = captions.list_photos(images_dir)[:n]
@@ -119,13 +287,90 @@ def bench_extract(images_dir: str, n: int, batch: int = 32, size: int = 192) -> 
                 for f in names[:n]])
   decode = time.perf_counter() - t0
   jax.block_until_ready(lite.features(variables, x[:batch]))      # compile
-  t0 = time.perf_counter()
-  for i in range(0, n, batch):
-    jax.block_until_ready(lite.features(variables, x[i:i + batch]))
-  net = time.perf_counter() - t0
-  return {"photos": n, "batch": batch, "size": size, "backbone_images_per_sec": n / net,
-          "decode_preprocess_images_per_sec": n / decode,
-          "pipeline_images_per_sec": n / (net + decode)}
+
+  def backbone_pass():
+    t0, c0 = time.perf_counter(), time.process_time()
+    for i in range(0, n, batch):
+      jax.block_until_ready(lite.features(variables, x[i:i + batch]))
+    return time.perf_counter() - t0, time.process_time() - c0
+  net, net_cpu = backbone_pass()
+  result = {"photos": n, "batch": batch, "size": size, "backbone_images_per_sec": n / net,
+            "backbone_cpu_seconds_per_image": net_cpu / n,
+            "decode_preprocess_images_per_sec": n / decode,
+            "pipeline_images_per_sec": n / (net + decode)}
+  specs = _conv_specs(size) if variants else []
+  n_parity = min(8, n)
+  jax_feats = np.asarray(lite.features(variables, x[:n_parity]))
+  if not torch_python:
+    result["torch"] = {"skipped": "no --torch_python given"}
+  elif not os.path.exists(torch_python):
+    result["torch"] = {"skipped": f"torch venv not found: {torch_python} (see README: "
+                                  "python3 -m venv /work/torchvenv ...)"}
+  else:
+    result["load_average_before_torch"] = os.getloadavg()
+    t = _torch_extract(torch_python, lite.weights_path(), x, batch, n_parity, specs,
+                       LAYER_REPEATS)
+    # The machine is shared: time JAX again right after torch and compare torch with the
+    # mean of the two JAX passes (and with CPU seconds, which contention inflates less).
+    again, again_cpu = backbone_pass()
+    result["backbone_images_per_sec_after_torch"] = n / again
+    jax_ips = 2 * n / (net + again)
+    jax_cpu = (net_cpu + again_cpu) / (2 * n)
+    result["load_average_after_torch"] = os.getloadavg()
+    if "error" not in t:
+      t["parity_vs_jax_float32"] = _rel_err(jax_feats, t.pop("features"))
+      t["bf16_parity_vs_jax_float32"] = _rel_err(jax_feats, t.pop("features_bf16"))
+      f32 = {k: v["images_per_sec"] for k, v in t["variants"].items()
+             if k.startswith("float32")}
+      best = max(f32, key=f32.get)
+      t["best_float32"] = best
+      cpu = t["variants"][best].get("cpu_seconds_per_image")
+      result["jax_over_torch"] = {
+          "jax_images_per_sec_mean_of_before_and_after": jax_ips,
+          "vs_best_float32": jax_ips / f32[best],
+          "vs_float32_nchw": jax_ips / f32["float32_nchw"],
+          "cpu_seconds_per_image_torch_best_over_jax": cpu / jax_cpu if cpu else None}
+      if "layers" in t:
+        t["layer_seconds_by_kind"] = _by_kind(specs, t["layers"])
+    result["torch"] = t
+  if variants:
+    feats = functools.partial(lite.features, variables)
+    result["jax_batch_sizes"] = {str(b): _images_per_sec(feats, x, b) for b in (8, 32, 64)}
+    vars_bf16 = jax.tree.map(lambda a: a.astype(jax.numpy.bfloat16), variables)
+
+    def feats_bf16(images):
+      return lite._feature_map(vars_bf16, jax.numpy.asarray(images, jax.numpy.bfloat16))
+    result["jax_bfloat16"] = {
+        "batch": batch, "images_per_sec": _images_per_sec(feats_bf16, x, batch),
+        "parity_vs_float32": _rel_err(jax_feats, np.asarray(
+            feats_bf16(x[:n_parity]), np.float32).reshape(jax_feats.shape))}
+    result["jax_depthwise"] = {"batch": batch}
+    for impl in ("grouped", "shifted"):
+      fn = functools.partial(_functional_features, variables, depthwise=impl)
+      result["jax_depthwise"][f"{impl}_network_images_per_sec"] = _images_per_sec(fn, x, batch)
+      result["jax_depthwise"][f"{impl}_parity_vs_package"] = _rel_err(
+          jax_feats, np.asarray(fn(x[:n_parity])))
+    dw_specs = [s for s in specs if s["kind"] == "depthwise"]
+    for impl, fn in (("grouped", _depthwise_lax), ("shifted", _depthwise_package)):
+      result["jax_depthwise"][f"{impl}_layers_seconds"] = sum(
+          t["seconds"] for t in _jax_layer_times(dw_specs, batch, LAYER_REPEATS, impl=fn))
+    layers = _jax_layer_times(specs, batch, LAYER_REPEATS)
+    result["jax_layers"] = {"batch": batch, "seconds_by_kind": _by_kind(specs, layers),
+                            "per_layer": layers,
+                            "network_seconds_per_batch": net / (n // batch)}
+    layers16 = _jax_layer_times(specs, batch, LAYER_REPEATS, jax.numpy.bfloat16)
+    result["jax_layers_bfloat16"] = {"seconds_by_kind": _by_kind(specs, layers16)}
+  return result
+
+
+def _summary(extract: dict) -> dict:
+  """The extraction result without its per-layer lists (those stay in the JSON file)."""
+  out = {k: v for k, v in extract.items() if k != "jax_layers"}
+  if "jax_layers" in extract:
+    out["jax_layers"] = {k: v for k, v in extract["jax_layers"].items() if k != "per_layer"}
+  if isinstance(extract.get("torch"), dict):
+    out["torch"] = {k: v for k, v in extract["torch"].items() if k != "layers"}
+  return out
 
 
 def main(argv):
@@ -135,8 +380,10 @@ def main(argv):
             "jax": jax.__version__, "cpu_count": os.cpu_count(),
             "load_average_start": os.getloadavg()}
   if FLAGS.extract_images:
-    result["extract"] = bench_extract(FLAGS.extract_images, FLAGS.extract_n)
-    print(json.dumps(result["extract"], indent=2))
+    result["extract"] = bench_extract(FLAGS.extract_images, FLAGS.extract_n,
+                                      torch_python=FLAGS.torch_python,
+                                      variants=FLAGS.extract_variants)
+    print(json.dumps(_summary(result["extract"]), indent=2))
   if config is None:
     if not FLAGS.extract_images:
       raise app.UsageError("give --config (and/or --extract_images)")

@@ -3,6 +3,7 @@ and ImageNet predictions of the converted network on shared COCO photos we looke
 import os
 import sys
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -118,8 +119,9 @@ def test_features_shape_range_and_row_major_layout(random_variables):
   loud["params"]["bn1"]["scale"] = random_variables["params"]["bn1"]["scale"] * 1e4
   f_loud = np.asarray(lite.features(loud, images))
   assert f_loud.max() == 6.0 and f_loud.min() == 0.0 and (f_loud == 6.0).mean() > 0.1
-  fmap = lite.EfficientNetLite0().apply(random_variables, jnp.asarray(images),
-                                        method=lite.EfficientNetLite0.feature_map)
+  # Jitted like features(): op-by-op execution rounds the depthwise sums differently (~1e-8).
+  fmap = jax.jit(lambda v, x: lite.EfficientNetLite0().apply(
+      v, x, method=lite.EfficientNetLite0.feature_map))(random_variables, jnp.asarray(images))
   assert fmap.shape == (2, 6, 6, 1280)
   for r in (0, 5, 6, 35):                           # region r = grid cell (r // 6, r % 6)
     np.testing.assert_array_equal(f[:, r], np.asarray(fmap[:, r // 6, r % 6]))
@@ -142,6 +144,29 @@ def test_bad_images_are_one_clear_error(random_variables, images, message):
 
 
 # --- conversion and cache ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kernel,stride,side,tf_same", [
+    (3, 1, 12, True), (5, 1, 12, True), (3, 2, 12, True), (5, 2, 12, True), (3, 2, 11, True),
+    (5, 2, 7, True), (3, 2, 12, False), (5, 2, 11, False), (5, 1, 7, False)])
+def test_depthwise_conv_equals_the_grouped_convolution(kernel, stride, side, tf_same):
+  # DepthwiseConv (shifted multiply-adds, fast on XLA:CPU) must compute exactly what
+  # nn.Conv with feature_group_count = channels computes, with the same parameter.
+  channels = 24
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, side, side + 1, channels))
+  dw = lite.DepthwiseConv(kernel, stride, tf_same)
+  variables = dw.init(jax.random.PRNGKey(2), x)
+  assert variables["params"]["kernel"].shape == (kernel, kernel, 1, channels)
+  grouped = nn.Conv(channels, (kernel, kernel), (stride, stride),
+                    padding=lite._padding(kernel, tf_same), feature_group_count=channels,
+                    use_bias=False)
+  want = grouped.apply(variables, x)
+  got = dw.apply(variables, x)
+  assert got.shape == want.shape and got.dtype == jnp.float32
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  half = dw.apply(jax.tree.map(lambda a: a.astype(jnp.bfloat16), variables),
+                  x.astype(jnp.bfloat16))
+  assert half.dtype == jnp.bfloat16
 
 
 def test_block_list_is_lite0():
