@@ -22,8 +22,13 @@ frameworks, summed by kind (stem, expand, depthwise, project, head):
 
   python experiments/benchmark.py --extract_images=../shared/real/uitviic/images \
       --out=/tmp/bench_extract.json [--torch_python=/work/torchvenv/bin/python]
+With ``--loop_steps=N`` it also times the trainer's own loop (``loop.train``: data
+iterator, prefetch, NaN guard, logging) for N steps with a host sync after every step (the loop
+before issue 15: metrics read every step, no prefetch) and without (metrics read once, 2
+batches prefetched).
 Absolute times on shared machines are noisy: compare ratios measured in one run.
 """
+import copy
 import functools
 import json
 import os
@@ -47,6 +52,8 @@ flags.DEFINE_string("out", "benchmark.json", "Where to write the JSON.")
 flags.DEFINE_integer("steps", 20, "Timed train steps.")
 flags.DEFINE_integer("n_images", 1000, "Images in the scoring benchmark (5 captions each).")
 flags.DEFINE_string("extract_images", "", "A folder of photos: also benchmark extraction.")
+flags.DEFINE_integer("loop_steps", 0, "> 0: also time the trainer's loop for this many "
+                     "steps with and without a host sync per step (issue 15).")
 flags.DEFINE_integer("extract_n", 256, "Photos used by the extraction benchmark.")
 DEFAULT_TORCH_PYTHON = "/work/torchvenv/bin/python"
 flags.DEFINE_string("torch_python", DEFAULT_TORCH_PYTHON,
@@ -100,6 +107,34 @@ def bench_train(config, ds, method, tx, hparams, state, steps: int) -> dict:
   return {"batch_size": config.train.batch_size, "seconds_per_step": per_step,
           "steps_per_sec": 1.0 / per_step, "compile_seconds": compile_s,
           "memory": _memory(compiled)}
+
+
+def bench_loop(config, steps: int) -> dict:
+  """The trainer's own loop (``loop.train``), steps/s with and without a host sync per step.
+
+  "sync_every_step" is the loop as it was before issue 15: metrics read after every step
+  (``log_every_steps=1``) and no batch prefetched ahead (``prefetch=1``), so the host's data
+  preparation and the device's step alternate. "async" reads metrics once and keeps 2 batches
+  on the device ahead of the step. Setup, compilation and the end-of-run checkpoint and dev
+  evaluation are removed by timing a 1-step run of each and taking the difference.
+  """
+  out = {}
+  for name, log_every, prefetch in (("sync_every_step", 1, 1), ("async", 10 ** 9, 2)):
+    times = {}
+    for n in (1, steps + 1):
+      c = copy.deepcopy(config)
+      c.train.update(num_steps=n, log_every_steps=log_every, prefetch=prefetch,
+                     checkpoint_every_steps=10 ** 9, eval_every_epochs=10 ** 6)
+      c.eval.dev_max_images = min(c.eval.dev_max_images, 100)
+      with tempfile.TemporaryDirectory() as w:
+        t0 = time.perf_counter()
+        run = loop.start(c, w)
+        loop.train(run)
+        loop.close(run)
+        times[n] = time.perf_counter() - t0
+    out[name] = {"steps": steps, "steps_per_sec": steps / (times[steps + 1] - times[1])}
+  out["async_over_sync"] = out["async"]["steps_per_sec"] / out["sync_every_step"]["steps_per_sec"]
+  return out
 
 
 def bench_eval(config, ds, method, state, n_images: int) -> dict:
@@ -395,6 +430,9 @@ def main(argv):
   # Evaluation first: the train step donates (consumes) the state buffers.
   result["eval"] = bench_eval(config, ds, method, state, FLAGS.n_images)
   result["train"] = bench_train(config, ds, method, tx, hparams, state, FLAGS.steps)
+  if FLAGS.loop_steps:
+    result["loop"] = bench_loop(config, FLAGS.loop_steps)
+    print(json.dumps(result["loop"], indent=2))
   result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
   result["load_average_end"] = os.getloadavg()
   os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)

@@ -112,7 +112,8 @@ def base_config(method: str) -> ml_collections.ConfigDict:
       optimizer="adam",        # adam | sgd (momentum below)
       momentum=0.9,
       weight_decay=0.0,        # L2 penalty coefficient alpha of alpha * ||theta||^2
-      log_every_steps=50,
+      log_every_steps=50,      # metrics are read (a host sync) only every this many steps
+      prefetch=2,              # batches placed on the devices ahead of the running step
       eval_every_epochs=1,
       checkpoint_every_steps=500,
       max_to_keep=2,
