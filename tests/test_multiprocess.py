@@ -5,14 +5,17 @@ every process, ``XMR_DISTRIBUTED=1`` and ``JAX_COORDINATOR_ADDRESS`` / ``JAX_NUM
 ``JAX_PROCESS_ID``), with gloo CPU collectives. It trains a few steps on a fresh synthetic
 cache (process 0 builds it, the other waits) and evaluates (each process scores its share of
 the tiles). Losses, gradient norms, parameters, scores and metrics must equal the
-one-process run. Every child is killed after a timeout, so a hang fails instead of stalling CI.
+one-process run. Every child is killed after a timeout, so a hang fails instead of stalling CI. A SIGTERM to
+one process stops both at the same step (JAX's preemption sync point).
 """
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -152,3 +155,60 @@ def test_two_processes_evaluate_like_one(runs):
   with open(str(root / "multi" / "metrics.jsonl")) as f:
     steps = [json.loads(line)["step"] for line in f if "loss" in line]
   assert steps == [1, 2, 3, 4]
+
+
+_CHILD_LONG = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {tests!r})
+    from xmr_jax.common import mesh
+    mesh.maybe_initialize_distributed()
+    from xmr_jax.training import loop
+    from conftest import tiny_config
+    c = tiny_config("vsepp", "")
+    c.data.name = "synthetic"
+    c.data.dir = ""
+    c.data.synthetic.update(n_train=48, n_dev=16, n_test=16)
+    c.train.num_steps = 1000
+    c.train.log_every_steps = 1
+    c.train.checkpoint_every_steps = 10000
+    c.train.eval_every_epochs = 10000
+    print("RESULT", loop.train_and_evaluate(c, {workdir!r}), flush=True)
+""")
+
+
+def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
+  workdir = str(tmp_path / "w")
+  code = _CHILD_LONG.format(tests=os.path.join(REPO, "tests"), workdir=workdir)
+  port = _free_port()
+  procs = []
+  for i in range(2):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XMR_DATA_DIR=str(tmp_path / "cache"),
+               XLA_FLAGS="--xla_force_host_platform_device_count=4", XMR_DISTRIBUTED="1",
+               JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
+               JAX_PROCESS_ID=str(i))
+    procs.append(subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+  metrics = os.path.join(workdir, "metrics.jsonl")
+  deadline = time.monotonic() + TIMEOUT_S
+  try:
+    while time.monotonic() < deadline and all(p.poll() is None for p in procs):
+      if os.path.exists(metrics) and sum(1 for _ in open(metrics)) >= 3:
+        break
+      try:
+        procs[0].wait(timeout=0.1)
+      except subprocess.TimeoutExpired:
+        pass
+    assert all(p.poll() is None for p in procs), "a process ended before the signal"
+    procs[1].send_signal(signal.SIGTERM)      # only process 1 is told
+    logs = [p.communicate(timeout=TIMEOUT_S)[0] for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  for i, (p, log) in enumerate(zip(procs, logs)):
+    assert p.returncode == 0, f"process {i}:\n{log[-3000:]}"
+  with open(os.path.join(workdir, "PREEMPTED")) as f:
+    step = json.load(f)["step"]
+  assert 3 <= step < 1000
+  assert all(f"RESULT {{'preempted': {step}}}" in log for log in logs)
+  assert os.listdir(os.path.join(workdir, "checkpoints")) == [str(step)]
