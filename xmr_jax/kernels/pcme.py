@@ -52,9 +52,12 @@ def _gram(f1: Array, f2: Array, dtype) -> Tuple[Array, Array, Array]:
   to it first and the norms are taken of the *rounded* rows, so the norm expansion is the exact
   distance of the rounded points (no cancellation of inconsistently rounded terms)."""
   if dtype is None:
+    # Same equations in the same order as before (float32 gradients stay bit-identical).
+    sq1 = jnp.sum(f1 * f1, axis=-1)
+    sq2 = jnp.sum(f2 * f2, axis=-1)
     # Full float32 GEMM: TF32/bf16 passes would swamp the small sample distances.
     gram = jnp.dot(f1, f2.T, precision=jax.lax.Precision.HIGHEST)
-    return jnp.sum(f1 * f1, axis=-1), jnp.sum(f2 * f2, axis=-1), gram
+    return sq1, sq2, gram
   r1, r2 = f1.astype(dtype), f2.astype(dtype)
   sq = lambda r: jnp.sum(jnp.square(r.astype(jnp.float32)), axis=-1)
   return sq(r1), sq(r2), jnp.dot(r1, r2.T, preferred_element_type=jnp.float32)
