@@ -293,8 +293,8 @@ def main():
   with open(args.out, "w") as f:
     json.dump(res, f, indent=1)
   for r in res["score"]:
-    print(f"score {r['variant']} {r['shape']} {r['dtype']}: engine {r['engine']['pairs_per_s']:.0f} pairs/s "
-          f"({r['engine']['gflops_per_s_true_lengths']:.1f} GFLOP/s), padded tile "
+    print(f"score {r['variant']} {r['shape']} {r['dtype']}: engine "
+          f"{r['engine']['pairs_per_s']:.0f} pairs/s ({r['engine']['gflops_per_s_true_lengths']:.1f} GFLOP/s), padded tile "
           f"{r['tile']['pairs_per_s']:.0f} pairs/s ({r['tile']['gflops_per_s']:.1f} GFLOP/s)")
   for r in res["train"]:
     print(f"train {r['variant']} {r['shape']} {r['dtype']} B=128 sparse={r['sparse_backward']}: "
