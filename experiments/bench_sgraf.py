@@ -17,7 +17,13 @@ Measures, for SGR and SAF:
   train-mode scores, hardest-negative loss, backward): SGR with and without
   ``sparse_backward``, SAF (its per-caption BatchNorm statistics couple the pairs, so it
   always takes the dense backward);
-* a 2048^3 fp32 GEMM before and after, as the attainable matmul peak at that moment.
+* a 2048^3 fp32 GEMM before and after, as the attainable matmul peak at that moment (and a
+  bfloat16-operand, float32-accumulating one when bfloat16 is timed).
+
+``--dtypes=float32,bfloat16`` times every entry in each ``model.dtype`` (bfloat16 matmul
+operands, float32 accumulation; xmr_jax/models/precision.py) in one run; ``dtype_speedup``
+is then bfloat16 speed / float32 speed per entry (> 1: bfloat16 faster), and ``cpu`` records
+the CPU's bfloat16 flags (``avx512_bf16``, ``amx_bf16``) from /proc/cpuinfo.
 
 With ``--official_python`` the official code is then timed by ``official_bench.py --only
 sgraf`` (in that interpreter: a torch venv; see experiments/README_official.md) right after,
@@ -41,6 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from xmr_jax.common.hardware import cpu_bf16_flags
 from xmr_jax.evaluation import engine
 from xmr_jax.models import sgraf as M
 from xmr_jax.models.registry import Method
@@ -108,18 +115,18 @@ def _reprs(rng, n_img: int, n_txt: int, dims: Dict[str, int]):
 
 
 def bench_score(variant: str, shape: str, n_img: int, n_txt: int, tile_texts: int,
-                repeats: int) -> Dict[str, Any]:
+                repeats: int, dtype: str = "float32") -> Dict[str, Any]:
   """Scores of an n_img x n_txt grid: through the engine (length groups) and as one tile."""
   dims = DIMS[shape]
   rng = np.random.default_rng(0)
   img, txt, lens = _reprs(rng, n_img, n_txt, dims)
-  model = _model(variant, dims)
+  model = _model(variant, dims, dtype=dtype)
   images, texts, _ = _batch(rng, 2, dims)
   v = jax.jit(lambda k: model.init({"params": k}, images, texts, train=False))(
       jax.random.PRNGKey(0))
   method = Method("sgraf", model, M.sgraf_loss, text_padding=("mask", ("local",)))
   pairs = n_img * n_txt
-  res = dict(variant=variant, shape=shape, dims=dims, grid=[n_img, n_txt],
+  res = dict(variant=variant, shape=shape, dtype=dtype, dims=dims, grid=[n_img, n_txt],
              caption_len_mean=float(lens.mean()))
   # The engine: the whole grid, caption tiles of tile_texts grouped by length.
   run = lambda: engine.score_all(method, v, img, txt, tile_images=n_img, tile_texts=tile_texts,
@@ -141,11 +148,11 @@ def bench_score(variant: str, shape: str, n_img: int, n_txt: int, tile_texts: in
 
 
 def bench_train(variant: str, shape: str, batch: int, repeats: int,
-                sparse_backward: bool = True) -> Dict[str, Any]:
+                sparse_backward: bool = True, dtype: str = "float32") -> Dict[str, Any]:
   """One SGD step of the whole model (forward, B x B scores, loss, backward, update)."""
   dims = DIMS[shape]
   images, texts, lens = _batch(np.random.default_rng(0), batch, dims)
-  model = _model(variant, dims, sparse_backward=sparse_backward)
+  model = _model(variant, dims, sparse_backward=sparse_backward, dtype=dtype)
   v = jax.jit(lambda k: model.init({"params": k}, images, texts, train=False))(
       jax.random.PRNGKey(0))
 
@@ -161,15 +168,40 @@ def bench_train(variant: str, shape: str, batch: int, repeats: int,
 
   t = _time(step, v["params"], v["batch_stats"], jax.random.PRNGKey(1), repeats=repeats)
   flops = 3 * pair_flops(dims, variant, dims["max_len"]) * batch * batch
-  return dict(variant=variant, shape=shape, dims=dims, batch=batch,
+  return dict(variant=variant, shape=shape, dtype=dtype, dims=dims, batch=batch,
               sparse_backward=sparse_backward and variant == "sgr", **t,
               gflops_per_s=flops / t["median_s"] / 1e9)
 
 
-def bench_gemm(n: int = 2048, repeats: int = 5) -> Dict[str, float]:
+def bench_gemm(n: int = 2048, repeats: int = 5, dtype: str = "float32") -> Dict[str, float]:
+  """An n^3 GEMM: float32, or bfloat16 operands with float32 accumulation."""
   x = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)).astype(np.float32))
-  t = _time(jax.jit(lambda a: a @ a), x, repeats=repeats)
-  return dict(n=n, **t, gflops_per_s=2 * n ** 3 / t["median_s"] / 1e9)
+  if dtype == "bfloat16":
+    x = x.astype(jnp.bfloat16)
+    fn = jax.jit(lambda a: jnp.matmul(a, a, preferred_element_type=jnp.float32))
+  else:
+    fn = jax.jit(lambda a: a @ a)
+  t = _time(fn, x, repeats=repeats)
+  return dict(n=n, dtype=dtype, **t, gflops_per_s=2 * n ** 3 / t["median_s"] / 1e9)
+
+
+def dtype_speedup(res: Dict[str, Any]) -> Dict[str, float]:
+  """bfloat16 speed / float32 speed of every entry timed in both dtypes (> 1: bf16 faster)."""
+  out = {}
+  for r in res["score"]:
+    if r["dtype"] == "bfloat16":
+      for f in res["score"]:
+        if f["dtype"] == "float32" and (f["variant"], f["shape"]) == (r["variant"], r["shape"]):
+          out[f"score_{r['variant']}_{r['shape']}"] = (r["engine"]["pairs_per_s"]
+                                                      / f["engine"]["pairs_per_s"])
+  for r in res["train"]:
+    if r["dtype"] == "bfloat16":
+      for f in res["train"]:
+        same = ("variant", "shape", "sparse_backward")
+        if f["dtype"] == "float32" and all(f[k] == r[k] for k in same):
+          key = f"train_{r['variant']}_{r['shape']}" + ("" if r["sparse_backward"] else "_dense")
+          out[key] = f["median_s"] / r["median_s"]
+  return out
 
 
 def run_official(python: str, root: str, budget_s: int) -> Dict[str, Any]:
@@ -191,13 +223,13 @@ def ratios(ours: Dict[str, Any], official: Dict[str, Any]) -> Dict[str, float]:
   """xmr_jax speed / official speed at the same shape (> 1: xmr_jax is faster)."""
   out = {}
   off = official.get("sgraf") or {}
-  for r in ours["score"]:
+  for r in (r for r in ours["score"] if r.get("dtype", "float32") == "float32"):
     o = off.get("score", {}).get(f"{r['variant'].upper()}_{r['shape']}", {})
     if o.get("pairs_per_s"):
       out[f"score_{r['variant']}_{r['shape']}"] = r["engine"]["pairs_per_s"] / o["pairs_per_s"]
       out[f"score_{r['variant']}_{r['shape']}_padded_tile"] = (
           r["tile"]["pairs_per_s"] / o["pairs_per_s"])
-  for r in ours["train"]:
+  for r in (r for r in ours["train"] if r.get("dtype", "float32") == "float32"):
     o = off.get("train_step", {}).get(f"{r['variant'].upper()}_{r['shape']}", {})
     if o.get("median_s"):
       key = f"train_{r['variant']}_{r['shape']}" + ("" if r["sparse_backward"] else "_dense")
@@ -225,25 +257,34 @@ def main():
   p.add_argument("--official_python", default="", help="a torch venv's python: also time "
                  "the official code (experiments/README_official.md)")
   p.add_argument("--official_root", default="/work/official")
+  p.add_argument("--dtypes", default="float32",
+                 help="model.dtype values to time, comma-separated (float32,bfloat16)")
   p.add_argument("--official_budget_s", type=int, default=900,
                  help="official_bench.py's time budget (~150 s covers its scoring only)")
   args = p.parse_args()
   shapes = [s for s in args.shapes.split(",") if s]
   grid = {k: [int(x) for x in v.split("x")] for k, v in
           (kv.split("=") for kv in args.grid.split(","))}
+  dtypes = [d for d in args.dtypes.split(",") if d]
   res = dict(backend=jax.default_backend(), devices=[str(d) for d in jax.devices()],
              machine=platform.processor() or platform.machine(), jax=jax.__version__,
-             load_average_start=os.getloadavg(), gemm_before=bench_gemm())
-  res["score"] = [bench_score(v, s, *grid[s], args.tile_texts, args.repeats)
-                  for s in shapes for v in ("sgr", "saf")]
+             cpu=cpu_bf16_flags(), dtypes=dtypes, load_average_start=os.getloadavg(),
+             gemm_before=bench_gemm())
+  if "bfloat16" in dtypes:
+    res["gemm_bf16_before"] = bench_gemm(dtype="bfloat16")
+  res["score"] = [bench_score(v, s, *grid[s], args.tile_texts, args.repeats, dtype=dt)
+                  for s in shapes for v in ("sgr", "saf") for dt in dtypes]
   skip = set(args.train_skip.split(","))
   res["train"] = [] if args.no_train else [
-      bench_train(v, s, 128, args.repeats) for s in shapes for v in ("sgr", "saf")
-      if f"{v}:{s}" not in skip]
+      bench_train(v, s, 128, args.repeats, dtype=dt) for s in shapes for v in ("sgr", "saf")
+      for dt in dtypes if f"{v}:{s}" not in skip]
   res["train"] += [] if args.no_train else [
-      bench_train("sgr", s, 128, args.repeats, sparse_backward=False)
-      for s in args.train_dense.split(",") if s in shapes]
+      bench_train("sgr", s, 128, args.repeats, sparse_backward=False, dtype=dt)
+      for s in args.train_dense.split(",") if s in shapes for dt in dtypes]
   res["gemm_after"] = bench_gemm()
+  if "bfloat16" in dtypes:
+    res["gemm_bf16_after"] = bench_gemm(dtype="bfloat16")
+    res["dtype_speedup"] = dtype_speedup(res)
   res["load_average_end"] = os.getloadavg()
   if args.official_python:
     res["official"] = run_official(args.official_python, args.official_root,
@@ -252,14 +293,18 @@ def main():
   with open(args.out, "w") as f:
     json.dump(res, f, indent=1)
   for r in res["score"]:
-    print(f"score {r['variant']} {r['shape']}: engine {r['engine']['pairs_per_s']:.0f} pairs/s "
-          f"({r['engine']['gflops_per_s_true_lengths']:.1f} GFLOP/s), padded tile "
+    print(f"score {r['variant']} {r['shape']} {r['dtype']}: engine "
+          f"{r['engine']['pairs_per_s']:.0f} pairs/s ({r['engine']['gflops_per_s_true_lengths']:.1f} GFLOP/s), padded tile "
           f"{r['tile']['pairs_per_s']:.0f} pairs/s ({r['tile']['gflops_per_s']:.1f} GFLOP/s)")
   for r in res["train"]:
-    print(f"train {r['variant']} {r['shape']} B=128 sparse={r['sparse_backward']}: "
+    print(f"train {r['variant']} {r['shape']} {r['dtype']} B=128 sparse={r['sparse_backward']}: "
           f"{r['median_s']:.2f} s/step")
   print(f"fp32 GEMM: {res['gemm_before']['gflops_per_s']:.1f} / "
         f"{res['gemm_after']['gflops_per_s']:.1f} GFLOP/s (before / after)")
+  if "dtype_speedup" in res:
+    print(f"bf16 GEMM: {res['gemm_bf16_before']['gflops_per_s']:.1f} / "
+          f"{res['gemm_bf16_after']['gflops_per_s']:.1f} GFLOP/s (before / after)")
+    print("bfloat16 / float32 speed:", json.dumps(res["dtype_speedup"], indent=1))
   if "ratio_vs_official" in res:
     print("xmr_jax / official:", json.dumps(res["ratio_vs_official"], indent=1))
 

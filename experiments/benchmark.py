@@ -27,6 +27,9 @@ iterator, prefetch, NaN guard, logging) for N steps with a host sync after every
 before issue 15: metrics read every step, no prefetch) and without (metrics read once, 2
 batches prefetched).
 Absolute times on shared machines are noisy: compare ratios measured in one run.
+``--config.model.dtype=bfloat16`` times mixed precision (bfloat16 matmul operands, float32
+accumulation); the JSON records ``model_dtype`` and the CPU's bfloat16 flags (``cpu``:
+``avx512_bf16``, ``amx_bf16``).
 """
 import copy
 import functools
@@ -43,6 +46,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from xmr_jax.common import mesh as mesh_lib
+from xmr_jax.common.hardware import cpu_bf16_flags
 from xmr_jax.evaluation import engine
 from xmr_jax.training import loop, state as state_lib, step as step_lib
 
@@ -413,7 +417,7 @@ def main(argv):
   config = FLAGS.config
   result = {"device": str(jax.devices()[0]), "device_count": jax.device_count(),
             "jax": jax.__version__, "cpu_count": os.cpu_count(),
-            "load_average_start": os.getloadavg()}
+            "cpu": cpu_bf16_flags(), "load_average_start": os.getloadavg()}
   if FLAGS.extract_images:
     result["extract"] = bench_extract(FLAGS.extract_images, FLAGS.extract_n,
                                       torch_python=FLAGS.torch_python,
@@ -426,7 +430,8 @@ def main(argv):
       json.dump(result, f, indent=2, default=str)
     return
   ds, method, tx, hparams, state = loop.setup(config)
-  result.update(config=config.to_dict(), method=method.name)
+  result.update(config=config.to_dict(), method=method.name,
+                model_dtype=config.model.get("dtype", "float32"))
   # Evaluation first: the train step donates (consumes) the state buffers.
   result["eval"] = bench_eval(config, ds, method, state, FLAGS.n_images)
   result["train"] = bench_train(config, ds, method, tx, hparams, state, FLAGS.steps)
@@ -439,6 +444,7 @@ def main(argv):
   with open(FLAGS.out, "w") as f:
     json.dump(result, f, indent=2, default=str)
   summary = {k: result["train"][k] for k in ("seconds_per_step", "steps_per_sec")}
+  summary["model_dtype"] = result["model_dtype"]
   summary["score_pairs_per_sec"] = result["eval"]["score"]["pairs_per_sec"]
   summary["encode_images_per_sec"] = result["eval"]["encode"]["image"]["items_per_sec"]
   summary["encode_captions_per_sec"] = result["eval"]["encode"]["text"]["items_per_sec"]

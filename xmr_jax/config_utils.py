@@ -100,6 +100,9 @@ def base_config(method: str) -> ml_collections.ConfigDict:
   c.seed = 0
   c.data = data_config()
   c.model = ml_collections.ConfigDict()
+  # Compute dtype of the matmuls / einsums / convs (xmr_jax/models/precision.py): "float32" |
+  # "bfloat16" (bfloat16 operands, float32 accumulation; params, losses and scores float32).
+  c.model.dtype = "float32"
   # Swept scalars: everything here becomes an array in the hparams pytree (docs/architecture.md, "Rules").
   c.hparams = ml_collections.ConfigDict(dict(learning_rate=2e-4, margin=0.2))
   c.train = ml_collections.ConfigDict(dict(

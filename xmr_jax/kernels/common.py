@@ -44,3 +44,59 @@ def masked_softmax(logits: jax.Array, mask: jax.Array, axis: int = -1) -> jax.Ar
   mx = jnp.where(jnp.isfinite(mx), mx, 0.0)
   e = jnp.where(mask, jnp.exp(logits - jax.lax.stop_gradient(mx)), 0.0)
   return e / jnp.maximum(jnp.sum(e, axis=axis, keepdims=True), 1e-30)
+
+
+# ------------------------------------------------------------------ mixed precision
+# ``model.dtype`` (docs/architecture.md): the compute dtype of the matrix products. Parameters,
+# optimiser state, norms, softmax statistics, losses and scores stay float32; with "bfloat16"
+# only the operands of matmuls / einsums / convolutions are rounded to bfloat16 and every
+# product accumulates (and returns) in float32. ``None`` everywhere below means float32: the
+# original expression runs unchanged, so float32 results are bit-identical.
+DTYPES = ("float32", "bfloat16")
+
+
+def compute_dtype(name: str):
+  """``model.dtype`` name -> the matmul operand dtype the kernels take: None for "float32"
+  (plain float32 products), ``jnp.bfloat16`` for "bfloat16". ValueError for anything else."""
+  if name == "float32":
+    return None
+  if name == "bfloat16":
+    return jnp.bfloat16
+  raise ValueError(f"compute dtype {name!r}; choose one of {DTYPES}")
+
+
+def matmul(a: jax.Array, b: jax.Array, dtype=None) -> jax.Array:
+  """``a @ b``; with ``dtype`` (bfloat16) both operands are cast to it and the product
+  accumulates in float32 (``preferred_element_type``), returning float32."""
+  if dtype is None:
+    return a @ b
+  return jnp.matmul(a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32)
+
+
+def einsum(subscripts: str, *operands: jax.Array, dtype=None) -> jax.Array:
+  """``jnp.einsum(subscripts, *operands)``; with ``dtype`` the operands are cast to it and
+  the contraction accumulates in float32 and returns float32 (as ``matmul``)."""
+  if dtype is None:
+    return jnp.einsum(subscripts, *operands)
+  return jnp.einsum(subscripts, *(x.astype(dtype) for x in operands),
+                    preferred_element_type=jnp.float32)
+
+
+def mixed_dot_general(dtype):
+  """A ``lax.dot_general`` for ``flax.linen.Dense(dot_general=...)``: operands cast to
+  ``dtype``, float32 accumulation and result (so the float32 bias is added in float32)."""
+  def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+    del preferred_element_type
+    return jax.lax.dot_general(lhs.astype(dtype), rhs.astype(dtype), dimension_numbers,
+                               precision=precision, preferred_element_type=jnp.float32)
+  return dot_general
+
+
+def mixed_conv(dtype):
+  """A ``lax.conv_general_dilated`` for ``flax.linen.Conv(conv_general_dilated=...)``:
+  operands cast to ``dtype``, float32 accumulation and result."""
+  def conv(lhs, rhs, *args, preferred_element_type=None, **kwargs):
+    del preferred_element_type
+    return jax.lax.conv_general_dilated(lhs.astype(dtype), rhs.astype(dtype), *args,
+                                        preferred_element_type=jnp.float32, **kwargs)
+  return conv

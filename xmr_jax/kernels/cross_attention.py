@@ -39,6 +39,10 @@ instead of the naive 4·(R+L)²·D. At the paper's dims (R=36, L=32, D=1024, F=2
 a pair costs ≈ 1.13 GFLOP (FFN 0.57, CNN 0.40, W_o 0.14, attention 0.009); at the synthetic
 config's dims (R=36, L=16, D=32, F=32, Dc=16) ≈ 0.57 MFLOP.
 
+Precision: every function with a matrix product takes ``dtype``, the operand dtype of its
+matmuls / einsums (None = float32; bfloat16 operands accumulate in float32, ``model.dtype``).
+LayerNorms, softmax maxima and sums and the scores stay float32.
+
 Memory: the pairwise intermediates are (n_img · n_txt · (R+L) · max(D, F)) floats; with
 ``chunk`` images per step (``jax.lax.map`` over image chunks, each chunk rematerialised in
 the backward pass) the peak is bounded by chunk · n_txt · (R+L) · max(D, F) instead.
@@ -49,7 +53,8 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 import jax
 import jax.numpy as jnp
 
-from xmr_jax.kernels.common import l2norm, masked_max, masked_mean, masked_softmax
+from xmr_jax.kernels.common import (einsum, l2norm, masked_max, masked_mean, masked_softmax,
+                                    matmul)
 
 Params = Mapping[str, jax.Array]
 Stats = Tuple[jax.Array, jax.Array, jax.Array]
@@ -64,48 +69,51 @@ def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float = LN_
   return (x - mean) * jax.lax.rsqrt(var + eps) * scale + bias
 
 
-def project_qkv(p: Params, x: jax.Array) -> Tuple[jax.Array, jax.Array, jax.Array]:
+def project_qkv(p: Params, x: jax.Array,
+                dtype=None) -> Tuple[jax.Array, jax.Array, jax.Array]:
   """Per-head queries, keys, values (..., T, H, Dh) of tokens x (..., T, D).
 
   Position-wise, so for the concatenation [R ‖ X] they are computed once per image and once
   per caption, never per pair.
   """
   def proj(w, b):
-    return jnp.einsum("...td,dhk->...thk", x, w) + b
+    return einsum("...td,dhk->...thk", x, w, dtype=dtype) + b
   return proj(p["wq"], p["bq"]), proj(p["wk"], p["bk"]), proj(p["wv"], p["bv"])
 
 
-def masked_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array) -> jax.Array:
+def masked_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array,
+                     dtype=None) -> jax.Array:
   """Multi-head softmax(QKᵀ/√Dh)V (paper §3.1 / §3.2 attention) with padded keys masked.
 
   q (..., Tq, H, Dh), k and v (..., Tk, H, Dh), key_mask (..., Tk) -> (..., Tq, H, Dh).
   """
-  logits = jnp.einsum("...qhk,...shk->...hqs", q, k) / math.sqrt(q.shape[-1])
+  logits = einsum("...qhk,...shk->...hqs", q, k, dtype=dtype) / math.sqrt(q.shape[-1])
   probs = masked_softmax(logits, key_mask[..., None, None, :])
-  return jnp.einsum("...hqs,...shk->...qhk", probs, v)
+  return einsum("...hqs,...shk->...qhk", probs, v, dtype=dtype)
 
 
-def unit_after_attention(p: Params, x: jax.Array, attn: jax.Array, mask: jax.Array) -> jax.Array:
+def unit_after_attention(p: Params, x: jax.Array, attn: jax.Array, mask: jax.Array,
+                         dtype=None) -> jax.Array:
   """The rest of a post-LN Transformer unit once the attention output is known.
 
   h = LN(x + W_o·attn); out = LN(h + W_2·ReLU(W_1·h)); padded positions zeroed.
   x (..., T, D), attn (..., T, H, Dh), mask (..., T).
   """
-  h = x + jnp.einsum("...thk,hkd->...td", attn, p["wo"]) + p["bo"]
+  h = x + einsum("...thk,hkd->...td", attn, p["wo"], dtype=dtype) + p["bo"]
   h = layer_norm(h, p["ln1_scale"], p["ln1_bias"])
-  f = jax.nn.relu(h @ p["w1"] + p["b1"]) @ p["w2"] + p["b2"]
+  f = matmul(jax.nn.relu(matmul(h, p["w1"], dtype) + p["b1"]), p["w2"], dtype) + p["b2"]
   out = layer_norm(h + f, p["ln2_scale"], p["ln2_bias"])
   return out * mask[..., None].astype(out.dtype)
 
 
-def transformer_unit(p: Params, x: jax.Array, mask: jax.Array) -> jax.Array:
+def transformer_unit(p: Params, x: jax.Array, mask: jax.Array, dtype=None) -> jax.Array:
   """One Transformer encoder unit over x (..., T, D) with padded tokens masked as keys."""
-  q, k, v = project_qkv(p, x)
-  return unit_after_attention(p, x, masked_attention(q, k, v, mask), mask)
+  q, k, v = project_qkv(p, x, dtype)
+  return unit_after_attention(p, x, masked_attention(q, k, v, mask, dtype), mask, dtype)
 
 
 def ngram_embedding(p: Params, x: jax.Array, mask: jax.Array,
-                    windows: Sequence[int] = (1, 2, 3)) -> jax.Array:
+                    windows: Sequence[int] = (1, 2, 3), dtype=None) -> jax.Array:
   """Sentence vector from word features (paper §3.1): 1D convolutions, max-pool, concat, FC.
 
   For window l: p_{l,t} = ReLU(W_l x_{t:t+l-1} + b_l) for every real start word t, then
@@ -122,12 +130,14 @@ def ngram_embedding(p: Params, x: jax.Array, mask: jax.Array,
     pad = [(0, 0)] * (x.ndim - 2) + [(0, l - 1), (0, 0)]
     xp = jnp.pad(x, pad)
     win = jnp.stack([xp[..., j:j + length, :] for j in range(l)], axis=-2)  # (..., L, l, D)
-    feat = jax.nn.relu(jnp.einsum("...tjd,jdc->...tc", win, p[f"conv{l}_w"]) + p[f"conv{l}_b"])
+    feat = jax.nn.relu(einsum("...tjd,jdc->...tc", win, p[f"conv{l}_w"], dtype=dtype)
+                       + p[f"conv{l}_b"])
     pooled.append(masked_max(feat, m))
-  return jnp.concatenate(pooled, axis=-1) @ p["fc_w"] + p["fc_b"]
+  return matmul(jnp.concatenate(pooled, axis=-1), p["fc_w"], dtype) + p["fc_b"]
 
 
-def intra_block_stats(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> Stats:
+def intra_block_stats(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
+                      dtype=None) -> Stats:
   """One modality's own block of the attention over [R ‖ X], in unnormalised form.
 
   For the rows of one item (an image's regions or a caption's words) against its own keys:
@@ -137,16 +147,16 @@ def intra_block_stats(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array)
   per item, not once per pair. q, k, v (..., T, H, Dh), mask (..., T) ->
   m (..., H, T), z (..., H, T), a (..., H, T, Dh).
   """
-  logits = jnp.einsum("...qhk,...shk->...hqs", q, k) / math.sqrt(q.shape[-1])
+  logits = einsum("...qhk,...shk->...hqs", q, k, dtype=dtype) / math.sqrt(q.shape[-1])
   valid = mask.astype(bool)[..., None, None, :]
   m = jax.lax.stop_gradient(jnp.max(jnp.where(valid, logits, -jnp.inf), axis=-1))
   m_safe = jnp.where(jnp.isfinite(m), m, 0.0)
   e = jnp.where(valid, jnp.exp(logits - m_safe[..., None]), 0.0)
-  return m, jnp.sum(e, axis=-1), jnp.einsum("...hqs,...shk->...hqk", e, v)
+  return m, jnp.sum(e, axis=-1), einsum("...hqs,...shk->...hqk", e, v, dtype=dtype)
 
 
 def merge_with_cross(own: Stats, cross_logits: jax.Array, cross_mask: jax.Array,
-                     cross_v: jax.Array) -> jax.Array:
+                     cross_v: jax.Array, dtype=None) -> jax.Array:
   """Exact softmax over [own keys ‖ cross keys] from the own-block stats and cross logits.
 
   The "online softmax" merge: with M = max(m_own, max cross logit),
@@ -162,14 +172,14 @@ def merge_with_cross(own: Stats, cross_logits: jax.Array, cross_mask: jax.Array,
   m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
   w_own = jnp.exp(m_own - m_safe)          # 0 where the item has no real own key
   e = jnp.where(valid, jnp.exp(cross_logits - m_safe[..., None]), 0.0)
-  num = w_own[..., None] * a_own + jnp.einsum("...hqs,...shk->...hqk", e, cross_v)
+  num = w_own[..., None] * a_own + einsum("...hqs,...shk->...hqk", e, cross_v, dtype=dtype)
   den = w_own * z_own + jnp.sum(e, axis=-1)
   out = num / jnp.maximum(den, 1e-30)[..., None]
   return jnp.swapaxes(out, -3, -2)          # (..., Tq, H, Dh)
 
 
 def concat_attention_pairs(r_qkv, r_mask, r_stats: Stats, x_qkv, x_mask,
-                           x_stats: Stats) -> Tuple[jax.Array, jax.Array]:
+                           x_stats: Stats, dtype=None) -> Tuple[jax.Array, jax.Array]:
   """Multi-head attention over Y = [R_i ‖ X_c] for every image i × caption c (paper §3.2).
 
   softmax(QKᵀ/√Dh)V over the R + L tokens of each pair with padded regions and words masked,
@@ -182,40 +192,43 @@ def concat_attention_pairs(r_qkv, r_mask, r_stats: Stats, x_qkv, x_mask,
   xq, xk, xv = x_qkv
   scale = 1.0 / math.sqrt(rq.shape[-1])
   # Region rows attend to the caption's words: logits (I, C, H, R, L).
-  s_rx = jnp.einsum("irhk,clhk->ichrl", rq, xk) * scale
+  s_rx = einsum("irhk,clhk->ichrl", rq, xk, dtype=dtype) * scale
   r_own = jax.tree.map(lambda s: s[:, None], r_stats)              # broadcast over captions
-  out_r = merge_with_cross(r_own, s_rx, x_mask[None, :, None, None, :], xv[None])
+  out_r = merge_with_cross(r_own, s_rx, x_mask[None, :, None, None, :], xv[None], dtype)
   # Word rows attend to the image's regions: logits (I, C, H, L, R).
-  s_xr = jnp.einsum("clhk,irhk->ichlr", xq, rk) * scale
+  s_xr = einsum("clhk,irhk->ichlr", xq, rk, dtype=dtype) * scale
   x_own = jax.tree.map(lambda s: s[None], x_stats)                 # broadcast over images
-  out_x = merge_with_cross(x_own, s_xr, r_mask[:, None, None, None, :], rv[:, None])
+  out_x = merge_with_cross(x_own, s_xr, r_mask[:, None, None, None, :], rv[:, None], dtype)
   return out_r, out_x
 
 
 def cross_attention_pairs(unit: Params, cnn: Params, regions: jax.Array, region_mask: jax.Array,
                           words: jax.Array, word_mask: jax.Array,
-                          windows: Sequence[int] = (1, 2, 3)) -> Tuple[jax.Array, jax.Array]:
+                          windows: Sequence[int] = (1, 2, 3),
+                          dtype=None) -> Tuple[jax.Array, jax.Array]:
   """The cross-attention module for every pair: (i1, c1), each (I, C, ·) (paper §3.2).
 
   Y = [R_i ‖ X_c] -> Transformer unit -> split; i1 = average of the real region outputs,
   c1 = n-gram CNN + max-pool over the real word outputs. regions (I, R, D), words (C, L, D).
   """
-  r_qkv = project_qkv(unit, regions)
-  x_qkv = project_qkv(unit, words)
-  r_stats = intra_block_stats(*r_qkv, region_mask)
-  x_stats = intra_block_stats(*x_qkv, word_mask)
-  att_r, att_x = concat_attention_pairs(r_qkv, region_mask, r_stats, x_qkv, word_mask, x_stats)
-  out_r = unit_after_attention(unit, regions[:, None], att_r, region_mask[:, None])
-  out_x = unit_after_attention(unit, words[None], att_x, word_mask[None])
+  r_qkv = project_qkv(unit, regions, dtype)
+  x_qkv = project_qkv(unit, words, dtype)
+  r_stats = intra_block_stats(*r_qkv, region_mask, dtype)
+  x_stats = intra_block_stats(*x_qkv, word_mask, dtype)
+  att_r, att_x = concat_attention_pairs(r_qkv, region_mask, r_stats, x_qkv, word_mask, x_stats,
+                                        dtype)
+  out_r = unit_after_attention(unit, regions[:, None], att_r, region_mask[:, None], dtype)
+  out_x = unit_after_attention(unit, words[None], att_x, word_mask[None], dtype)
   i1 = masked_mean(out_r, region_mask[:, None])
-  c1 = ngram_embedding(cnn, out_x, jnp.broadcast_to(word_mask[None], out_x.shape[:-1]), windows)
+  c1 = ngram_embedding(cnn, out_x, jnp.broadcast_to(word_mask[None], out_x.shape[:-1]), windows,
+                       dtype)
   return i1, c1
 
 
 def cross_attention_scores(unit: Params, cnn: Params, regions: jax.Array,
                            region_mask: jax.Array, words: jax.Array, word_mask: jax.Array, *,
                            windows: Sequence[int] = (1, 2, 3), normalize: bool = True,
-                           chunk: Optional[int] = None) -> jax.Array:
+                           chunk: Optional[int] = None, dtype=None) -> jax.Array:
   """⟨i1, c1⟩ for every image × caption pair: the cross term of S(I, T) (paper §3.3).
 
   ``chunk`` images are scored per step of ``jax.lax.map`` (each step rematerialised under
@@ -223,7 +236,8 @@ def cross_attention_scores(unit: Params, cnn: Params, regions: jax.Array,
   computation. ``normalize`` l2-normalises i1 and c1 first (cosine). Returns (I, C).
   """
   def one_image(r, rm):
-    i1, c1 = cross_attention_pairs(unit, cnn, r[None], rm[None], words, word_mask, windows)
+    i1, c1 = cross_attention_pairs(unit, cnn, r[None], rm[None], words, word_mask, windows,
+                                   dtype)
     if normalize:
       i1, c1 = l2norm(i1), l2norm(c1)
     return jnp.sum(i1 * c1, axis=-1)[0]                            # (C,)

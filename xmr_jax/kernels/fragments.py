@@ -16,19 +16,22 @@ from typing import Optional, Tuple
 import jax
 import jax.numpy as jnp
 
+from xmr_jax.kernels.common import einsum, matmul
+
 NORMALIZATIONS = ("paper", "matlab")
 ACCUMULATIONS = ("sum", "max")
 
 
-def fragment_scores(img_frags: jax.Array, txt_frags: jax.Array) -> jax.Array:
+def fragment_scores(img_frags: jax.Array, txt_frags: jax.Array, dtype=None) -> jax.Array:
   """All fragment inner products v_i^T s_j of a batch, as one (Bi*Ni, D) x (D, Bt*Ns) GEMM.
 
   Returns ``dots`` of shape (Bi, Ni, Bt, Ns): image k's fragment i against sentence l's
-  fragment j (paper sec. 3.3, the score of a fragment pair).
+  fragment j (paper sec. 3.3, the score of a fragment pair). ``dtype``: the GEMM's operand
+  dtype (None = float32; bfloat16 accumulates in float32, ``model.dtype``).
   """
   bi, ni, d = img_frags.shape
   bt, ns, _ = txt_frags.shape
-  flat = img_frags.reshape(bi * ni, d) @ txt_frags.reshape(bt * ns, d).T
+  flat = matmul(img_frags.reshape(bi * ni, d), txt_frags.reshape(bt * ns, d).T, dtype)
   return flat.reshape(bi, ni, bt, ns)
 
 
@@ -131,15 +134,15 @@ def fragment_alignment_loss(dots: jax.Array, img_mask: jax.Array, txt_mask: jax.
 
 
 def pair_alignments(img_frags: jax.Array, img_mask: jax.Array, txt_frags: jax.Array,
-                    txt_mask: jax.Array) -> Tuple[jax.Array, jax.Array]:
+                    txt_mask: jax.Array, dtype=None) -> Tuple[jax.Array, jax.Array]:
   """Best image fragment for every sentence fragment of matched pairs (paper fig. 4).
 
   Pair b is image ``img_frags[b]`` with sentence ``txt_frags[b]`` (same leading size B).
   Returns ``index`` (B, Ns) int32, the argmax_i v_i^T s_j over valid image fragments (-1 for
   padded sentence fragments or images with no fragment), and ``score`` (B, Ns) its value
-  (0 where index is -1).
+  (0 where index is -1). ``dtype``: the operand dtype of the fragment products (None = float32).
   """
-  dots = jnp.einsum("bid,bjd->bij", img_frags, txt_frags)
+  dots = einsum("bid,bjd->bij", img_frags, txt_frags, dtype=dtype)
   dots = jnp.where(img_mask.astype(bool)[:, :, None], dots, -jnp.inf)
   index = jnp.argmax(dots, axis=1).astype(jnp.int32)
   score = jnp.max(dots, axis=1)

@@ -47,45 +47,57 @@ def sample_gaussian(key: Array, mu: Array, logsigma: Array, num_samples: int) ->
   return mu[:, None, :] + eps * jnp.exp(logsigma)[:, None, :]
 
 
-def pairwise_sample_distances(z1: Array, z2: Array, eps: float = 1e-6) -> Array:
+def _gram(f1: Array, f2: Array, dtype) -> Tuple[Array, Array, Array]:
+  """(||f1||^2, ||f2||^2, f1 f2^T) in float32. With ``dtype`` (bfloat16) the rows are rounded
+  to it first and the norms are taken of the *rounded* rows, so the norm expansion is the exact
+  distance of the rounded points (no cancellation of inconsistently rounded terms)."""
+  if dtype is None:
+    # Same equations in the same order as before (float32 gradients stay bit-identical).
+    sq1 = jnp.sum(f1 * f1, axis=-1)
+    sq2 = jnp.sum(f2 * f2, axis=-1)
+    # Full float32 GEMM: TF32/bf16 passes would swamp the small sample distances.
+    gram = jnp.dot(f1, f2.T, precision=jax.lax.Precision.HIGHEST)
+    return sq1, sq2, gram
+  r1, r2 = f1.astype(dtype), f2.astype(dtype)
+  sq = lambda r: jnp.sum(jnp.square(r.astype(jnp.float32)), axis=-1)
+  return sq(r1), sq(r2), jnp.dot(r1, r2.T, preferred_element_type=jnp.float32)
+
+
+def pairwise_sample_distances(z1: Array, z2: Array, eps: float = 1e-6, dtype=None) -> Array:
   """sqrt(||z1[n, j] - z2[m, k]||^2 + eps) for all pairs: (N, J, D), (M, K, D) -> (N, M, J, K).
 
   One GEMM over the flattened samples via the squared-norm expansion; the squared distance
   is clamped at 0 against cancellation. ``eps`` inside the root follows the official
-  ``batchwise_cdist`` (1e-6) and keeps the gradient finite at zero distance.
+  ``batchwise_cdist`` (1e-6) and keeps the gradient finite at zero distance. ``dtype``
+  (bfloat16, ``model.dtype``): distances of the samples rounded to it, float32 accumulation.
   """
   n, j, d = z1.shape
   m, k, _ = z2.shape
-  f1 = z1.reshape(n * j, d)
-  f2 = z2.reshape(m * k, d)
-  sq1 = jnp.sum(f1 * f1, axis=-1)
-  sq2 = jnp.sum(f2 * f2, axis=-1)
-  # Full float32 GEMM: TF32/bf16 passes would swamp the small sample distances.
-  gram = jnp.dot(f1, f2.T, precision=jax.lax.Precision.HIGHEST)
+  sq1, sq2, gram = _gram(z1.reshape(n * j, d), z2.reshape(m * k, d), dtype)
   d2 = jnp.maximum(sq1[:, None] + sq2[None, :] - 2.0 * gram, 0.0)
   dist = jnp.sqrt(d2 + eps)
   return dist.reshape(n, j, m, k).transpose(0, 2, 1, 3)
 
 
 def match_logits(z1: Array, z2: Array, a, b, *, official_sigmoid: bool = False,
-                 eps: float = 1e-6) -> Array:
+                 eps: float = 1e-6, dtype=None) -> Array:
   """Per-sample-pair logits s = -a ||z - z'|| + b (eq. 3), (N, M, J, K).
 
   With ``official_sigmoid`` the logits are doubled, so that sigmoid(returned) equals the
-  official e^s / (e^s + e^-s).
+  official e^s / (e^s + e^-s). ``dtype``: the GEMM's operand dtype (None = float32).
   """
-  s = -a * pairwise_sample_distances(z1, z2, eps) + b
+  s = -a * pairwise_sample_distances(z1, z2, eps, dtype) + b
   return 2.0 * s if official_sigmoid else s
 
 
 def match_log_probs(z1: Array, z2: Array, a, b, *, official_sigmoid: bool = False,
-                    eps: float = 1e-6) -> Tuple[Array, Array]:
+                    eps: float = 1e-6, dtype=None) -> Tuple[Array, Array]:
   """(log p, log(1 - p)) of the MC match probability (eq. 3) for all pairs, each (N, M).
 
   Stable in log space: log p = logsumexp_{j,k} log_sigmoid(s_jk) - log J K and
   log(1 - p) = logsumexp_{j,k} log_sigmoid(-s_jk) - log J K (official ``soft_contrastive_nll``).
   """
-  s = match_logits(z1, z2, a, b, official_sigmoid=official_sigmoid, eps=eps)
+  s = match_logits(z1, z2, a, b, official_sigmoid=official_sigmoid, eps=eps, dtype=dtype)
   log_count = jnp.log(float(s.shape[-2] * s.shape[-1]))
   log_p = jax.nn.logsumexp(jax.nn.log_sigmoid(s), axis=(-2, -1)) - log_count
   log_q = jax.nn.logsumexp(jax.nn.log_sigmoid(-s), axis=(-2, -1)) - log_count
@@ -93,9 +105,10 @@ def match_log_probs(z1: Array, z2: Array, a, b, *, official_sigmoid: bool = Fals
 
 
 def match_probability(z1: Array, z2: Array, a, b, *, official_sigmoid: bool = False,
-                      eps: float = 1e-6) -> Array:
-  """MC match probability p(m | x, y) (eq. 3) for all N x M pairs: mean of J*K sigmoids."""
-  s = match_logits(z1, z2, a, b, official_sigmoid=official_sigmoid, eps=eps)
+                      eps: float = 1e-6, dtype=None) -> Array:
+  """MC match probability p(m | x, y) (eq. 3) for all N x M pairs: mean of J*K sigmoids.
+  ``dtype``: the distance GEMM's operand dtype (None = float32; ``match_logits``)."""
+  s = match_logits(z1, z2, a, b, official_sigmoid=official_sigmoid, eps=eps, dtype=dtype)
   return jnp.mean(jax.nn.sigmoid(s), axis=(-2, -1))
 
 
@@ -149,17 +162,16 @@ def uniformity_loss(x: Array, t: float = 2.0) -> Array:
 
 
 def closed_form_sampled_distance(mu1: Array, logsigma1: Array, mu2: Array, logsigma2: Array,
-                                 *, log_variance: bool = False) -> Array:
+                                 *, log_variance: bool = False, dtype=None) -> Array:
   """PCME++ closed-form sampled distance (CSD, PCME++ eq. 1) for all N x M pairs.
 
   CSD = E ||z1 - z2||^2 = ||mu1 - mu2||^2 + ||sigma1^2 + sigma2^2||_1, with
   sigma^2 = exp(2 logsigma), or exp(logsigma) when ``log_variance`` (PCME++'s ``std`` output,
-  and PCME's official KL reading). Lower = closer; one GEMM via the norm expansion.
+  and PCME's official KL reading). Lower = closer; one GEMM via the norm expansion
+  (``dtype``: its operand dtype, None = float32, as ``pairwise_sample_distances``).
   """
   var1 = jnp.exp(logsigma1 if log_variance else 2.0 * logsigma1)
   var2 = jnp.exp(logsigma2 if log_variance else 2.0 * logsigma2)
-  sq1 = jnp.sum(mu1 * mu1, axis=-1)
-  sq2 = jnp.sum(mu2 * mu2, axis=-1)
-  gram = jnp.dot(mu1, mu2.T, precision=jax.lax.Precision.HIGHEST)
+  sq1, sq2, gram = _gram(mu1, mu2, dtype)
   mu_d2 = jnp.maximum(sq1[:, None] + sq2[None, :] - 2.0 * gram, 0.0)
   return mu_d2 + jnp.sum(var1, -1)[:, None] + jnp.sum(var2, -1)[None, :]

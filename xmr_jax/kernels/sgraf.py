@@ -14,13 +14,17 @@ sum, and a score never depends on how much padding a tile carries.
 
 Weights are passed as flax-layout arrays: ``kernel`` (in, out), ``bias`` (out,), y = x @ kernel +
 bias (torch's ``nn.Linear`` is y = x @ weight.T + bias).
+
+``dtype`` (every kernel with a matrix product): the operand dtype of its matmuls / einsums,
+None = float32 (``model.dtype``; bfloat16 operands accumulate in float32, see
+``kernels.common.matmul``). Norms, softmaxes and scores are float32 either way.
 """
 from typing import Any, Mapping, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
 
-from xmr_jax.kernels.common import EPS, l2norm, masked_softmax
+from xmr_jax.kernels.common import EPS, einsum, l2norm, masked_softmax, matmul
 
 
 def leaky_relu(x: jax.Array, slope: float = 0.1) -> jax.Array:
@@ -30,7 +34,7 @@ def leaky_relu(x: jax.Array, slope: float = 0.1) -> jax.Array:
 
 
 def t2v_attention(regions: jax.Array, region_mask: jax.Array, words: jax.Array,
-                  word_mask: jax.Array, smooth: float = 9.0) -> jax.Array:
+                  word_mask: jax.Array, smooth: float = 9.0, dtype=None) -> jax.Array:
   """Text-to-visual attention (paper eq. 2; official ``SCAN_attention``), every pair at once.
 
   s[i,r,t,l] = LeakyReLU_0.1(v_ir . w_tl), l2-normalised over the *words* l of caption t for
@@ -41,17 +45,18 @@ def t2v_attention(regions: jax.Array, region_mask: jax.Array, words: jax.Array,
   n_i, r, d = regions.shape
   n_t, l, _ = words.shape
   # One GEMM (n_i R, D) @ (D, n_t L) for all region-word scores of the tile.
-  s = (regions.reshape(n_i * r, d) @ words.reshape(n_t * l, d).T).reshape(n_i, r, n_t, l)
+  s = matmul(regions.reshape(n_i * r, d), words.reshape(n_t * l, d).T,
+             dtype).reshape(n_i, r, n_t, l)
   s = leaky_relu(s) * word_mask[None, None].astype(s.dtype)
   s = s / (jnp.sqrt(jnp.sum(s * s, axis=-1, keepdims=True)) + EPS)
   p = masked_softmax(smooth * s, region_mask[:, :, None, None], axis=1)
   # Batched over images: (n_t L, R) @ (R, D) for each image.
-  ctx = jnp.einsum("irtl,ird->itld", p, regions)
+  ctx = einsum("irtl,ird->itld", p, regions, dtype=dtype)
   return l2norm(ctx)
 
 
 def local_similarity(context: jax.Array, words: jax.Array, kernel: jax.Array,
-                     bias: jax.Array) -> jax.Array:
+                     bias: jax.Array, dtype=None) -> jax.Array:
   """Local similarity vectors s_l = l2norm(W_l (a_l - w_l)^2 + b) (paper eq. 1, 3).
 
   ``context`` (n_i, n_t, L, D) attended regions, ``words`` (n_t, L, D). Returns
@@ -59,27 +64,27 @@ def local_similarity(context: jax.Array, words: jax.Array, kernel: jax.Array,
   term) it is materialised once and projected by one large GEMM.
   """
   diff2 = jnp.square(context - words[None])
-  return l2norm(diff2 @ kernel + bias)
+  return l2norm(matmul(diff2, kernel, dtype) + bias)
 
 
 def global_similarity(img_glo: jax.Array, txt_glo: jax.Array, kernel: jax.Array,
-                      bias: jax.Array) -> jax.Array:
+                      bias: jax.Array, dtype=None) -> jax.Array:
   """Global similarity vectors s_g = l2norm(W_g (v - t)^2 + b) (paper eq. 1, 4).
 
   Expanded as W v^2 + W t^2 - 2 W (v * t): the first two are per item, the cross term is one
   GEMM (n_i S, D) @ (D, n_t), so no (n_i, n_t, D) difference is materialised.
   ``img_glo`` (n_i, D), ``txt_glo`` (n_t, D) -> (n_i, n_t, S).
   """
-  a = jnp.square(img_glo) @ kernel                          # (n_i, S)
-  b = jnp.square(txt_glo) @ kernel                          # (n_t, S)
+  a = matmul(jnp.square(img_glo), kernel, dtype)            # (n_i, S)
+  b = matmul(jnp.square(txt_glo), kernel, dtype)            # (n_t, S)
   scaled = img_glo[:, :, None] * kernel[None]               # (n_i, D, S)
-  cross = jnp.einsum("ids,td->its", scaled, txt_glo)        # (n_i, n_t, S)
+  cross = einsum("ids,td->its", scaled, txt_glo, dtype=dtype)   # (n_i, n_t, S)
   return l2norm(a[:, None] + b[None] - 2.0 * cross + bias)
 
 
 def attention_pool(local: jax.Array, mask: jax.Array, local_emb: jax.Array,
                    global_emb: jax.Array, common_kernel: jax.Array,
-                   common_bias: jax.Array) -> jax.Array:
+                   common_bias: jax.Array, dtype=None) -> jax.Array:
   """Self-attention pooling of the global representation (paper eq. 5-6; official ``VisualSA``
   / ``TextSA`` after their embedding layers).
 
@@ -87,13 +92,14 @@ def attention_pool(local: jax.Array, mask: jax.Array, local_emb: jax.Array,
   (B, D) the tanh-embedded local and mean features. Weights = softmax over real positions of
   ((local_emb * global_emb) @ common_kernel + common_bias); result l2-normalised, (B, D).
   """
-  logits = ((local_emb * global_emb[:, None]) @ common_kernel + common_bias)[..., 0]
+  logits = (matmul(local_emb * global_emb[:, None], common_kernel, dtype)
+            + common_bias)[..., 0]
   w = masked_softmax(logits, mask, axis=-1)
-  return l2norm(jnp.einsum("bk,bkd->bd", w, local))
+  return l2norm(einsum("bk,bkd->bd", w, local, dtype=dtype))
 
 
 def _key_logits(nodes: jax.Array, queries: jax.Array, step: Mapping[str, jax.Array],
-                fold: bool) -> jax.Array:
+                fold: bool, dtype=None) -> jax.Array:
   """Edge logits (W_q s_j + b_q) . (W_k s_k + b_k) for the query nodes ``queries``.
 
   With ``fold`` the product is computed as (s_j M + u) . s_k with M = W_q W_k^T and
@@ -103,13 +109,14 @@ def _key_logits(nodes: jax.Array, queries: jax.Array, step: Mapping[str, jax.Arr
   qk, qb, kk, kb = (step["query_kernel"], step["query_bias"], step["key_kernel"],
                     step["key_bias"])
   if fold:
-    q = queries @ (qk @ kk.T) + kk @ qb
-    return jnp.einsum("...js,...ks->...jk", q, nodes)
-  return jnp.einsum("...js,...ks->...jk", queries @ qk + qb, nodes @ kk + kb)
+    q = matmul(queries, matmul(qk, kk.T, dtype), dtype) + matmul(kk, qb, dtype)
+    return einsum("...js,...ks->...jk", q, nodes, dtype=dtype)
+  return einsum("...js,...ks->...jk", matmul(queries, qk, dtype) + qb,
+                matmul(nodes, kk, dtype) + kb, dtype=dtype)
 
 
 def sgr_step(nodes: jax.Array, node_mask: jax.Array, step: Mapping[str, jax.Array], *,
-             fold: bool = True, only_first: bool = False) -> jax.Array:
+             fold: bool = True, only_first: bool = False, dtype=None) -> jax.Array:
   """One similarity-graph reasoning step (paper eq. 7-8; official ``GraphReasoning``).
 
   E = softmax_k((W_q s_j)(W_k s_k)^T) over the real nodes k, s'_j = ReLU(W_r sum_k E_jk s_k).
@@ -117,29 +124,31 @@ def sgr_step(nodes: jax.Array, node_mask: jax.Array, step: Mapping[str, jax.Arra
   0 is updated and returned as (..., S) (all a last step needs).
   """
   queries = nodes[..., :1, :] if only_first else nodes
-  logits = _key_logits(nodes, queries, step, fold)
+  logits = _key_logits(nodes, queries, step, fold, dtype)
   edges = masked_softmax(logits, node_mask[..., None, :], axis=-1)
-  agg = jnp.einsum("...jk,...ks->...js", edges, nodes)
-  out = jax.nn.relu(agg @ step["graph_kernel"] + step["graph_bias"])
+  agg = einsum("...jk,...ks->...js", edges, nodes, dtype=dtype)
+  out = jax.nn.relu(matmul(agg, step["graph_kernel"], dtype) + step["graph_bias"])
   return out[..., 0, :] if only_first else out
 
 
 def graph_reasoning(nodes: jax.Array, node_mask: jax.Array,
-                    steps: Sequence[Mapping[str, jax.Array]], *, fold: bool = True) -> jax.Array:
+                    steps: Sequence[Mapping[str, jax.Array]], *, fold: bool = True,
+                    dtype=None) -> jax.Array:
   """SGR: ``len(steps)`` reasoning steps, each with its own weights; returns the global node
   (node 0) of the last step, (..., S) (paper eq. 9; official ``sim_emb[:, 0, :]``)."""
   for step in steps[:-1]:
-    nodes = sgr_step(nodes, node_mask, step, fold=fold)
-  return sgr_step(nodes, node_mask, steps[-1], fold=fold, only_first=True)
+    nodes = sgr_step(nodes, node_mask, step, fold=fold, dtype=dtype)
+  return sgr_step(nodes, node_mask, steps[-1], fold=fold, only_first=True, dtype=dtype)
 
 
-def saf_gate_logits(nodes: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+def saf_gate_logits(nodes: jax.Array, kernel: jax.Array, bias: jax.Array,
+                    dtype=None) -> jax.Array:
   """Pre-BatchNorm gate logits W_f s + b of SAF (paper eq. 10), (..., N)."""
-  return (nodes @ kernel + bias)[..., 0]
+  return (matmul(nodes, kernel, dtype) + bias)[..., 0]
 
 
 def attention_filtration(nodes: jax.Array, node_mask: jax.Array,
-                         gates: jax.Array) -> jax.Array:
+                         gates: jax.Array, dtype=None) -> jax.Array:
   """SAF aggregation (paper eq. 10-11; official ``AttentionFiltration``).
 
   alpha = l1norm(sigmoid(gates)) over the real nodes (the official code normalises over the
@@ -148,7 +157,7 @@ def attention_filtration(nodes: jax.Array, node_mask: jax.Array,
   """
   a = jax.nn.sigmoid(gates) * node_mask.astype(gates.dtype)
   a = a / (jnp.sum(jnp.abs(a), axis=-1, keepdims=True) + EPS)
-  return l2norm(jnp.einsum("...n,...ns->...s", a, nodes))
+  return l2norm(einsum("...n,...ns->...s", a, nodes, dtype=dtype))
 
 
 def batch_norm(x: jax.Array, mean: jax.Array, var: jax.Array, scale: jax.Array,
@@ -157,9 +166,10 @@ def batch_norm(x: jax.Array, mean: jax.Array, var: jax.Array, scale: jax.Array,
   return (x - mean) * jax.lax.rsqrt(var + eps) * scale + bias
 
 
-def similarity_score(sim_vec: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+def similarity_score(sim_vec: jax.Array, kernel: jax.Array, bias: jax.Array,
+                     dtype=None) -> jax.Array:
   """Final score sigmoid(W_e s + b) (official ``sim_eval_w`` then ``sigmoid``), (...)."""
-  return jax.nn.sigmoid((sim_vec @ kernel + bias)[..., 0])
+  return jax.nn.sigmoid((matmul(sim_vec, kernel, dtype) + bias)[..., 0])
 
 
 def saf_batch_norm(logits: jax.Array, node_mask: jax.Array, mode: str, scale: jax.Array,
@@ -189,31 +199,34 @@ def saf_batch_norm(logits: jax.Array, node_mask: jax.Array, mode: str, scale: ja
 
 def pair_scores(img: Mapping[str, jax.Array], txt: Mapping[str, jax.Array],
                 w: Mapping[str, Any], *, variant: str, smooth: float = 9.0, fold: bool = True,
-                saf_mode: str = "running") -> Tuple[jax.Array, Tuple[jax.Array, jax.Array]]:
+                saf_mode: str = "running",
+                dtype=None) -> Tuple[jax.Array, Tuple[jax.Array, jax.Array]]:
   """All SGRAF scores of a tile (official ``EncoderSimilarity.forward`` after the pooling).
 
   ``img`` = {'local' (n_i, R, D), 'mask' (n_i, R), 'glo' (n_i, D)}, ``txt`` likewise with
   words. ``w``: 'tranloc', 'tranglo', 'eval' (kernel, bias) pairs; 'sgr' a list of step dicts
   (``sgr_step``) or 'saf' = dict(kernel, bias, scale, bn_bias, mean, var). Returns the
-  (n_i, n_t) scores and SAF's batch statistics (``saf_batch_norm``).
+  (n_i, n_t) scores and SAF's batch statistics (``saf_batch_norm``). ``dtype``: the operand
+  dtype of every matrix product (None = float32).
   """
-  ctx = t2v_attention(img["local"], img["mask"], txt["local"], txt["mask"], smooth)
-  loc = local_similarity(ctx, txt["local"], *w["tranloc"])
-  glo = global_similarity(img["glo"], txt["glo"], *w["tranglo"])
+  ctx = t2v_attention(img["local"], img["mask"], txt["local"], txt["mask"], smooth, dtype)
+  loc = local_similarity(ctx, txt["local"], *w["tranloc"], dtype)
+  glo = global_similarity(img["glo"], txt["glo"], *w["tranglo"], dtype)
   nodes = jnp.concatenate([glo[:, :, None], loc], axis=2)              # (n_i, n_t, L+1, S)
   ones = jnp.ones(txt["mask"].shape[:1] + (1,), bool)
   node_mask = jnp.concatenate([ones, txt["mask"].astype(bool)], axis=1)[None]
   stats = (jnp.zeros((0,)), jnp.zeros((0,)))
   if variant == "sgr":
-    vec = graph_reasoning(nodes, node_mask, w["sgr"], fold=fold)
+    vec = graph_reasoning(nodes, node_mask, w["sgr"], fold=fold, dtype=dtype)
   elif variant == "saf":
     f = w["saf"]
-    gates, stats = saf_batch_norm(saf_gate_logits(nodes, f["kernel"], f["bias"]), node_mask,
-                                  saf_mode, f["scale"], f["bn_bias"], f["mean"], f["var"])
-    vec = attention_filtration(nodes, node_mask, gates)
+    gates, stats = saf_batch_norm(saf_gate_logits(nodes, f["kernel"], f["bias"], dtype),
+                                  node_mask, saf_mode, f["scale"], f["bn_bias"], f["mean"],
+                                  f["var"])
+    vec = attention_filtration(nodes, node_mask, gates, dtype)
   else:
     raise ValueError(f"SGRAF variant {variant!r}: use 'sgr' or 'saf'")
-  return similarity_score(vec, *w["eval"]), stats
+  return similarity_score(vec, *w["eval"], dtype), stats
 
 
 def largest_divisor(n: int, limit: int) -> int:

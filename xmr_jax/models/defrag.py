@@ -33,10 +33,11 @@ import jax.numpy as jnp
 
 from xmr_jax.common.errors import ConfigError
 from xmr_jax.kernels import fragments as K
-from xmr_jax.kernels.common import masked_mean
+from xmr_jax.kernels.common import compute_dtype, einsum, masked_mean, matmul
 from xmr_jax.losses.defrag import make_loss
 from xmr_jax.models.base import RetrievalModel
 from xmr_jax.models.encoders import word_embedding_init
+from xmr_jax.models.precision import dense_kwargs, read_dtype
 from xmr_jax.models.registry import Method
 from xmr_jax.types import DataInfo
 
@@ -61,6 +62,7 @@ class DeFrag(RetrievalModel):
   accumulation: str = "sum"
   threshold: bool = True
   word_vectors: Any = None
+  dtype: str = "float32"          # model.dtype: matmul operands (models/precision.py)
 
   def setup(self):
     if self.fragments not in FRAGMENTS:
@@ -77,10 +79,11 @@ class DeFrag(RetrievalModel):
     self.rel_kernel = self.param("rel_kernel", nn.initializers.lecun_normal(batch_axis=(0,)),
                                  (max(n_rel, 1), fan_in, self.embed_dim))
     self.rel_bias = self.param("rel_bias", nn.initializers.zeros, (max(n_rel, 1), self.embed_dim))
-    self.img_fc = nn.Dense(self.embed_dim, name="img_fc")           # W_m, b_m of eq. 2
+    self.img_fc = nn.Dense(self.embed_dim, name="img_fc",           # W_m, b_m of eq. 2
+                           **dense_kwargs(self.dtype))
     if self.whole_image == "pixels":
       from xmr_jax.models.encoders import PixelCNN  # only this variant needs it
-      self.pixel_cnn = PixelCNN(self.embed_dim)
+      self.pixel_cnn = PixelCNN(self.embed_dim, dtype=self.dtype)
 
   # ------------------------------------------------------------------ images
   def encode_images(self, images, *, train: bool) -> Dict[str, jax.Array]:
@@ -123,12 +126,13 @@ class DeFrag(RetrievalModel):
     if self.freeze_word_embeddings:
       emb = jax.lax.stop_gradient(emb)
     x = emb.reshape(emb.shape[:2] + (-1,))                          # [W_e w1; W_e w2]
+    dt = compute_dtype(self.dtype)
     if self.rel_kernel.shape[0] == 1:
-      h = x @ self.rel_kernel[0] + self.rel_bias[0]
+      h = matmul(x, self.rel_kernel[0], dt) + self.rel_bias[0]
     else:
       # Every relation's map, then pick W_R by the triple's relation: R small GEMMs in one
       # einsum instead of gathering a (B, T, fan_in, D) weight tensor.
-      all_h = jnp.einsum("bte,red->btrd", x, self.rel_kernel) + self.rel_bias
+      all_h = einsum("bte,red->btrd", x, self.rel_kernel, dtype=dt) + self.rel_bias
       r = jnp.clip(rel, 0, self.rel_kernel.shape[0] - 1)
       h = jnp.take_along_axis(all_h, r[..., None, None], axis=2)[:, :, 0]
     frags = nn.relu(h) * mask[..., None]
@@ -138,7 +142,7 @@ class DeFrag(RetrievalModel):
   def score(self, img, txt, *, train: bool = False) -> jax.Array:
     """(N, M) float32 S_kl = sum_ij max(0, v_i^T s_j) / (|g_k| (|g_l| + n)) (paper eq. 8;
     variants per ``normalization`` / ``accumulation`` / ``threshold``, ``fragment_similarity``)."""
-    dots = K.fragment_scores(img["frags"], txt["frags"])
+    dots = K.fragment_scores(img["frags"], txt["frags"], compute_dtype(self.dtype))
     return K.fragment_similarity(dots, img["mask"], txt["mask"], smoothing=self.smoothing,
                                  normalization=self.normalization,
                                  accumulation=self.accumulation, threshold=self.threshold)
@@ -149,7 +153,8 @@ class DeFrag(RetrievalModel):
     ``index`` (B, Ns): region index, ``num_regions`` (after ``max_regions``) for the whole
     image, -1 for padding; ``score`` (B, Ns) the fragment score v_i^T s_j.
     """
-    index, score = K.pair_alignments(img["frags"], img["mask"], txt["frags"], txt["mask"])
+    index, score = K.pair_alignments(img["frags"], img["mask"], txt["frags"], txt["mask"],
+                                     compute_dtype(self.dtype))
     return {"index": index, "score": score}
 
 
@@ -187,7 +192,7 @@ def build_method(model_config, info: DataInfo) -> Method:
                  freeze_word_embeddings=m.freeze_word_embeddings, whole_image=m.whole_image,
                  max_regions=m.max_regions, smoothing=m.smoothing,
                  normalization=m.normalization, accumulation=m.accumulation,
-                 threshold=m.threshold, word_vectors=info.word_vectors)
+                 threshold=m.threshold, word_vectors=info.word_vectors, dtype=read_dtype(m))
   loss_fn = make_loss(m.objective, m.use_mil, m.mil_start_epoch, m.global_start_epoch)
   return Method("defrag", model, loss_fn,
                 hparam_names=("margin", "global_weight", "fragment_margin"),

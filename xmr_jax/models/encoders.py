@@ -12,6 +12,7 @@ import numpy as np
 
 from xmr_jax.common.errors import ConfigError
 from xmr_jax.kernels.common import l2norm
+from xmr_jax.models.precision import conv_kwargs, dense_kwargs, gru_cell
 
 
 class RegionEncoder(nn.Module):
@@ -22,11 +23,12 @@ class RegionEncoder(nn.Module):
   """
   embed_dim: int
   normalize: bool = True
+  dtype: str = "float32"          # model.dtype (models/precision.py)
 
   @nn.compact
   def __call__(self, regions: jax.Array, region_mask: jax.Array) -> jax.Array:
     x = nn.Dense(self.embed_dim, kernel_init=nn.initializers.xavier_uniform(),
-                 name="fc")(regions.astype(jnp.float32))
+                 name="fc", **dense_kwargs(self.dtype))(regions.astype(jnp.float32))
     if self.normalize:
       x = l2norm(x)
     return x * region_mask[..., None].astype(x.dtype)
@@ -77,6 +79,7 @@ class GRUTextEncoder(nn.Module):
   normalize: bool = True
   word_vectors: Optional[np.ndarray] = None
   dropout: float = 0.0
+  dtype: str = "float32"          # model.dtype (models/precision.py)
 
   @nn.compact
   def __call__(self, tokens: jax.Array, token_mask: jax.Array, *, train: bool) -> jax.Array:
@@ -87,9 +90,10 @@ class GRUTextEncoder(nn.Module):
     lengths = jnp.sum(token_mask.astype(jnp.int32), axis=-1)
     x = emb
     for layer in range(self.num_layers):
-      fwd = nn.RNN(nn.GRUCell(self.embed_dim), name=f"gru_fwd_{layer}")(x, seq_lengths=lengths)
+      fwd = nn.RNN(gru_cell(self.embed_dim, self.dtype),
+                   name=f"gru_fwd_{layer}")(x, seq_lengths=lengths)
       if self.bidirectional:
-        bwd = nn.RNN(nn.GRUCell(self.embed_dim), reverse=True, keep_order=True,
+        bwd = nn.RNN(gru_cell(self.embed_dim, self.dtype), reverse=True, keep_order=True,
                      name=f"gru_bwd_{layer}")(x, seq_lengths=lengths)
         # Stacked layers see both directions concatenated (torch nn.GRU semantics); only the
         # final output averages them, as SCAN's EncoderText.
@@ -115,11 +119,14 @@ class PixelCNN(nn.Module):
   """
   embed_dim: int
   channels: tuple = (32, 64, 128)
+  dtype: str = "float32"          # model.dtype (models/precision.py)
 
   @nn.compact
   def __call__(self, pixels: jax.Array) -> jax.Array:
     x = pixels.astype(jnp.float32) / 127.5 - 1.0
     for i, ch in enumerate(self.channels):
-      x = nn.relu(nn.Conv(ch, (3, 3), strides=(2, 2), name=f"conv{i}")(x))
+      x = nn.relu(nn.Conv(ch, (3, 3), strides=(2, 2), name=f"conv{i}",
+                          **conv_kwargs(self.dtype))(x))
     b, h, w, c = x.shape
-    return nn.Dense(self.embed_dim, name="proj")(x.reshape(b, h * w, c))
+    proj = nn.Dense(self.embed_dim, name="proj", **dense_kwargs(self.dtype))
+    return proj(x.reshape(b, h * w, c))

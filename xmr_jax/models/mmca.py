@@ -52,10 +52,11 @@ import jax.numpy as jnp
 
 from xmr_jax.common.errors import ConfigError
 from xmr_jax.kernels import cross_attention as ca
-from xmr_jax.kernels.common import l2norm, masked_mean
+from xmr_jax.kernels.common import compute_dtype, l2norm, masked_mean, matmul
 from xmr_jax.losses import triplet_objective
 from xmr_jax.models.base import RetrievalModel
 from xmr_jax.models.encoders import RegionEncoder, word_embedding_init
+from xmr_jax.models.precision import dense_kwargs, read_dtype
 from xmr_jax.models.registry import Method
 from xmr_jax.types import DataInfo
 
@@ -125,6 +126,7 @@ class TransformerTextEncoder(nn.Module):
   num_layers: int = 1
   max_len: int = 128
   word_vectors: Any = None
+  dtype: str = "float32"             # model.dtype: matmul operands (models/precision.py)
 
   @nn.compact
   def __call__(self, tokens: jax.Array, token_mask: jax.Array) -> jax.Array:
@@ -134,7 +136,7 @@ class TransformerTextEncoder(nn.Module):
                        f"{self.max_len}; raise it (positions are learned up to max_len)")
     emb = nn.Embed(self.vocab_size, self.word_dim, embedding_init=word_embedding_init(
         self.word_vectors, nn.initializers.normal(0.02)), name="embed")(tokens)
-    x = nn.Dense(self.dim, kernel_init=_xavier, name="word_fc")(emb)
+    x = nn.Dense(self.dim, kernel_init=_xavier, name="word_fc", **dense_kwargs(self.dtype))(emb)
     pos = self.param("pos", nn.initializers.normal(0.02), (self.max_len, self.dim))
     x = nn.LayerNorm(epsilon=ca.LN_EPS, name="emb_ln")(x + pos[:length])
     mask = token_mask.astype(bool)
@@ -142,7 +144,7 @@ class TransformerTextEncoder(nn.Module):
     for i in range(self.num_layers):
       x = ca.transformer_unit(
           TransformerUnitParams(self.dim, self.num_heads, self.ffn_dim, name=f"unit{i}")(),
-          x, mask)
+          x, mask, compute_dtype(self.dtype))
     return x
 
 
@@ -165,15 +167,17 @@ class MMCA(RetrievalModel):
   score_chunk: int = 0               # images per lax.map step inside score; 0 = whole tile
   train_score_chunk: int = -1        # the same in training (B x B); -1 = score_chunk
   word_vectors: Any = None
+  dtype: str = "float32"             # model.dtype: matmul operands (models/precision.py)
 
   def setup(self):
     if self.cross_input not in ("fragments", "self_attended"):
       raise ConfigError(f"MMCA: cross_input={self.cross_input!r}; use fragments|self_attended")
     d = self.embed_dim
-    self.region_fc = RegionEncoder(d, normalize=False)
+    self.region_fc = RegionEncoder(d, normalize=False, dtype=self.dtype)
     self.text_encoder = TransformerTextEncoder(
         self.vocab_size, self.word_dim, d, self.num_heads, self.ffn_dim,
-        num_layers=self.num_text_layers, max_len=self.max_len, word_vectors=self.word_vectors)
+        num_layers=self.num_text_layers, max_len=self.max_len, word_vectors=self.word_vectors,
+        dtype=self.dtype)
     self.image_units = [TransformerUnitParams(d, self.num_heads, self.ffn_dim)
                         for _ in range(self.num_image_layers)]
     self.text_cnn = NgramCNNParams(d, self.conv_dim, d, tuple(self.windows))
@@ -192,7 +196,7 @@ class MMCA(RetrievalModel):
     frag = self.region_fc(images["regions"], mask)
     x = frag
     for unit in self.image_units:
-      x = ca.transformer_unit(unit(), x, mask)
+      x = ca.transformer_unit(unit(), x, mask, compute_dtype(self.dtype))
     out = {"emb": self._norm(masked_mean(x, mask))}            # i0
     if self.alpha != 0:
       out["frag"] = x if self.cross_input == "self_attended" else frag
@@ -205,7 +209,8 @@ class MMCA(RetrievalModel):
     ``"frag"`` (M, L, D) float32 and ``"mask"`` (M, L) bool. Raises ValueError if L > max_len."""
     mask = texts["token_mask"].astype(bool)
     x = self.text_encoder(texts["tokens"], mask)
-    out = {"emb": self._norm(ca.ngram_embedding(self.text_cnn(), x, mask, self.windows))}  # c0
+    c0 = ca.ngram_embedding(self.text_cnn(), x, mask, self.windows, compute_dtype(self.dtype))
+    out = {"emb": self._norm(c0)}
     if self.alpha != 0:
       out["frag"], out["mask"] = x, mask
     return out
@@ -214,7 +219,7 @@ class MMCA(RetrievalModel):
     """(N, M) float32 S(I, T) = <i0, c0> + alpha <i1, c1> (paper §3.3); the cross term runs
     the cross-attention unit on every pair, ``score_chunk`` (``train_score_chunk`` in training)
     images per ``lax.map`` step."""
-    s = img["emb"] @ txt["emb"].T                               # ⟨i0, c0⟩
+    s = matmul(img["emb"], txt["emb"].T, compute_dtype(self.dtype))   # ⟨i0, c0⟩
     if self.alpha == 0:
       return s
     if self.share_weights:
@@ -226,7 +231,7 @@ class MMCA(RetrievalModel):
                                       normalize=self.normalize,
                                       chunk=self.train_score_chunk
                                       if train and self.train_score_chunk >= 0
-                                      else self.score_chunk)
+                                      else self.score_chunk, dtype=compute_dtype(self.dtype))
     return s + self.alpha * cross
 
 
@@ -284,7 +289,7 @@ def build_method(model_config, info: DataInfo) -> Method:
                cross_input=m.cross_input, share_weights=m.share_weights,
                normalize=m.normalize, score_chunk=m.score_chunk,
                train_score_chunk=m.train_score_chunk,
-               word_vectors=info.word_vectors)
+               word_vectors=info.word_vectors, dtype=read_dtype(m))
   # The cross term's cost grows with the padded caption length and padding never changes a
   # score (tests/test_mmca.py), so evaluation trims it per length group.
   return Method("mmca", model, loss_fn, hparam_names=("margin", "hardneg_warmup_epochs"),

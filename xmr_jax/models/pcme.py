@@ -29,10 +29,11 @@ import numpy as np
 
 from xmr_jax.common.errors import ConfigError
 from xmr_jax.kernels import pcme as K
-from xmr_jax.kernels.common import l2norm, masked_mean, masked_softmax
+from xmr_jax.kernels.common import compute_dtype, einsum, l2norm, masked_mean, masked_softmax
 from xmr_jax.losses.pcme import make_loss_fn
 from xmr_jax.models.base import RetrievalModel
 from xmr_jax.models.encoders import PixelCNN, last_valid, word_embedding_init
+from xmr_jax.models.precision import dense_kwargs, gru_cell, read_dtype
 from xmr_jax.models.registry import Method
 from xmr_jax.types import DataInfo
 
@@ -55,13 +56,16 @@ class AttentionPool(nn.Module):
   w = softmax_n(W2 tanh(W1 x_n)) over valid positions; returns sum_n w_n x_n. No biases.
   """
   hidden: int
+  dtype: str = "float32"             # model.dtype (models/precision.py)
 
   @nn.compact
   def __call__(self, x: Array, mask: Array) -> Array:
-    h = jnp.tanh(nn.Dense(self.hidden, use_bias=False, kernel_init=_xavier, name="w_1")(x))
-    logits = nn.Dense(1, use_bias=False, kernel_init=_xavier, name="w_2")(h)[..., 0]
+    kw = dense_kwargs(self.dtype)
+    h = jnp.tanh(nn.Dense(self.hidden, use_bias=False, kernel_init=_xavier, name="w_1",
+                          **kw)(x))
+    logits = nn.Dense(1, use_bias=False, kernel_init=_xavier, name="w_2", **kw)(h)[..., 0]
     attn = masked_softmax(logits, mask)
-    return jnp.einsum("bn,bnd->bd", attn, x)
+    return einsum("bn,bnd->bd", attn, x, dtype=compute_dtype(self.dtype))
 
 
 class MeanHead(nn.Module):
@@ -69,11 +73,13 @@ class MeanHead(nn.Module):
   embed_dim: int
   hidden: int
   dropout: float = 0.0
+  dtype: str = "float32"             # model.dtype (models/precision.py)
 
   @nn.compact
   def __call__(self, out: Array, x: Array, mask: Array, *, train: bool) -> Array:
-    residual = AttentionPool(self.hidden, name="attention")(x, mask)
-    residual = nn.sigmoid(nn.Dense(self.embed_dim, kernel_init=_xavier, name="fc")(residual))
+    residual = AttentionPool(self.hidden, self.dtype, name="attention")(x, mask)
+    residual = nn.sigmoid(nn.Dense(self.embed_dim, kernel_init=_xavier, name="fc",
+                                   **dense_kwargs(self.dtype))(residual))
     residual = nn.Dropout(self.dropout, deterministic=not train)(residual)
     # torch LayerNorm eps is 1e-5.
     return l2norm(nn.LayerNorm(epsilon=1e-5, name="layer_norm")(out + residual))
@@ -88,12 +94,14 @@ class SigmaHead(nn.Module):
   embed_dim: int
   hidden: int
   bias_init: float = 0.0
+  dtype: str = "float32"             # model.dtype (models/precision.py)
 
   @nn.compact
   def __call__(self, global_term: Array, x: Array, mask: Array) -> Array:
-    residual = AttentionPool(self.hidden, name="attention")(x, mask)
+    residual = AttentionPool(self.hidden, self.dtype, name="attention")(x, mask)
     fc = nn.Dense(self.embed_dim, kernel_init=_xavier,
-                  bias_init=nn.initializers.constant(self.bias_init), name="fc")
+                  bias_init=nn.initializers.constant(self.bias_init), name="fc",
+                  **dense_kwargs(self.dtype))
     return fc(residual) + global_term
 
 
@@ -104,12 +112,13 @@ class BiGRULast(nn.Module):
   caption and the backward output at the last word (which has seen only that word).
   """
   hidden: int
+  dtype: str = "float32"             # model.dtype (models/precision.py)
 
   @nn.compact
   def __call__(self, emb: Array, mask: Array) -> Array:
     lengths = jnp.sum(mask.astype(jnp.int32), -1)
-    fwd = nn.RNN(nn.GRUCell(self.hidden), name="fwd")(emb, seq_lengths=lengths)
-    bwd = nn.RNN(nn.GRUCell(self.hidden), reverse=True, keep_order=True,
+    fwd = nn.RNN(gru_cell(self.hidden, self.dtype), name="fwd")(emb, seq_lengths=lengths)
+    bwd = nn.RNN(gru_cell(self.hidden, self.dtype), reverse=True, keep_order=True,
                  name="bwd")(emb, seq_lengths=lengths)
     return last_valid(jnp.concatenate([fwd, bwd], -1), mask)
 
@@ -132,6 +141,7 @@ class PCME(RetrievalModel):
   sigma_bias_init: float = 0.0       # initial bias of the logsigma heads (official 0)
   dist_eps: float = 1e-6
   word_vectors: Optional[Any] = None
+  dtype: str = "float32"             # model.dtype: matmul operands (models/precision.py)
 
   def setup(self):
     if self.embed_dim % 2:
@@ -139,19 +149,21 @@ class PCME(RetrievalModel):
     if self.score_method not in SCORES:
       raise ConfigError(f"PCME: unknown score {self.score_method!r}; choose one of {SCORES}")
     if self.image_input == "pixels":
-      self.pixel_cnn = PixelCNN(self.pixel_dim)
+      self.pixel_cnn = PixelCNN(self.pixel_dim, dtype=self.dtype)
     elif self.image_input != "regions":
       raise ConfigError(f"PCME: image_input={self.image_input!r}; use 'regions' or 'pixels'")
     feat_dim = self.pixel_dim if self.image_input == "pixels" else self.region_dim
     self.img_pie, self.img_uncertain = self._heads(feat_dim)
     self.txt_pie, self.txt_uncertain = self._heads(self.word_dim)
-    self.img_fc = nn.Dense(self.embed_dim, kernel_init=_torch_default)
-    self.img_fc2 = nn.Dense(self.embed_dim, kernel_init=_torch_default)
+    self.img_fc = nn.Dense(self.embed_dim, kernel_init=_torch_default,
+                           **dense_kwargs(self.dtype))
+    self.img_fc2 = nn.Dense(self.embed_dim, kernel_init=_torch_default,
+                            **dense_kwargs(self.dtype))
     self.embed = nn.Embed(self.vocab_size, self.word_dim,
                           embedding_init=word_embedding_init(
                               self.word_vectors, _xavier))  # official init_weights without GloVe
-    self.txt_rnn = BiGRULast(self.embed_dim // 2)
-    self.txt_sigma_rnn = BiGRULast(self.embed_dim // 2)
+    self.txt_rnn = BiGRULast(self.embed_dim // 2, self.dtype)
+    self.txt_sigma_rnn = BiGRULast(self.embed_dim // 2, self.dtype)
     self.negative_scale = self.param("negative_scale",
                                      nn.initializers.constant(self.init_negative_scale), ())
     self.shift = self.param("shift", nn.initializers.constant(self.init_shift), ())
@@ -159,8 +171,8 @@ class PCME(RetrievalModel):
   def _heads(self, feat_dim: int) -> Tuple[nn.Module, nn.Module]:
     # Official hidden size of the attention MLP: half the local feature width.
     hidden = max(feat_dim // 2, 1)
-    return (MeanHead(self.embed_dim, hidden, self.dropout),
-            SigmaHead(self.embed_dim, hidden, self.sigma_bias_init))
+    return (MeanHead(self.embed_dim, hidden, self.dropout, self.dtype),
+            SigmaHead(self.embed_dim, hidden, self.sigma_bias_init, self.dtype))
 
   def _gaussian(self, mu: Array, logsigma: Array) -> Dict[str, Array]:
     samples = K.sample_gaussian(self.make_rng("sampling"), mu, logsigma, self.num_samples)
@@ -196,7 +208,7 @@ class PCME(RetrievalModel):
     """log p - log(1 - p) of the MC match probability, (n_img, n_txt): the training scores."""
     log_p, log_q = K.match_log_probs(img["samples"], txt["samples"], self.negative_scale,
                                      self.shift, official_sigmoid=self.official_sigmoid,
-                                     eps=self.dist_eps)
+                                     eps=self.dist_eps, dtype=compute_dtype(self.dtype))
     return log_p - log_q
 
   def score(self, img: Dict[str, Array], txt: Dict[str, Array], *, train: bool = False) -> Array:
@@ -204,13 +216,16 @@ class PCME(RetrievalModel):
     if self.score_method == "mc":
       return K.match_probability(img["samples"], txt["samples"], self.negative_scale,
                                  self.shift, official_sigmoid=self.official_sigmoid,
-                                 eps=self.dist_eps)
+                                 eps=self.dist_eps, dtype=compute_dtype(self.dtype))
     if self.score_method == "mc_log_odds":   # same ranking as 'mc' without float32 ties at 1
       return self.match_log_odds(img, txt)
     if self.score_method == "csd":
       return -K.closed_form_sampled_distance(img["mu"], img["logsigma"], txt["mu"],
-                                             txt["logsigma"], log_variance=self.official_kl)
-    return jnp.dot(img["mu"], txt["mu"].T)   # mean_cosine: mu is l2-normalised
+                                             txt["logsigma"], log_variance=self.official_kl,
+                                             dtype=compute_dtype(self.dtype))
+    if self.dtype == "float32":
+      return jnp.dot(img["mu"], txt["mu"].T)   # mean_cosine: mu is l2-normalised
+    return einsum("nd,md->nm", img["mu"], txt["mu"], dtype=compute_dtype(self.dtype))
 
   def __call__(self, images, texts, *, train: bool) -> Tuple[Any, Any, Array]:
     """Training forward: the B x B scores are the MC match log-odds the loss decodes."""
@@ -253,7 +268,8 @@ def build_method(model_config, info: DataInfo) -> Method:
                init_negative_scale=m.init_negative_scale, init_shift=m.init_shift,
                score_method=m.score, official_sigmoid=m.official_sigmoid,
                official_kl=m.official_kl, dropout=m.dropout,
-               sigma_bias_init=m.get("sigma_bias_init", 0.0), word_vectors=info.word_vectors)
+               sigma_bias_init=m.get("sigma_bias_init", 0.0), word_vectors=info.word_vectors,
+               dtype=read_dtype(m))
   loss_fn = make_loss_fn(official_kl=m.official_kl, reduction=m.reduction,
                          use_uniformity=m.use_uniformity)
   return Method(name="pcme", model=model, loss_fn=loss_fn,

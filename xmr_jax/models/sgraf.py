@@ -55,10 +55,11 @@ import jax.numpy as jnp
 
 from xmr_jax.common.errors import ConfigError
 from xmr_jax.kernels import sgraf as K
-from xmr_jax.kernels.common import masked_mean
+from xmr_jax.kernels.common import compute_dtype, masked_mean, matmul
 from xmr_jax.losses import triplet_objective
 from xmr_jax.models.base import RetrievalModel
 from xmr_jax.models.encoders import GRUTextEncoder, RegionEncoder
+from xmr_jax.models.precision import read_dtype
 from xmr_jax.models.registry import Method
 from xmr_jax.types import DataInfo
 
@@ -135,6 +136,7 @@ class VisualSA(nn.Module):
   num_regions: int
   dropout: float = 0.4
   axis_name: Optional[str] = None    # data-parallel BatchNorm statistics (TorchBatchNorm)
+  dtype: str = "float32"             # model.dtype: matmul operands (models/precision.py)
 
   def setup(self):
     d = self.embed_dim
@@ -149,21 +151,23 @@ class VisualSA(nn.Module):
     if local.shape[1] != self.num_regions:
       raise ConfigError(f"SGRAF VisualSA has a BatchNorm over {self.num_regions} region slots "
                        f"but got {local.shape[1]} regions (num_regions comes from DataInfo)")
+    dt = compute_dtype(self.dtype)
     k, b = self.embedding_local_0()
-    l_emb = local @ k + b                                            # (B, R, D)
+    l_emb = matmul(local, k, dt) + b                                 # (B, R, D)
     # Region index is the BN channel: move it last, normalise, move back.
     l_emb = jnp.swapaxes(self.embedding_local_1(jnp.swapaxes(l_emb, 1, 2), train=train), 1, 2)
     l_emb = self.drop(jnp.tanh(l_emb), deterministic=not train)
     k, b = self.embedding_global_0()
-    g_emb = self.embedding_global_1(masked_mean(local, mask) @ k + b, train=train)
+    g_emb = self.embedding_global_1(matmul(masked_mean(local, mask), k, dt) + b, train=train)
     g_emb = self.drop(jnp.tanh(g_emb), deterministic=not train)
-    return K.attention_pool(local, mask, l_emb, g_emb, *self.embedding_common_0())
+    return K.attention_pool(local, mask, l_emb, g_emb, *self.embedding_common_0(), dt)
 
 
 class TextSA(nn.Module):
   """Global caption by self-attention (official ``TextSA``: no BatchNorm)."""
   embed_dim: int
   dropout: float = 0.4
+  dtype: str = "float32"             # model.dtype: matmul operands (models/precision.py)
 
   def setup(self):
     d = self.embed_dim
@@ -173,11 +177,13 @@ class TextSA(nn.Module):
     self.drop = nn.Dropout(self.dropout)
 
   def __call__(self, local, mask, *, train: bool):
+    dt = compute_dtype(self.dtype)
     k, b = self.embedding_local_0()
-    l_emb = self.drop(jnp.tanh(local @ k + b), deterministic=not train)
+    l_emb = self.drop(jnp.tanh(matmul(local, k, dt) + b), deterministic=not train)
     k, b = self.embedding_global_0()
-    g_emb = self.drop(jnp.tanh(masked_mean(local, mask) @ k + b), deterministic=not train)
-    return K.attention_pool(local, mask, l_emb, g_emb, *self.embedding_common_0())
+    g_emb = self.drop(jnp.tanh(matmul(masked_mean(local, mask), k, dt) + b),
+                      deterministic=not train)
+    return K.attention_pool(local, mask, l_emb, g_emb, *self.embedding_common_0(), dt)
 
 
 class GraphReasoning(nn.Module):
@@ -238,6 +244,7 @@ class SGRAFHead(nn.Module):
   sparse_backward: bool = True
   image_chunk: int = 0
   axis_name: Optional[str] = None
+  dtype: str = "float32"            # model.dtype: matmul operands (models/precision.py)
 
   def setup(self):
     if self.variant not in ("sgr", "saf"):
@@ -245,8 +252,8 @@ class SGRAFHead(nn.Module):
     if self.saf_bn_stats not in ("per_caption", "pooled"):
       raise ConfigError(f"saf_bn_stats={self.saf_bn_stats!r}: use 'per_caption' or 'pooled'")
     self.v_global_w = VisualSA(self.embed_dim, self.num_regions, self.sa_dropout,
-                               axis_name=self.axis_name)
-    self.t_global_w = TextSA(self.embed_dim, self.sa_dropout)
+                               axis_name=self.axis_name, dtype=self.dtype)
+    self.t_global_w = TextSA(self.embed_dim, self.sa_dropout, dtype=self.dtype)
     self.sim_tranloc_w = Linear(self.embed_dim, self.sim_dim)
     self.sim_tranglo_w = Linear(self.embed_dim, self.sim_dim)
     self.sim_eval_w = Linear(self.sim_dim, 1)
@@ -288,7 +295,7 @@ class SGRAFHead(nn.Module):
     elif self.caption_chunk > 0:
       ct = K.largest_divisor(n_t, self.caption_chunk)
     kw = dict(variant=self.variant, smooth=self.smooth, fold=self.fold_query_key,
-              saf_mode=saf_mode)
+              saf_mode=saf_mode, dtype=compute_dtype(self.dtype))
     if train and self.variant == "sgr" and self.sparse_backward:
       return K.sparse_grad_scores(img, txt, self._weights(), chunk=ct, image_chunk=ci, **kw)
     scores, (means, variances) = K.chunked_pair_scores(
@@ -333,16 +340,18 @@ class SGRAF(RetrievalModel):
   sparse_backward: bool = True
   image_chunk: int = 0
   word_vectors: Any = None
+  dtype: str = "float32"            # model.dtype: matmul operands (models/precision.py)
   # Set through ``Method.for_mesh`` under a data mesh (the trainer's hook): VisualSA's train-mode BatchNorm then
   # reduces its statistics over all devices. SAF's per-caption statistics need nothing: each
   # device scores its captions against the gathered images of the whole batch.
   axis_name: Optional[str] = None
 
   def setup(self):
-    self.img_enc = RegionEncoder(self.embed_dim)
+    self.img_enc = RegionEncoder(self.embed_dim, dtype=self.dtype)
     self.txt_enc = GRUTextEncoder(self.vocab_size, self.word_dim, self.embed_dim,
                                   num_layers=self.num_layers, bidirectional=True,
-                                  word_vectors=self.word_vectors, dropout=self.word_dropout)
+                                  word_vectors=self.word_vectors, dropout=self.word_dropout,
+                                  dtype=self.dtype)
     # Every head setting is forwarded by name from SGRAF's flat fields (one list: the head's).
     self.sim_enc = SGRAFHead(**{k: getattr(self, k) for k in HEAD_FIELDS})
 
@@ -404,7 +413,7 @@ def build_method(model_config, info: DataInfo) -> Method:
                 saf_bn_stats=m.saf_bn_stats, fold_query_key=m.fold_query_key,
                 caption_chunk=m.caption_chunk, remat=m.remat,
                 sparse_backward=m.sparse_backward, image_chunk=m.image_chunk,
-                word_vectors=info.word_vectors)
+                word_vectors=info.word_vectors, dtype=read_dtype(m))
   return Method("sgraf", model, sgraf_loss, hparam_names=("margin", "hardneg_warmup_epochs"),
                 text_padding=("mask", ("local",)),
                 for_mesh=lambda axis: model.clone(axis_name=axis))

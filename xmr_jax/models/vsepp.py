@@ -19,10 +19,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from xmr_jax.kernels.common import l2norm, masked_mean
+from xmr_jax.kernels.common import compute_dtype, l2norm, masked_mean, matmul
 from xmr_jax.losses import triplet_objective
 from xmr_jax.models.base import RetrievalModel
 from xmr_jax.models.encoders import GRUTextEncoder, PixelCNN, last_valid
+from xmr_jax.models.precision import dense_kwargs, read_dtype
 from xmr_jax.models.registry import Method
 from xmr_jax.types import DataInfo
 
@@ -39,14 +40,17 @@ class VSEPP(RetrievalModel):
   num_layers: int = 1
   image_input: str = "regions"   # regions | pixels
   word_vectors: Any = None
+  dtype: str = "float32"            # model.dtype: matmul operands (models/precision.py)
 
   def setup(self):
-    self.img_fc = nn.Dense(self.embed_dim, kernel_init=nn.initializers.xavier_uniform())
+    self.img_fc = nn.Dense(self.embed_dim, kernel_init=nn.initializers.xavier_uniform(),
+                           **dense_kwargs(self.dtype))
     if self.image_input == "pixels":
-      self.cnn = PixelCNN(self.embed_dim)
+      self.cnn = PixelCNN(self.embed_dim, dtype=self.dtype)
     self.txt_enc = GRUTextEncoder(self.vocab_size, self.word_dim, self.embed_dim,
                                   num_layers=self.num_layers, bidirectional=False,
-                                  normalize=False, word_vectors=self.word_vectors)
+                                  normalize=False, word_vectors=self.word_vectors,
+                                  dtype=self.dtype)
 
   def encode_images(self, images, *, train: bool) -> Dict[str, jax.Array]:
     """``{"emb": (N, embed_dim) float32, l2-normalised}`` from ``regions`` (N, R, F) and
@@ -65,8 +69,9 @@ class VSEPP(RetrievalModel):
     return {"emb": l2norm(last_valid(words, texts["token_mask"]))}
 
   def score(self, img, txt, *, train: bool = False) -> jax.Array:
-    """(N, M) float32 cosine similarities ``img["emb"] @ txt["emb"].T``."""
-    return img["emb"] @ txt["emb"].T
+    """(N, M) float32 cosine similarities ``img["emb"] @ txt["emb"].T`` (bfloat16 operands,
+    float32 accumulation under ``dtype='bfloat16'``)."""
+    return matmul(img["emb"], txt["emb"].T, compute_dtype(self.dtype))
 
 
 def inputs(model_config) -> FrozenSet[str]:
@@ -85,7 +90,7 @@ def build_method(model_config, info: DataInfo) -> Method:
   m = model_config
   model = VSEPP(vocab_size=info.vocab_size, word_dim=m.word_dim, embed_dim=m.embed_dim,
                 num_layers=m.num_layers, image_input=m.image_input,
-                word_vectors=info.word_vectors)
+                word_vectors=info.word_vectors, dtype=read_dtype(m))
   # The hardest-negative loss (eq. 5) with an optional sum-over-negatives warm-up: from random
   # initialisation it can sit at its collapsed value 2 B margin for a long time (VSE∞'s
   # vse_mean_warmup_epochs); the official VSE++ has none (hardneg_warmup_epochs = 0).
