@@ -125,7 +125,9 @@ def main(argv: List[str] = None) -> None:
   print(f"ridge (lambda {res['lambda']:g}): i2t R@1/5/10 {t['i2t']['r1']:.1f}/"
         f"{t['i2t']['r5']:.1f}/{t['i2t']['r10']:.1f}, t2i {t['t2i']['r1']:.1f}/"
         f"{t['t2i']['r5']:.1f}/{t['t2i']['r10']:.1f}, rsum {t['rsum']:.1f}; chance rsum "
-        f"{res['chance']['rsum']:.1f}", file=sys.stdout)
+        f"{res['chance']['rsum']:.1f}" + (f"; PMRP i2t {t['pmrp']['i2t']:.1f}, t2i "
+                                          f"{t['pmrp']['t2i']:.1f}" if "pmrp" in t else ""),
+        file=sys.stdout)
   if a.out:
     with open(a.out, "w") as f:
       json.dump(res, f, indent=2, default=float)
