@@ -1,9 +1,16 @@
-"""The legacy torch.save reader: files written byte by byte here (no PyTorch) round-trip, and
-a pickle naming anything but a state dict's parts is refused before it can run."""
+"""The torch.save reader: legacy files written byte by byte here (no PyTorch) and zip/legacy
+files written by torch (tests/fixtures/make_torch_zip_fixtures.py) round-trip, and a pickle
+naming anything but a state dict's parts (and, when asked, argparse.Namespace) is refused
+before it can run."""
 import builtins
 import hashlib
+import io
+import json
+import os
 import pickle
 import struct
+import sys
+import zipfile
 
 import numpy as np
 import pytest
@@ -178,10 +185,134 @@ def test_malformed_streams_are_one_clear_error(tmp_path, items, storages, messag
   assert path in str(e.value)
 
 
-def test_zip_format_and_garbage_are_refused_with_a_reason(tmp_path):
+def test_broken_zip_and_garbage_are_refused_with_a_reason(tmp_path):
   path, sha = _write(tmp_path, b"PK\x03\x04" + b"\0" * 40)
-  with pytest.raises(tp.WeightsFileError, match="zip-format"):
+  with pytest.raises(tp.WeightsFileError, match=r"\(zip format\): BadZipFile"):
     tp.load(path, sha)
   path, sha = _write(tmp_path, pickle.dumps(12345, protocol=2), "g.pth")
   with pytest.raises(tp.WeightsFileError, match="not the legacy magic number"):
     tp.load(path, sha)
+
+
+# --- files written by torch itself (tests/fixtures/make_torch_zip_fixtures.py) ---------------
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+OFFICIAL = {"zip": "official_zip.pth.tar", "legacy": "official_legacy.pth.tar"}
+
+
+def _fixture(name: str) -> str:
+  return os.path.join(FIXTURES, name)
+
+
+def _expected():
+  """{(part, name): array} as torch held them (bfloat16 as uint16 bits) and the meta dict."""
+  with np.load(_fixture("official_expected.npz"), allow_pickle=False) as z:
+    arrays = {tuple(k.split(".", 2)[1:]): z[k] for k in z.files if k != "meta_json"}
+    return {(int(i), n): a for (i, n), a in arrays.items()}, json.loads(str(z["meta_json"]))
+
+
+def assert_state_dicts_equal(parts):
+  """``parts`` (3 dicts of arrays) hold exactly the fixture's tensors, dtypes included."""
+  expected, _ = _expected()
+  got = {(i, n): a for i, sd in enumerate(parts) for n, a in sd.items()}
+  names = {(i, n[:-len(".bf16bits")] if n.endswith(".bf16bits") else n) for i, n in expected}
+  assert set(got) == names
+  for (i, n), want in expected.items():
+    if n.endswith(".bf16bits"):
+      arr = got[i, n[:-len(".bf16bits")]]
+      assert arr.dtype == tp.STORAGE_DTYPES["BFloat16Storage"]
+      np.testing.assert_array_equal(arr.view(np.uint16), want)
+    else:
+      arr = got[i, n]
+      assert arr.dtype == want.dtype and arr.shape == want.shape, n
+      np.testing.assert_array_equal(arr, want)
+    assert arr.flags.c_contiguous and arr.flags.owndata
+
+
+@pytest.mark.parametrize("fmt", sorted(OFFICIAL))
+def test_torch_written_checkpoint_round_trips_without_torch(monkeypatch, fmt):
+  monkeypatch.setitem(sys.modules, "torch", None)     # any `import torch` would now fail
+  ckpt = tp.load(_fixture(OFFICIAL[fmt]), None, allow_namespace=True)
+  _, meta = _expected()
+  assert sorted(ckpt) == ["Eiters", "best_rsum", "epoch", "model", "opt"]
+  assert (ckpt["epoch"], ckpt["best_rsum"], ckpt["Eiters"]) == (
+      meta["epoch"], meta["best_rsum"], meta["Eiters"])
+  assert isinstance(ckpt["opt"], tp.Namespace) and ckpt["opt"] == meta["opt"]
+  assert ckpt["opt"].margin == 0.2 and not hasattr(ckpt["opt"], "__array__")
+  assert isinstance(ckpt["model"], list) and len(ckpt["model"]) == 3
+  assert_state_dicts_equal(ckpt["model"])
+  txt = ckpt["model"][1]   # the transposed view and the offset view of embed.weight
+  np.testing.assert_array_equal(txt["cap_rnn.bias_ih_l0"], txt["embed.weight"].ravel()[7:12])
+
+
+def test_namespace_is_refused_unless_asked_for():
+  with pytest.raises(tp.RefusedPickleError, match=r"'argparse\.Namespace'"):
+    tp.load(_fixture(OFFICIAL["zip"]), None)
+  with open(_fixture(OFFICIAL["zip"]), "rb") as f:
+    data = f.read()
+  with pytest.raises(tp.ChecksumError):
+    tp.load(_fixture(OFFICIAL["zip"]), "0" * 64, allow_namespace=True)
+  sha = hashlib.sha256(data).hexdigest()
+  assert tp.load(_fixture(OFFICIAL["zip"]), sha, allow_namespace=True)["epoch"] == 3
+
+
+@pytest.mark.parametrize("name,named", [("refused_counter.pth", "collections.Counter"),
+                                        ("refused_custom.pth", "__main__.Opt")])
+def test_torch_written_other_objects_are_refused(name, named):
+  with pytest.raises(tp.RefusedPickleError, match=f"'{named}'") as e:
+    tp.load(_fixture(name), None, allow_namespace=True)
+  assert _fixture(name) in str(e.value) and isinstance(e.value, InputError)
+
+
+def _rezip(tmp_path, edit, compress=zipfile.ZIP_STORED) -> str:
+  """The zip fixture rewritten record by record: ``edit(name, bytes)`` -> bytes or None (drop)."""
+  out = io.BytesIO()
+  with zipfile.ZipFile(_fixture(OFFICIAL["zip"])) as src, zipfile.ZipFile(out, "w") as dst:
+    for info in src.infolist():
+      data = edit(info.filename, src.read(info))
+      if data is not None:
+        dst.writestr(info.filename, data, compress_type=compress)
+  return _write(tmp_path, out.getvalue(), "edited.pth.tar")[0]
+
+
+def _storage_itemsizes() -> dict:
+  """Storage key -> itemsize of the zip fixture, read from its data.pkl by the reader's unpickler."""
+  with zipfile.ZipFile(_fixture(OFFICIAL["zip"])) as z:
+    pkl = io.BytesIO(z.read("official_zip.pth/data.pkl"))
+  unpickler = tp._SafeUnpickler(pkl, "data.pkl", allow_torch=True, allow_namespace=True)
+  unpickler.load()
+  return {key: ref.dtype.itemsize for key, ref in unpickler.storages.items()}
+
+
+def test_big_endian_zip_is_read(tmp_path):
+  sizes = _storage_itemsizes()
+  assert sorted(set(sizes.values())) == [1, 2, 4, 8]
+
+  def swap(name, data):   # what torch.save writes on a big-endian machine
+    if name.endswith("/byteorder"):
+      return b"big"
+    if "/data/" not in name:
+      return data
+    n = sizes[name.rsplit("/", 1)[1]]
+    return np.frombuffer(data, f"<u{n}").astype(f">u{n}").tobytes()
+
+  ckpt = tp.load(_rezip(tmp_path, swap), None, allow_namespace=True)
+  assert_state_dicts_equal(ckpt["model"])
+
+
+@pytest.mark.parametrize("edit,compress,message", [
+    (lambda n, d: None if n.endswith("/data/3") else d, zipfile.ZIP_STORED,
+     "no record 'official_zip.pth/data/3'"),
+    (lambda n, d: d[:-4] if n.endswith("/data/0") else d, zipfile.ZIP_STORED,
+     "holds 44 bytes, the pickle declares 48"),
+    (lambda n, d: d, zipfile.ZIP_DEFLATED, "compressed or encrypted"),
+    (lambda n, d: b"middle" if n.endswith("/byteorder") else d, zipfile.ZIP_STORED,
+     "byteorder record"),
+    (lambda n, d: None if n.endswith("/data.pkl") else d, zipfile.ZIP_STORED,
+     "one '<prefix>/data.pkl' record, found 0"),
+])
+def test_malformed_zip_is_one_clear_error(tmp_path, edit, compress, message):
+  path = _rezip(tmp_path, edit, compress)
+  with pytest.raises(tp.WeightsFileError, match=message) as e:
+    tp.load(path, None, allow_namespace=True)
+  assert path in str(e.value)

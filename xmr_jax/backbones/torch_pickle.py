@@ -1,28 +1,43 @@
-"""A reader for PyTorch's legacy (non-zip) ``torch.save`` files that runs no pickled code.
+"""A reader for PyTorch's ``torch.save`` files (legacy and zip format) that runs no pickled code.
 
-Pretrained weights are often shipped as ``.pth`` files, which are Python pickles: loading one
-with :mod:`pickle` (or ``torch.load``) may call any importable function the file names. This
-reader needs neither PyTorch nor trust in the file: its unpickler resolves only the few names
-a state dict is made of and refuses everything else before it is called.
+Pretrained weights and checkpoints are often shipped as ``.pth`` / ``.pth.tar`` files, which
+are Python pickles: loading one with :mod:`pickle` (or ``torch.load(..., weights_only=False)``)
+may call any importable function the file names. This reader needs neither PyTorch nor trust
+in the file: its unpickler resolves only the few names a state dict is made of and refuses
+everything else before it is called.
 
-The legacy layout (``torch/serialization.py``, ``_legacy_save`` / ``_legacy_load``; written by
-``torch.save(..., _use_new_zipfile_serialization=False)`` and by every PyTorch before 1.6) is
-a sequence of pickles followed by raw storage bytes:
+Two layouts are read (``torch/serialization.py``):
 
-1. ``pickle(MAGIC_NUMBER)``, ``pickle(PROTOCOL_VERSION)``, ``pickle(sys_info)`` where
-   ``sys_info = {"protocol_version": 1001, "little_endian": bool, "type_sizes": {...}}``;
-2. the main pickle: the saved object, with each tensor written as
-   ``torch._utils._rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad,
-   backward_hooks)`` and each storage as the persistent id
-   ``("storage", torch.<T>Storage, key, location, numel, view_metadata)``;
-3. ``pickle(sorted list of storage keys)``;
-4. per key, in that order: the element count as an int64, then ``count * itemsize`` bytes of
-   data (both in the byte order ``sys_info["little_endian"]`` names).
+* **zip** (``_save`` / ``_load``; the default of ``torch.save`` since PyTorch 1.6): a zip
+  archive whose records all sit in one folder ``<prefix>/``: ``data.pkl`` (the saved object,
+  pickle protocol 2), ``data/<key>`` (each storage's raw bytes, ``numel * itemsize`` of them),
+  ``byteorder`` (``little`` or ``big``; absent before PyTorch 2.1, then read as little),
+  ``version`` and others (ignored). A storage is the persistent id
+  ``("storage", torch.<T>Storage, key, location, numel)``. Records must be stored
+  uncompressed (as torch writes them), which bounds what a file can make us allocate.
+* **legacy** (``_legacy_save`` / ``_legacy_load``; ``torch.save(...,
+  _use_new_zipfile_serialization=False)`` and every PyTorch before 1.6): a sequence of
+  pickles followed by raw storage bytes:
+
+  1. ``pickle(MAGIC_NUMBER)``, ``pickle(PROTOCOL_VERSION)``, ``pickle(sys_info)`` where
+     ``sys_info = {"protocol_version": 1001, "little_endian": bool, "type_sizes": {...}}``;
+  2. the main pickle: the saved object, each storage the persistent id
+     ``("storage", torch.<T>Storage, key, location, numel, view_metadata)``;
+  3. ``pickle(sorted list of storage keys)``;
+  4. per key, in that order: the element count as an int64, then ``count * itemsize`` bytes
+     of data (both in the byte order ``sys_info["little_endian"]`` names).
+
+In both, each tensor is ``torch._utils._rebuild_tensor_v2(storage, storage_offset, size,
+stride, requires_grad, backward_hooks)``.
 
 Allowed names (anything else is a :class:`RefusedPickleError` naming ``module.name``):
 ``collections.OrderedDict``, ``torch._utils._rebuild_tensor_v2`` (mapped to a function that
 only records its arguments) and the ``torch.<T>Storage`` classes of :data:`STORAGE_DTYPES`
-(mapped to dtypes). Tensors become C-contiguous numpy arrays that own their memory.
+(mapped to dtypes); with ``allow_namespace=True`` also ``argparse.Namespace`` (what training
+scripts save as ``opt``), read as a :class:`Namespace`: a dict of its attributes, built by
+pickle without importing argparse or running any of its code. Plain dicts, lists, tuples,
+strings, numbers, booleans and None need no names. Tensors become C-contiguous numpy arrays
+that own their memory.
 """
 import collections
 import hashlib
@@ -31,6 +46,7 @@ import math
 import sys
 import pickle
 import struct
+import zipfile
 from typing import Any, Dict, Optional, Tuple
 
 import ml_dtypes
@@ -41,6 +57,8 @@ from xmr_jax.common.errors import InputError
 # torch/serialization.py: MAGIC_NUMBER and PROTOCOL_VERSION of the legacy format.
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 PROTOCOL_VERSION = 1001
+# The first bytes of a zip archive (a local file header): the zip-format torch.save files.
+ZIP_MAGIC = b"PK\x03\x04"
 
 # torch.<T>Storage -> element dtype (torch/storage.py: the typed storage classes).
 STORAGE_DTYPES = {
@@ -53,7 +71,7 @@ STORAGE_DTYPES = {
 
 
 class WeightsFileError(InputError):
-  """A weights file is missing, has the wrong sha256, or is not a legacy torch.save file."""
+  """A weights file is missing, has the wrong sha256, or is not a readable torch.save file."""
 
 
 class ChecksumError(WeightsFileError):
@@ -65,7 +83,7 @@ class RefusedPickleError(WeightsFileError):
 
 
 class _Malformed(Exception):
-  """Internal: the stream breaks the legacy layout (turned into a WeightsFileError)."""
+  """Internal: the file breaks the torch.save layout (turned into a WeightsFileError)."""
 
 
 class _Inert:
@@ -103,6 +121,29 @@ class _TensorRef(_Inert):
       object.__setattr__(self, name, value)
 
 
+class Namespace(dict):
+  """What a pickled ``argparse.Namespace`` is read as: a dict of its attributes.
+
+  Attribute access works too (``ns.margin`` is ``ns["margin"]``). Pickle builds it with
+  NEWOBJ + BUILD (``__setstate__`` with the namespace's ``__dict__``), so nothing of argparse
+  is imported or run; values are whatever the (restricted) pickle holds.
+  """
+  __slots__ = ()   # no instance __dict__: the pickle can set items only
+
+  def __getattr__(self, name):
+    if name.startswith("__"):   # special names are never attributes of the saved namespace
+      raise AttributeError(name)
+    try:
+      return self[name]
+    except KeyError:
+      raise AttributeError(name) from None
+
+  def __setstate__(self, state):
+    if self or not (isinstance(state, dict) and all(isinstance(k, str) for k in state)):
+      raise _Malformed("argparse.Namespace state is not one dict of attribute names")
+    self.update(state)
+
+
 def _is_int(x) -> bool:
   return isinstance(x, int) and not isinstance(x, bool)
 
@@ -121,11 +162,16 @@ def _rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False,
 
 
 class _SafeUnpickler(pickle.Unpickler):
-  """Resolves only the names of a tensor state dict; ``allow_torch=False`` resolves none."""
+  """Resolves only the names of a tensor state dict; ``allow_torch=False`` resolves none.
 
-  def __init__(self, file, where: str, allow_torch: bool):
+  ``allow_namespace`` (with ``allow_torch``) also maps ``argparse.Namespace`` to
+  :class:`Namespace`.
+  """
+
+  def __init__(self, file, where: str, allow_torch: bool, allow_namespace: bool = False):
     super().__init__(file)
     self._where, self._allow_torch = where, allow_torch
+    self._allow_namespace = allow_torch and allow_namespace
     self.storages: Dict[str, _StorageRef] = {}
 
   def find_class(self, module: str, name: str):
@@ -137,10 +183,14 @@ class _SafeUnpickler(pickle.Unpickler):
         return _rebuild_tensor
       if module == "torch" and name in STORAGE_DTYPES:
         return _StorageType(name, STORAGE_DTYPES[name])
+      if self._allow_namespace and (module, name) == ("argparse", "Namespace"):
+        return Namespace
+    accepted = ("tensors, ordered dicts, argparse namespaces and plain values"
+                if self._allow_namespace else "tensors and ordered dicts (a state dict)")
     raise RefusedPickleError(
         f"{self._where}: refused to load the pickled global '{module}.{name}': this reader "
-        f"only accepts tensor storages and ordered dicts (a legacy torch.save state dict); "
-        f"the file may be unsafe or not a weights file")
+        f"only accepts {accepted} and never imports other names; the file may be unsafe "
+        f"or not a torch.save file of that kind")
 
   def persistent_load(self, pid):
     """A ``_StorageRef`` for a ``("storage", type, key, location, numel[, view])`` id."""
@@ -250,44 +300,100 @@ def _resolve(obj, flat: Dict[str, np.ndarray]):
   return obj
 
 
-def parse(data: bytes, where: str = "<bytes>") -> Any:
-  """The object saved in legacy ``torch.save`` bytes, tensors as numpy arrays.
+def _zip_record(archive: zipfile.ZipFile, infos, name: str, nbytes: Optional[int]) -> bytes:
+  """The bytes of record ``name``: stored (not compressed, not encrypted), ``nbytes`` long."""
+  info = infos.get(name)
+  if info is None:
+    raise _Malformed(f"the archive has no record {name!r}")
+  if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
+    raise _Malformed(f"record {name!r} is compressed or encrypted (torch.save stores records "
+                     f"uncompressed)")
+  if nbytes is not None and info.file_size != nbytes:
+    raise _Malformed(f"record {name!r} holds {info.file_size} bytes, the pickle declares "
+                     f"{nbytes}")
+  return archive.read(info)
+
+
+def _zip_layout(archive: zipfile.ZipFile, infos) -> Tuple[str, str]:
+  """The records' folder (``"<prefix>/"``) and the data byte order ("<" or ">")."""
+  prefixes = [n[:-len("data.pkl")] for n in infos
+              if n.endswith("/data.pkl") and n.count("/") == 1]
+  if len(prefixes) != 1:
+    raise _Malformed(f"expected one '<prefix>/data.pkl' record, found {len(prefixes)}")
+  prefix = prefixes[0]
+  if prefix + "byteorder" not in infos:
+    return prefix, "<"   # written before PyTorch 2.1, on a little-endian machine
+  mark = _zip_record(archive, infos, prefix + "byteorder", None)
+  if mark not in (b"little", b"big"):
+    raise _Malformed(f"byteorder record is {mark[:20]!r}, not b'little' or b'big'")
+  return prefix, "<" if mark == b"little" else ">"
+
+
+def _parse_zip(data: bytes, where: str, allow_namespace: bool) -> Any:
+  """The object in a zip-format torch.save file (layout in the module docstring)."""
+  with zipfile.ZipFile(io.BytesIO(data)) as archive:
+    infos = {info.filename: info for info in archive.infolist()}
+    prefix, order = _zip_layout(archive, infos)
+    pkl = io.BytesIO(_zip_record(archive, infos, prefix + "data.pkl", None))
+    main = _SafeUnpickler(pkl, where, allow_torch=True, allow_namespace=allow_namespace)
+    obj = main.load()
+    flat = {}
+    for key, ref in main.storages.items():
+      raw = _zip_record(archive, infos, f"{prefix}data/{key}", ref.numel * ref.dtype.itemsize)
+      flat[key] = _storage_array(raw, 0, ref.numel, ref.dtype, order)
+  return _resolve(obj, flat)
+
+
+def _parse_legacy(data: bytes, where: str, allow_namespace: bool) -> Any:
+  """The object in a legacy torch.save stream (layout in the module docstring)."""
+  stream = io.BytesIO(data)
+  order = _read_header(stream, where)
+  main = _SafeUnpickler(stream, where, allow_torch=True, allow_namespace=allow_namespace)
+  obj = main.load()
+  keys = _SafeUnpickler(stream, where, allow_torch=False).load()
+  flat = _read_storages(data, stream.tell(), keys, main.storages, order)
+  return _resolve(obj, flat)
+
+
+def parse(data: bytes, where: str = "<bytes>", *, allow_namespace: bool = False) -> Any:
+  """The object saved in ``torch.save`` bytes (zip or legacy format), tensors as numpy arrays.
 
   Args:
-    data: the whole file's bytes (layout in the module docstring).
+    data: the whole file's bytes (layouts in the module docstring); a zip archive is told by
+      its first four bytes (:data:`ZIP_MAGIC`).
     where: the file name, for error messages.
-  Returns: the saved object (typically an ``OrderedDict[str, np.ndarray]``); each array is
-    C-contiguous, owns its memory and has the storage's dtype (float32 for FloatStorage).
+    allow_namespace: also accept ``argparse.Namespace`` objects (checkpoints' ``opt``), read
+      as :class:`Namespace`; False (weights files) refuses them.
+  Returns: the saved object (typically an ``OrderedDict[str, np.ndarray]``; dicts, lists,
+    tuples and plain values as saved); each array is C-contiguous, owns its memory and has the
+    storage's dtype (float32 for FloatStorage, ``ml_dtypes.bfloat16`` for BFloat16Storage).
   Raises:
     RefusedPickleError: a pickle names a global outside the allowed set (nothing is called).
-    WeightsFileError: anything else that is not a legacy torch.save stream (zip files too).
+    WeightsFileError: anything else that is not a readable torch.save file.
   """
-  if data[:4] == b"PK\x03\x04":
-    raise WeightsFileError(f"{where}: a zip-format torch.save file; only the legacy format "
-                           f"(torch.save(..., _use_new_zipfile_serialization=False)) is read")
-  stream = io.BytesIO(data)
+  fmt = "zip" if data[:4] == ZIP_MAGIC else "legacy"
   try:
-    order = _read_header(stream, where)
-    main = _SafeUnpickler(stream, where, allow_torch=True)
-    obj = main.load()
-    keys = _SafeUnpickler(stream, where, allow_torch=False).load()
-    flat = _read_storages(data, stream.tell(), keys, main.storages, order)
-    return _resolve(obj, flat)
+    if fmt == "zip":
+      return _parse_zip(data, where, allow_namespace)
+    return _parse_legacy(data, where, allow_namespace)
   except InputError:
     raise
   except (_Malformed, pickle.UnpicklingError, EOFError, TypeError, ValueError, KeyError,
-          IndexError, AttributeError, struct.error, RecursionError, MemoryError) as e:
-    raise WeightsFileError(f"{where}: not a readable legacy torch.save file: "
+          IndexError, AttributeError, struct.error, RecursionError, MemoryError,
+          zipfile.BadZipFile, zipfile.LargeZipFile) as e:
+    raise WeightsFileError(f"{where}: not a readable torch.save file ({fmt} format): "
                            f"{type(e).__name__}: {e}") from None
 
 
-def load(path: str, sha256: str) -> Any:
-  """Reads the legacy ``torch.save`` file at ``path`` after checking its sha256.
+def load(path: str, sha256: Optional[str], *, allow_namespace: bool = False) -> Any:
+  """Reads the ``torch.save`` file (zip or legacy format) at ``path``.
 
   Args:
-    path: the ``.pth`` file.
-    sha256: its expected hex sha256 (case-insensitive); checked on the bytes then parsed, so
-      the file cannot change between check and read.
+    path: the ``.pth`` / ``.pth.tar`` file.
+    sha256: its expected hex sha256 (case-insensitive), checked on the bytes then parsed, so
+      the file cannot change between check and read; None (explicitly) for a user's file
+      with no known hash: the restricted unpickler is then the only guard.
+    allow_namespace: see :func:`parse`.
   Returns: see :func:`parse`.
   Raises:
     WeightsFileError: missing/unreadable file or bad content; ChecksumError (a subclass) when
@@ -298,8 +404,10 @@ def load(path: str, sha256: str) -> Any:
       data = f.read()
   except OSError as e:
     raise WeightsFileError(f"cannot read weights file {path}: {e.strerror}") from None
-  found = hashlib.sha256(data).hexdigest()
-  if found != sha256.lower():
-    raise ChecksumError(f"{path}: sha256 is {found}, expected {sha256.lower()}; the file is "
-                        f"corrupt or a different version (reinstall the package that ships it)")
-  return parse(data, path)
+  if sha256 is not None:
+    found = hashlib.sha256(data).hexdigest()
+    if found != sha256.lower():
+      raise ChecksumError(f"{path}: sha256 is {found}, expected {sha256.lower()}; the file is "
+                          f"corrupt or a different version (reinstall the package that ships "
+                          f"it)")
+  return parse(data, path, allow_namespace=allow_namespace)
