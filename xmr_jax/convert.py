@@ -24,6 +24,9 @@ from typing import Any, Dict, Mapping, Tuple
 
 import numpy as np
 
+from xmr_jax.backbones import torch_pickle
+from xmr_jax.common.errors import InputError
+
 Variables = Dict[str, Any]
 
 _ENCODER_PREFIXES = ("img_enc.", "txt_enc.")
@@ -161,28 +164,51 @@ def sgraf_params_from_state_dict(state_dict: Mapping[str, np.ndarray],
   return {"params": params, "batch_stats": {"sim_enc": head_vars["batch_stats"]}}
 
 
-def load_official_checkpoint(path: str) -> Dict[str, np.ndarray]:
-  """Reads an official SGRAF ``.pth.tar`` -> flat ``{name: np.ndarray}``.
+class CheckpointError(InputError):
+  """An official checkpoint file that is not the expected ``{'model': [3 state dicts], ...}``."""
 
-  The official ``save_checkpoint`` stores ``{'model': [img_enc, txt_enc, sim_enc state dicts],
-  'opt': ..., 'epoch': ...}``; the three dicts get the prefixes ``img_enc.``, ``txt_enc.``,
-  ``sim_enc.``. Needs PyTorch (never a dependency of xmr_jax).
-  """
-  try:
-    import torch  # pylint: disable=import-outside-toplevel
-  except ImportError as e:
-    raise ImportError(f"reading the PyTorch checkpoint {path!r} needs torch, which xmr_jax does "
-                      "not depend on: `pip install torch` (CPU build is enough), or convert the "
-                      "state_dict to a .npz elsewhere and pass the arrays to "
-                      "sgraf_params_from_state_dict") from e
-  # weights_only=False: the checkpoint pickles the argparse ``opt`` namespace.
-  ckpt = torch.load(path, map_location="cpu", weights_only=False)
+
+_PREFIXES = ("img_enc.", "txt_enc.", "sim_enc.")
+
+
+def _flat_state_dicts(ckpt: Any, path: str) -> Dict[str, np.ndarray]:
+  """``{'model': [img_enc, txt_enc, sim_enc]}`` (or the bare list) -> prefixed flat dict."""
   parts = ckpt["model"] if isinstance(ckpt, dict) and "model" in ckpt else ckpt
   if not (isinstance(parts, (list, tuple)) and len(parts) == 3):
-    raise ValueError(f"{path!r}: expected checkpoint['model'] to be the official list of three "
-                     "state dicts [img_enc, txt_enc, sim_enc]")
+    raise CheckpointError(f"{path}: not an official SGRAF checkpoint: expected "
+                          f"checkpoint['model'] to be the list of three state dicts "
+                          f"[img_enc, txt_enc, sim_enc], found {type(parts).__name__}")
   flat = {}
-  for prefix, sd in zip(("img_enc.", "txt_enc.", "sim_enc."), parts):
+  for prefix, sd in zip(_PREFIXES, parts):
+    if not isinstance(sd, dict):
+      raise CheckpointError(f"{path}: checkpoint['model'] entry {prefix[:-1]} is a "
+                            f"{type(sd).__name__}, not a state dict")
     for k, v in sd.items():
-      flat[prefix + k] = v.detach().cpu().numpy()
+      if not (isinstance(k, str) and isinstance(v, np.ndarray)):
+        raise CheckpointError(f"{path}: state dict {prefix[:-1]} holds {k!r}: "
+                              f"{type(v).__name__}, expected a name and a tensor")
+      flat[prefix + k] = v
   return flat
+
+
+def load_official_checkpoint(path: str) -> Dict[str, np.ndarray]:
+  """Reads an official SGRAF ``.pth.tar`` -> flat ``{name: np.ndarray}``, without PyTorch.
+
+  The official ``save_checkpoint`` stores ``{'model': [img_enc, txt_enc, sim_enc state dicts],
+  'opt': argparse.Namespace, 'epoch': ..., ...}`` with ``torch.save`` (legacy or zip format);
+  the three dicts get the prefixes ``img_enc.``, ``txt_enc.``, ``sim_enc.``. The file is read
+  by :mod:`xmr_jax.backbones.torch_pickle`, whose unpickler builds only tensors, ordered dicts,
+  plain values and (inert) argparse namespaces, and refuses any other pickled global without
+  importing or calling it; no sha256 is checked (the file is the user's).
+
+  Returns: ``{'img_enc.fc.weight': (out, in) float32, ...}``, each array C-contiguous with the
+    dtype torch saved (``num_batches_tracked`` int64 0-d), ready for
+    :func:`sgraf_params_from_state_dict`.
+  Raises:
+    torch_pickle.WeightsFileError: missing file or not a readable torch.save file.
+    torch_pickle.RefusedPickleError: the file pickles any other object (names ``module.name``).
+    CheckpointError: a torch.save file without the official ``'model'`` layout.
+    (All are ``InputError`` subclasses with one message naming ``path``.)
+  """
+  ckpt = torch_pickle.load(path, None, allow_namespace=True)
+  return _flat_state_dicts(ckpt, path)
