@@ -11,8 +11,8 @@ Two layouts are read (``torch/serialization.py``):
 * **zip** (``_save`` / ``_load``; the default of ``torch.save`` since PyTorch 1.6): a zip
   archive whose records all sit in one folder ``<prefix>/``: ``data.pkl`` (the saved object,
   pickle protocol 2), ``data/<key>`` (each storage's raw bytes, ``numel * itemsize`` of them),
-  ``byteorder`` (``little`` or ``big``; absent before PyTorch 2.1, then read as little),
-  ``version`` and others (ignored). A storage is the persistent id
+  ``byteorder`` (``little`` or ``big``; older PyTorch versions wrote none, then read as
+  little), ``version`` and others (ignored). A storage is the persistent id
   ``("storage", torch.<T>Storage, key, location, numel)``. Records must be stored
   uncompressed (as torch writes them), which bounds what a file can make us allocate.
 * **legacy** (``_legacy_save`` / ``_legacy_load``; ``torch.save(...,
@@ -322,7 +322,7 @@ def _zip_layout(archive: zipfile.ZipFile, infos) -> Tuple[str, str]:
     raise _Malformed(f"expected one '<prefix>/data.pkl' record, found {len(prefixes)}")
   prefix = prefixes[0]
   if prefix + "byteorder" not in infos:
-    return prefix, "<"   # written before PyTorch 2.1, on a little-endian machine
+    return prefix, "<"   # older PyTorch wrote none (native order: little on x86 and ARM)
   mark = _zip_record(archive, infos, prefix + "byteorder", None)
   if mark not in (b"little", b"big"):
     raise _Malformed(f"byteorder record is {mark[:20]!r}, not b'little' or b'big'")
