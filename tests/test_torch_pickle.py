@@ -276,7 +276,7 @@ def _rezip(tmp_path, edit, compress=zipfile.ZIP_STORED) -> str:
 
 
 def _storage_itemsizes() -> dict:
-  """Storage key -> itemsize of the zip fixture, read from its data.pkl by the reader's unpickler."""
+  """Storage key -> itemsize in the zip fixture (its data.pkl read by the reader itself)."""
   with zipfile.ZipFile(_fixture(OFFICIAL["zip"])) as z:
     pkl = io.BytesIO(z.read("official_zip.pth/data.pkl"))
   unpickler = tp._SafeUnpickler(pkl, "data.pkl", allow_torch=True, allow_namespace=True)
