@@ -76,7 +76,7 @@ done
 
 # 3. SGRAF at F30K size.
 if [ "$QUICK" = 1 ]; then
-  sg="--shapes=small --grid=small=50x250 --repeats=1"
+  sg="--shapes=small --grid=small=50x250 --repeats=1 --no_train"
 else
   sg="--shapes=paper --grid=paper=1000x5000 --repeats=2"
 fi
