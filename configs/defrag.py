@@ -22,7 +22,7 @@ DeFrag + Finetune CNN"): i2t R@1 16.4, R@5 40.2, R@10 54.7; t2i R@1 10.3, R@5 31
 Flickr8K: global only, fragment only, bigram/word fragments all below the full model.
 On SCAN bottom-up precomp features (36 regions, 2048-d) the numbers are not comparable.
 """
-from xmr_jax.config_utils import base_config, parse_arg
+from xmr_jax.config_utils import base_config, parse_arg, photo_folder
 
 
 def get_config(arg=None):
@@ -101,15 +101,13 @@ def _images(c, a):
   split (uitviic; coco_mini: split_sizes=(50, 50)). The synthetic preset's Adam recipe, sized
   for about 10 minutes on 2 CPU cores."""
   _synthetic(c, a)
-  c.data.name = "images"
-  c.data.split_sizes = (250, 250)
+  photo_folder(c)
   c.model.word_dim = 128
   # 5 x (2424 // 100) = 121 steps an epoch on uitviic; 12 epochs = 1,452 steps. 6 epochs ran
   # in 3:49 (test rsum 110.2, dev still rising), so 12 fit the 10-minute budget on idle cores.
   c.train.num_epochs = 12
   c.train.lr_decay_epochs = 10
   c.model.mil_start_epoch = 2.0
-  c.eval.dev_max_images = 250
 
 
 def _f30k(c, a):

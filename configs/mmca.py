@@ -24,7 +24,7 @@ dimension (1024), heads, FFN width, α, optimiser schedule, epochs and batch siz
 SCAN/VSE++ conventions MMCA builds on (Adam 2e-4, ×0.1 after 15 of 30 epochs, batch 128, grad
 clip 2), each marked "assumed": check them against the paper before reporting numbers.
 """
-from xmr_jax.config_utils import base_config, parse_arg
+from xmr_jax.config_utils import base_config, parse_arg, photo_folder
 
 
 def get_config(arg=None):
@@ -118,8 +118,7 @@ def _images(c):
   # max_len 128: coco_mini's test split has an 80-token caption (BPE pieces); positions are
   # learned up to max_len, so it must cover every split, not only the training captions.
   m.update(embed_dim=64, word_dim=64, num_heads=2, ffn_dim=64, conv_dim=32, max_len=128)
-  c.data.name = "images"
-  c.data.split_sizes = (250, 250)
+  photo_folder(c)
   c.hparams.learning_rate = 1e-3
   c.hparams.hardneg_warmup_epochs = 1e6
   c.train.batch_size = 64
@@ -127,7 +126,6 @@ def _images(c):
   c.train.num_epochs = 3            # 5 x (2424 // 64) = 189 steps an epoch on uitviic
   c.train.lr_decay_epochs = 100
   c.train.eval_every_epochs = 1
-  c.eval.dev_max_images = 250
   c.eval.tile_images = 128
   c.eval.tile_texts = 256
   m.score_chunk = 1

@@ -18,7 +18,7 @@ paper). Our COCO preset runs on precomputed region features (no backbone to
 fine-tune), so it is the "pretrain" phase of the official recipe followed by a second phase at
 0.1x the learning rate; numbers will differ from the paper's CNN-based ones.
 """
-from xmr_jax.config_utils import base_config, parse_arg
+from xmr_jax.config_utils import base_config, parse_arg, photo_folder
 
 
 def get_config(arg=None):
@@ -67,14 +67,12 @@ def get_config(arg=None):
   elif a.data == "images":
     # A folder of photos + captions (README, real data): EfficientNet-Lite0 grid regions,
     # seeded 250/250 dev/test split (coco_mini: --config.data.split_sizes='(50, 50)').
-    c.data.name = "images"
-    c.data.split_sizes = (250, 250)
+    photo_folder(c)
     m.word_dim = 128
     m.embed_dim = 256
     m.sigma_bias_init = -4.0        # as the synthetic preset: short runs learn (see there)
     c.train.num_epochs = 10         # 5 x (2424 // 128) = 90 steps an epoch on uitviic
     c.train.lr_decay_epochs = 8
-    c.eval.dev_max_images = 250
   elif a.data == "coco":
     # config/coco/pcme_coco.yaml: 30 pretrain + 30 finetune epochs, lr 2e-4, finetune x0.1.
     c.data.name = "precomp"

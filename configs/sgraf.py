@@ -19,7 +19,7 @@ Paper numbers it targets (Table 1, R@1/5/10, as we recall them; check against th
   MS-COCO 1K (5-fold): SGR i2t 78.0/95.8/98.2, t2i 61.4/89.3/95.4; SAF i2t 76.1/95.4/98.3,
     t2i 61.8/89.4/95.3; SGRAF i2t 79.6/96.2/98.5, t2i 63.2/90.7/96.1.
 """
-from xmr_jax.config_utils import base_config, parse_arg
+from xmr_jax.config_utils import base_config, parse_arg, photo_folder
 
 # Official train commands (README): epochs and lr_update (x0.1 every lr_update epochs).
 _SCHEDULES = {("f30k", "sgr"): (40, 30), ("f30k", "saf"): (30, 20),
@@ -113,8 +113,7 @@ def _images(c):
   for about 10 minutes of training and evaluation on 2 CPU cores. As the synthetic preset:
   small dims, batch 64 and the sum over negatives (hardneg_warmup_epochs=0 gives the
   official hardest-negative loss; README, real data, says what it does here)."""
-  c.data.name = "images"
-  c.data.split_sizes = (250, 250)
+  photo_folder(c)
   c.model.word_dim = 128
   c.model.embed_dim = 256
   c.model.sim_dim = 64
@@ -123,4 +122,3 @@ def _images(c):
   c.hparams.hardneg_warmup_epochs = 1e6
   c.train.num_epochs = 2            # 5 x (2424 // 64) = 185 steps an epoch on uitviic
   c.train.lr_decay_epochs = 100
-  c.eval.dev_max_images = 250

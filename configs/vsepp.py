@@ -15,7 +15,7 @@ t2i R@1 52.0; F30K i2t R@1 52.9, t2i R@1 39.6. On precomputed bottom-up region f
 averaged-region VSE++ baseline is weaker than with fine-tuned CNNs; VSE∞ reports ~R@1 60-70 on
 F30K i2t with better pooling, which we do not implement here.
 """
-from xmr_jax.config_utils import base_config, parse_arg
+from xmr_jax.config_utils import base_config, parse_arg, photo_folder
 
 
 def get_config(arg=None):
@@ -77,8 +77,7 @@ def _images(c):
   """A folder of photos + captions (data.name=images): EfficientNet-Lite0 grid regions (36 x
   1280), a seeded 250/250 dev/test split (uitviic; coco_mini: split_sizes=(50, 50)), sized
   for about 10 minutes of training on 2 CPU cores."""
-  c.data.name = "images"
-  c.data.split_sizes = (250, 250)
+  photo_folder(c)
   c.model.word_dim = 256
   c.model.embed_dim = 512
   c.train.batch_size = 128
@@ -88,4 +87,3 @@ def _images(c):
   c.train.num_epochs = 8
   c.train.lr_decay_epochs = 15
   c.hparams.hardneg_warmup_epochs = 2.0
-  c.eval.dev_max_images = 250

@@ -37,6 +37,16 @@ def tiny_config(method: str, data_dir: str, **model):
   return c
 
 
+def tiny_synthetic_config(method: str, **model):
+  """``tiny_config`` on a tiny synthetic benchmark built on first use in the data cache
+  (``$XMR_DATA_DIR``): 48 train / 16 dev / 16 test images."""
+  c = tiny_config(method, "", **model)
+  c.data.name = "synthetic"
+  c.data.dir = ""
+  c.data.synthetic.update(n_train=48, n_dev=16, n_test=16)
+  return c
+
+
 def train_tiny(method: str, data_dir: str, workdir: str, steps: int = 2, **model):
   """Trains ``tiny_config(method)`` for ``steps`` steps end to end; returns the test results."""
   from xmr_jax.training import loop

@@ -32,7 +32,7 @@ _CHILD = textwrap.dedent("""
     import jax
     from xmr_jax.data.synthetic import store
     from xmr_jax.training import loop
-    from conftest import tiny_config
+    from conftest import tiny_synthetic_config
 
     generate = store.generate
     def counted(*args, **kwargs):
@@ -47,11 +47,8 @@ _CHILD = textwrap.dedent("""
       close(run)
     loop.close = keep
 
-    c = tiny_config({method!r}, "", **{model!r})
+    c = tiny_synthetic_config({method!r}, **{model!r})
     c.train.optimizer = {optimizer!r}
-    c.data.name = "synthetic"
-    c.data.dir = ""
-    c.data.synthetic.update(n_train=48, n_dev=16, n_test=16)
     c.train.num_steps = 4
     c.train.log_every_steps = 1
     c.train.checkpoint_every_steps = 2
@@ -163,11 +160,8 @@ _CHILD_LONG = textwrap.dedent("""
     from xmr_jax.common import mesh
     mesh.maybe_initialize_distributed()
     from xmr_jax.training import loop
-    from conftest import tiny_config
-    c = tiny_config("vsepp", "")
-    c.data.name = "synthetic"
-    c.data.dir = ""
-    c.data.synthetic.update(n_train=48, n_dev=16, n_test=16)
+    from conftest import tiny_synthetic_config
+    c = tiny_synthetic_config("vsepp")
     c.train.num_steps = 1000
     c.train.log_every_steps = 1
     c.train.checkpoint_every_steps = 10000

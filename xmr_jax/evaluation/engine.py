@@ -145,15 +145,11 @@ def score_all(method, variables, img: PyTree, txt: PyTree, *, tile_images: int =
   # caption, and the rows are gathered once at the end (one collective).
   rows = mesh_lib.process_block(n_img, tile_images)
   mine = jax.tree.map(lambda x: np.asarray(x)[rows], img) if jax.process_count() > 1 else img
-  n_mine = rows.stop - rows.start
-  out = np.zeros((n_mine, n_txt), np.float32)
-  for idx, sub in group_by_length(method, txt, length_groups, multiple=tile_texts):
-    if n_mine == 0:
-      break
-    part = _score_grid(method, variables, mine, sub, tile_images, tile_texts, mesh, progress)
-    if part.dtype != out.dtype:
-      out = out.astype(part.dtype)
-    out[:, idx] = part
+  out = np.zeros((rows.stop - rows.start, n_txt), np.float32)   # scores are float32
+  groups = group_by_length(method, txt, length_groups, multiple=tile_texts) if len(out) else []
+  for idx, sub in groups:
+    out[:, idx] = _score_grid(method, variables, mine, sub, tile_images, tile_texts, mesh,
+                              progress)
   return mesh_lib.gather_blocks(out, n_img, tile_images)
 
 
