@@ -191,6 +191,10 @@ def _long_dataset(d):
 def test_buckets_fit_the_longest_caption_of_every_split(tmp_path):
   ds = datasets.open_dataset(data_only(_long_dataset(tmp_path / "d")))
   assert ds.len_buckets == (16, 24, 32, 64, 96)     # 87 tokens -> one bucket, rounded to 16
+  assert ds.info.max_text_len == 96                 # the test split's 87, not train's 72
+  # A configured bucket longer than every caption is not a padded length: 87 -> 96, not 256.
+  wide = datasets.open_dataset(data_only(str(tmp_path / "d"), len_buckets=(16, 96, 256)))
+  assert wide.len_buckets == (16, 96, 256) and wide.info.max_text_len == 96
   assert ds.split_names == ["train", "dev", "test"] and ds.cut_captions == {}
   tokens = next(ds.eval_data("test", 8).text_batches())["tokens"]
   assert tokens.shape == (8, 96)

@@ -276,6 +276,20 @@ def test_variants_and_text_param_hook(model_setup):
     mmca.replace_text_params(s["variables"]["params"], {"bert": new_pos})
 
 
+def test_captions_longer_than_max_len_fail_before_training():
+  from configs import mmca as mmca_config
+  from xmr_jax.common.errors import ConfigError
+  from xmr_jax.types import DataInfo
+  config = mmca_config.get_config("runlocal")          # max_len 64
+  info = DataInfo(vocab_size=VOCAB, region_dim=FEAT, num_regions=R_M, max_text_len=80)
+  with pytest.raises(ConfigError, match=r"padded to 80 tokens but config.model.max_len=64; "
+                                        r"set --config.model.max_len=80"):
+    mmca.build_method(config.model, info)
+  ok = mmca.build_method(config.model, DataInfo(vocab_size=VOCAB, region_dim=FEAT,
+                                                num_regions=R_M, max_text_len=64))
+  assert ok.model.max_len == 64
+
+
 def test_config_and_loss():
   from configs import mmca as mmca_config
   from xmr_jax.types import DataInfo

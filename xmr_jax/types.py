@@ -57,3 +57,4 @@ class DataInfo:
   num_relations: int = 0           # dependency relation vocabulary (DeFrag)
   image_size: Optional[Tuple[int, int]] = None   # (H, W) of rendered pixels, if any
   word_vectors: Optional[Any] = None  # (vocab_size, word_dim) float32 init, if given
+  max_text_len: int = 0            # longest padded caption (tokens) of any split; 0 = unknown

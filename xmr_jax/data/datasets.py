@@ -204,7 +204,9 @@ class Dataset:
     vectors = None
     if d.word_embeddings:
       vectors = embeddings.load_word_vectors(d.word_embeddings, self.tokenizer, seed=seed)
-    self.info = dataclasses.replace(info, word_vectors=vectors)
+    # Models with learned positions check it before anything trains (MMCA's max_len).
+    self.info = dataclasses.replace(info, word_vectors=vectors,
+                                    max_text_len=int(self.max_text_len))
 
   def _make_tokenizer(self, train: precomp.PrecompSplit):
     d = self.data_config
@@ -235,6 +237,9 @@ class Dataset:
       if self.cut_captions:
         _report_cut(self.data_dir, cap, self.cut_captions)
     self.len_buckets = tokenizers.fit_buckets(self.data_config.len_buckets, longest)
+    # The longest padded caption any batch of any split can have (not max(len_buckets): a
+    # configured bucket may be longer than every caption).
+    self.max_text_len = tokenizers.choose_bucket(max(longest, 1), self.len_buckets)
     self.deps_buckets = None
     if self.deps_vocab is not None:
       # Triples are never cut: the largest deps bucket grows to the longest triple list.

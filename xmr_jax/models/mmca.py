@@ -280,8 +280,18 @@ def unread(model_config) -> Dict[str, str]:
 
 
 def build_method(model_config, info: DataInfo) -> Method:
-  """MMCA from ``config.model`` (configs/mmca.py)."""
+  """MMCA from ``config.model`` (configs/mmca.py).
+
+  Raises ConfigError when a caption of the data, padded, is longer than ``model.max_len``
+  (``info.max_text_len``): positions are learned up to max_len, and the longest caption may be
+  in the test split, which is only encoded after training.
+  """
   m = model_config
+  if info.max_text_len > m.max_len:
+    raise ConfigError(f"MMCA: the data has captions padded to {info.max_text_len} tokens but "
+                      f"config.model.max_len={m.max_len}; set --config.model.max_len="
+                      f"{info.max_text_len} (or more), or cut captions with "
+                      f"data.max_caption_len (positions are learned up to max_len)")
   model = MMCA(vocab_size=info.vocab_size, embed_dim=m.embed_dim, word_dim=m.word_dim,
                num_heads=m.num_heads, ffn_dim=m.ffn_dim, conv_dim=m.conv_dim,
                num_text_layers=m.num_text_layers, num_image_layers=m.num_image_layers,
