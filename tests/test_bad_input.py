@@ -105,6 +105,13 @@ def test_unread_overrides_are_named():
 
 
 # ------------------------------------------------------------- 6. hyperparameters, messages
+def test_prefetch_below_one_is_a_config_error(tiny_data_dir):
+  c = tiny_config("vsepp", tiny_data_dir)
+  c.train.prefetch = 0
+  with pytest.raises(ConfigError, match=r"config.train.prefetch=0 must be a finite number > 0"):
+    loop.setup(c)
+
+
 @pytest.mark.parametrize("key,value,match", [
     ("learning_rate", float("nan"), "config.hparams.learning_rate=nan is not a finite number"),
     ("learning_rate", 0.0, "config.hparams.learning_rate=0 must be > 0"),

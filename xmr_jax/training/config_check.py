@@ -18,7 +18,7 @@ from xmr_jax.models import registry
 PATH_KEYS = ("data.vocab_path", "data.word_embeddings")
 # train.* values that must be positive (> 0) or non-negative (>= 0) numbers.
 POSITIVE = ("batch_size", "log_every_steps", "checkpoint_every_steps", "max_to_keep",
-            "eval_every_epochs")
+            "eval_every_epochs", "prefetch")
 NON_NEGATIVE = ("grad_clip", "weight_decay", "lr_decay_epochs", "momentum", "num_devices")
 
 

@@ -198,7 +198,7 @@ class _Feed:
   the device runs the current step."""
 
   def __init__(self, iterator, place: Callable, size: int):
-    self.iterator, self.place, self.size = iterator, place, max(1, int(size))
+    self.iterator, self.place, self.size = iterator, place, int(size)   # >= 1: config_check
     self.queue: "collections.deque" = collections.deque()
 
   def next(self):
