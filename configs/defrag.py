@@ -22,6 +22,7 @@ DeFrag + Finetune CNN"): i2t R@1 16.4, R@5 40.2, R@10 54.7; t2i R@1 10.3, R@5 31
 Flickr8K: global only, fragment only, bigram/word fragments all below the full model.
 On SCAN bottom-up precomp features (36 regions, 2048-d) the numbers are not comparable.
 """
+from xmr_jax.common.errors import ConfigError
 from xmr_jax.config_utils import base_config, parse_arg, photo_folder
 
 
@@ -45,7 +46,7 @@ def get_config(arg=None):
   elif a.variant == "matlab":        # DeFragCost.m: 1/(|g_l|+n), thrglobalscore = 1, sum
     m.normalization, m.accumulation, m.threshold = "matlab", "sum", True
   else:
-    raise ValueError(f"configs/defrag.py: unknown variant={a.variant!r} (paper|matlab)")
+    raise ConfigError(f"configs/defrag.py: unknown variant={a.variant!r} (paper|matlab)")
   # Schedule in trainer epochs (hparams['epoch']; one epoch = one pass over the captions).
   m.mil_start_epoch = 10.0           # paper: C_0 alone for the first 10 epochs
   m.global_start_epoch = 0.0
@@ -64,7 +65,7 @@ def get_config(arg=None):
   elif a.data == "images":
     _images(c, a)
   else:
-    raise ValueError(f"configs/defrag.py: unknown data={a.data!r} (synthetic|f30k|images)")
+    raise ConfigError(f"configs/defrag.py: unknown data={a.data!r} (synthetic|f30k|images)")
   if a.runlocal:
     c.data.synthetic.update(n_train=1000, n_dev=100, n_test=200)
     c.train.num_epochs = 3             # 3 x 5 x (1000 // 100) = 150 steps

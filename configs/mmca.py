@@ -24,6 +24,7 @@ dimension (1024), heads, FFN width, α, optimiser schedule, epochs and batch siz
 SCAN/VSE++ conventions MMCA builds on (Adam 2e-4, ×0.1 after 15 of 30 epochs, batch 128, grad
 clip 2), each marked "assumed": check them against the paper before reporting numbers.
 """
+from xmr_jax.common.errors import ConfigError
 from xmr_jax.config_utils import base_config, parse_arg, photo_folder
 
 
@@ -93,7 +94,7 @@ def get_config(arg=None):
     if a.data == "coco":
       c.eval.protocol = "coco1k"
   else:
-    raise ValueError(f"configs/mmca.py: unknown data={a.data!r} (synthetic|f30k|coco|images)")
+    raise ConfigError(f"configs/mmca.py: unknown data={a.data!r} (synthetic|f30k|coco|images)")
   if a.alpha >= 0:
     m.alpha = a.alpha
   if a.runlocal:

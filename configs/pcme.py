@@ -18,6 +18,7 @@ paper). Our COCO preset runs on precomputed region features (no backbone to
 fine-tune), so it is the "pretrain" phase of the official recipe followed by a second phase at
 0.1x the learning rate; numbers will differ from the paper's CNN-based ones.
 """
+from xmr_jax.common.errors import ConfigError
 from xmr_jax.config_utils import base_config, parse_arg, photo_folder
 
 
@@ -99,7 +100,7 @@ def get_config(arg=None):
     c.train.lr_decay_epochs = 60
     c.train.lr_decay_factor = 1.0
   else:
-    raise ValueError(f"configs/pcme.py: unknown data={a.data!r} (synthetic|coco|cub|images)")
+    raise ConfigError(f"configs/pcme.py: unknown data={a.data!r} (synthetic|coco|cub|images)")
   if a.runlocal:
     c.data.synthetic.update(n_train=1000, n_dev=100, n_test=200)
     m.word_dim = 64

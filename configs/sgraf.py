@@ -19,6 +19,7 @@ Paper numbers it targets (Table 1, R@1/5/10, as we recall them; check against th
   MS-COCO 1K (5-fold): SGR i2t 78.0/95.8/98.2, t2i 61.4/89.3/95.4; SAF i2t 76.1/95.4/98.3,
     t2i 61.8/89.4/95.3; SGRAF i2t 79.6/96.2/98.5, t2i 63.2/90.7/96.1.
 """
+from xmr_jax.common.errors import ConfigError
 from xmr_jax.config_utils import base_config, parse_arg, photo_folder
 
 # Official train commands (README): epochs and lr_update (x0.1 every lr_update epochs).
@@ -29,7 +30,7 @@ _SCHEDULES = {("f30k", "sgr"): (40, 30), ("f30k", "saf"): (30, 20),
 def get_config(arg=None):
   a = parse_arg(arg, runlocal=False, data="synthetic", variant="sgr")
   if a.variant not in ("sgr", "saf"):
-    raise ValueError(f"configs/sgraf.py: unknown variant={a.variant!r} (sgr|saf)")
+    raise ConfigError(f"configs/sgraf.py: unknown variant={a.variant!r} (sgr|saf)")
   c = base_config("sgraf")
   m = c.model
   m.variant = a.variant
@@ -67,7 +68,7 @@ def get_config(arg=None):
     if a.data == "coco":
       c.eval.protocol = "coco1k"
   else:
-    raise ValueError(f"configs/sgraf.py: unknown data={a.data!r} (synthetic|f30k|coco|images)")
+    raise ConfigError(f"configs/sgraf.py: unknown data={a.data!r} (synthetic|f30k|coco|images)")
   if a.runlocal:
     c.data.synthetic.update(n_train=1000, n_dev=100, n_test=200)
     c.train.batch_size = 64

@@ -15,6 +15,7 @@ t2i R@1 52.0; F30K i2t R@1 52.9, t2i R@1 39.6. On precomputed bottom-up region f
 averaged-region VSE++ baseline is weaker than with fine-tuned CNNs; VSE∞ reports ~R@1 60-70 on
 F30K i2t with better pooling, which we do not implement here.
 """
+from xmr_jax.common.errors import ConfigError
 from xmr_jax.config_utils import base_config, parse_arg, photo_folder
 
 
@@ -50,7 +51,7 @@ def get_config(arg=None):
     if a.data == "coco":
       c.eval.protocol = "coco1k"
   else:
-    raise ValueError(f"configs/vsepp.py: unknown data={a.data!r} (synthetic|f30k|coco|images)")
+    raise ConfigError(f"configs/vsepp.py: unknown data={a.data!r} (synthetic|f30k|coco|images)")
   if a.runlocal:
     c.data.synthetic.update(n_train=1000, n_dev=100, n_test=200)
     c.train.num_epochs = 3
@@ -69,7 +70,7 @@ def _max_violation(a) -> bool:
     return a.data != "images"
   value = str(a.max_violation).strip().lower()
   if value not in ("true", "false", "1", "0", "yes", "no"):
-    raise ValueError(f"configs/vsepp.py: max_violation={a.max_violation!r} is not a boolean")
+    raise ConfigError(f"configs/vsepp.py: max_violation={a.max_violation!r} is not a boolean")
   return value in ("true", "1", "yes")
 
 

@@ -200,6 +200,9 @@ def test_cli_bad_input_is_one_message_exit_2_and_the_workdir_is_untouched(tiny_d
     assert sorted(os.listdir(workdir)) == ["notes.txt"], extra
   _assert_one_message(_cli("--config=configs/vsepp.py:runlocal,bogus=1", f"--workdir={workdir}"),
                       "bogus")
+  for method in ("vsepp", "pcme", "sgraf", "defrag", "mmca"):    # a typo'd preset argument
+    _assert_one_message(_cli(f"--config=configs/{method}.py:data=imags",
+                             f"--workdir={workdir}"), "unknown data='imags'")
   _assert_one_message(_cli(f"--workdir={workdir}"), "--config is required")
 
 

@@ -309,7 +309,7 @@ def test_split_images_is_seeded_by_sorted_name(tmp_path):
   assert other != split_f
   assert forward.images[0].split is None          # the argument is unchanged
   with pytest.raises(ConfigError, match=r"n_dev=10 \+ n_test=11 images requested but .*f.txt "
-                                        r"has 20 usable images"):
+                                        r"has 20 usable images; .*--config.data.split_sizes"):
     C.split_images(forward, 10, 11, seed=0)
   with pytest.raises(ConfigError, match=r"n_test=-1"):
     C.split_images(forward, 1, -1, seed=0)

@@ -161,7 +161,8 @@ def split_images(captions: CaptionSet, n_dev: int, n_test: int, seed: int) -> Ca
   n = len(captions.images)
   if n_dev + n_test > n:
     raise ConfigError(f"split_images: n_dev={n_dev} + n_test={n_test} images requested but "
-                      f"{captions.path} has {n} usable images; lower n_dev or n_test")
+                      f"{captions.path} has {n} usable images; lower them (extract: --dev/--test; "
+                      f"a config: --config.data.split_sizes='(DEV, TEST)')")
   by_name = sorted(range(n), key=lambda i: captions.images[i].file)
   order = np.random.default_rng(seed).permutation(n)
   split_of = {}
