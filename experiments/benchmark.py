@@ -42,7 +42,7 @@ import time
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from xmr_jax.common import mesh as mesh_lib
@@ -414,6 +414,7 @@ def _summary(extract: dict) -> dict:
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)   # as main.py: orbax logs every save at INFO
   config = FLAGS.config
   result = {"device": str(jax.devices()[0]), "device_count": jax.device_count(),
             "jax": jax.__version__, "cpu_count": os.cpu_count(),
