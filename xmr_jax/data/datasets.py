@@ -175,8 +175,12 @@ class Dataset:
       ``data.word_embeddings`` (D the file's dimension) or None.
   """
 
-  def __init__(self, data_config, data_dir: str, *, needs=frozenset(), seed: int = 0):
+  def __init__(self, data_config, data_dir: str, *, needs=frozenset(), seed: int = 0,
+               tokenizer=None, deps_vocab=None):
     """Opens every split, builds the tokenizer, checks ``needs`` and fits the buckets.
+
+    ``tokenizer`` / ``deps_vocab``: use these (a trained workdir's own) instead of building
+    them from the training split.
 
     Raises:
       ValueError: unknown ``needs`` or ``data.tokenizer``, bad ``data.max_caption_len`` or
@@ -193,12 +197,22 @@ class Dataset:
     self.split_names = list(self._splits)
     train = self._splits[d.train_split]
     self.k = train.k
-    self.tokenizer = self._make_tokenizer(train)
+    self.tokenizer = tokenizer if tokenizer is not None else self._make_tokenizer(train)
     _require(train, self.needs)
-    self.deps_vocab = pipeline.DepsVocab.build(train.deps) if "deps" in self.needs else None
+    self.deps_vocab = None
+    if "deps" in self.needs:
+      self.deps_vocab = deps_vocab or pipeline.DepsVocab.build(train.deps)
     self.with_pixels = "pixels" in self.needs
     self.with_boxes = train.boxes is not None   # needed boxes were checked by _require
-    self._lengths = {name: self._token_lengths(s) for name, s in self._splits.items()}
+    # Every split is tokenised once (and cached on disk by tokenizer and captions); batches
+    # only gather and pad these ids.
+    cache = _writable_cache_dir(data_dir)
+    self._tokens = {name: tokenizers.encode_ragged_cached(self.tokenizer, s.captions, cache)
+                    for name, s in self._splits.items()}
+    self._lengths = {name: np.diff(t[1]) for name, t in self._tokens.items()}
+    if tokenizer is None and not d.vocab_path:   # a vocabulary built from these captions
+      check_known_words(self.tokenizer, self._tokens[d.train_split], f"{data_dir}/"
+                        f"{d.train_split}_caps.txt")
     self._fit_buckets()
     info = pipeline.data_info(train, self.tokenizer, self.deps_vocab)
     vectors = None
@@ -220,10 +234,6 @@ class Dataset:
     return tokenizers.get_tokenizer(
         kind, cache_dir=_writable_cache_dir(self.data_dir), train_captions=captions,
         vocab_size=d.vocab_size, vocab_path=d.vocab_path, seed=0)
-
-  def _token_lengths(self, split: precomp.PrecompSplit) -> np.ndarray:
-    """(num_captions,) int64 tokenised length of every caption (start/end included)."""
-    return np.diff(self.tokenizer.encode_ragged(split.captions)[1])
 
   def _fit_buckets(self) -> None:
     """Sets ``len_buckets``, ``deps_buckets`` and ``cut_captions`` from every split."""
@@ -255,9 +265,13 @@ class Dataset:
     features = hashlib.sha256(f"{s.images.shape}{s.images.dtype}".encode())
     for row in sorted({0, s.num_images // 2, s.num_images - 1}):
       features.update(np.ascontiguousarray(s.images[row]).tobytes())
+    extras = [key for key in ("labels", "boxes", "pixels", "deps", "region_mask")
+              if getattr(s, key) is not None]
     return {"location": os.path.abspath(self.data_dir), "split": name,
             "images": int(s.num_images), "captions_per_image": int(s.k),
-            "captions": captions, "features": features.hexdigest()[:16]}
+            "captions": captions, "features": features.hexdigest()[:16],
+            "feature_shape": [int(n) for n in s.images.shape[1:]],
+            "feature_dtype": str(s.images.dtype), "extras": extras}
 
   def split(self, name: str) -> precomp.PrecompSplit:
     """The split ``name`` (memory-mapped, opened with the dataset).
@@ -279,6 +293,7 @@ class Dataset:
 
   def _batch_kwargs(self) -> Dict[str, Any]:
     return dict(len_buckets=self.len_buckets, with_boxes=self.with_boxes,
+                tokens=self._tokens[self.data_config.train_split],
                 with_pixels=self.with_pixels, deps_vocab=self.deps_vocab,
                 max_caption_len=self.max_caption_len,
                 **({"deps_buckets": self.deps_buckets} if self.deps_buckets else {}))
@@ -318,8 +333,10 @@ class Dataset:
                                                                self.deps_buckets),)}
     images = functools.partial(pipeline.eval_image_batches, s, batch_size,
                                with_boxes=self.with_boxes, with_pixels=self.with_pixels)
+    flat, offsets = self._tokens[split]
     texts = functools.partial(
         pipeline.eval_text_batches, s, self.tokenizer, batch_size,
+        tokens=(flat, offsets[:s.num_captions + 1]),
         len_buckets=(tokenizers.choose_bucket(longest, self.len_buckets),),
         deps_vocab=self.deps_vocab, max_caption_len=self.max_caption_len, **deps_bucket)
     return EvalData(k=s.k, captions=s.captions, image_batches=images, text_batches=texts,
@@ -410,7 +427,8 @@ def resolve_data_dir(data_config) -> str:
   return d.dir
 
 
-def open_dataset(data_config, *, needs=frozenset(), seed: int = 0) -> Dataset:
+def open_dataset(data_config, *, needs=frozenset(), seed: int = 0, tokenizer=None,
+                 deps_vocab=None) -> Dataset:
   """Opens the dataset that ``data_config`` (``config.data``) describes.
 
   Args:
@@ -420,6 +438,8 @@ def open_dataset(data_config, *, needs=frozenset(), seed: int = 0) -> Dataset:
       "deps", "boxes"); a needed input the data lacks is a DataError here, not a KeyError in
       the model.
     seed: seeds the rows of words missing from ``data.word_embeddings``.
+    tokenizer, deps_vocab: a trained workdir's own vocabularies, used instead of building
+      them from the training captions (None: build them).
 
   Returns:
     A :class:`Dataset`.
@@ -433,4 +453,29 @@ def open_dataset(data_config, *, needs=frozenset(), seed: int = 0) -> Dataset:
   needs = check_needs(needs)
   check_name(data_config.name)
   tokenizer_kind(data_config)
-  return Dataset(data_config, resolve_data_dir(data_config), needs=needs, seed=seed)
+  return Dataset(data_config, resolve_data_dir(data_config), needs=needs, seed=seed,
+                 tokenizer=tokenizer, deps_vocab=deps_vocab)
+
+
+# A word vocabulary that maps more than this share of the training words to <unk> cannot
+# tell captions apart (e.g. Chinese or Thai captions, which have no spaces between words).
+MAX_UNKNOWN_SHARE = 0.5
+
+
+def check_known_words(tokenizer, train_tokens, where: str) -> None:
+  """DataError when a word vocabulary maps most training words to ``<unk>``.
+
+  ``train_tokens``: the training split's (flat ids, offsets); ``<start>``/``<end>`` are not
+  counted. Sentencepiece always splits text into known pieces and is never refused.
+  """
+  if not isinstance(tokenizer, tokenizers.WordVocab):
+    return
+  flat = np.asarray(train_tokens[0])
+  words = flat[(flat != tokenizer.start_id) & (flat != tokenizer.end_id)]
+  share = float(np.mean(words == tokenizer.unk_id)) if words.size else 1.0
+  if share > MAX_UNKNOWN_SHARE:
+    raise precomp.DataError(
+        f"{where}: the word vocabulary built from these captions ({len(tokenizer)} entries) maps {share:.0%} of the "
+        f"training words to <unk>, so captions cannot be told apart (captions in a language "
+        f"without spaces between words?); use --config.data.tokenizer=sentencepiece, which "
+        f"learns pieces of the text itself")
