@@ -82,6 +82,21 @@ def test_coco_faults_are_errors_when_strict(tmp_path, broken, match):
     C.read_coco(_json(tmp_path / "c.json", doc), strict=True)
 
 
+def test_coco_repeated_annotation_id_is_a_fault_not_a_caption(tmp_path):
+  """A repeated entry (same annotations[].id) would push one of the image's real captions
+  past k: it is dropped and listed, or an error under strict."""
+  notes = [{"id": 100 + j, "image_id": 7, "caption": f"a caption {j}"} for j in range(5)]
+  doc = {"images": [{"id": 7, "file_name": "a.jpg"}],
+         "annotations": [notes[0], dict(notes[0]), *notes[1:]]}
+  s = C.keep_k(C.read_coco(_json(tmp_path / "c.json", doc)), 5)
+  assert s.images[0].captions == [f"a caption {j}" for j in range(5)]
+  assert [d.reason for d in s.dropped] == [C.REPEATED_ID]
+  assert s.dropped[0].item == "annotations[1] (id 100, first at annotations[0])"
+  with pytest.raises(DataError, match=r"annotations\[1\]: id 100 was already given to "
+                                      r"annotations\[0\]"):
+    C.read_coco(_json(tmp_path / "c.json", doc), strict=True)
+
+
 def test_coco_without_its_layout_names_the_entry(tmp_path):
   bad = {"images": [{"id": 1, "file_name": "a.jpg"}], "annotations": [{"image_id": 1}]}
   with pytest.raises(DataError, match=r"c.json: annotations\[0\] has no caption .*COCO "
