@@ -22,6 +22,8 @@ import os
 import sys
 from typing import Any, Dict, Optional, Tuple
 
+import ml_collections
+
 from xmr_jax.common.errors import ConfigError, WorkdirError
 from xmr_jax.common.io import atomic_write_json
 from xmr_jax.data import pipeline, tokenizers
@@ -48,9 +50,9 @@ def _flatten(tree: Any, prefix: str = "") -> Dict[str, Any]:
   return {prefix[:-1]: tree}
 
 
-def _jsonable(config) -> Dict[str, Any]:
+def _jsonable(config: ml_collections.ConfigDict) -> Dict[str, Any]:
   """The config as ``config.json`` holds it (tuples as lists)."""
-  return json.loads(json.dumps(config.to_dict() if hasattr(config, "to_dict") else config))
+  return json.loads(json.dumps(config.to_dict()))
 
 
 def _matches(key: str, prefixes) -> bool:
