@@ -228,12 +228,13 @@ class Dataset:
     if kind != d.tokenizer:
       _say(f"data.vocab_path={d.vocab_path} is a {VOCAB_SUFFIXES[_suffix(d.vocab_path)][1]}: "
            f"using data.tokenizer={kind} (data.tokenizer={d.tokenizer} is overridden)")
-    captions = list(train.captions)
+    groups = [train.captions]
     if kind == "word" and not d.vocab_path:   # SCAN builds its vocab from train + dev
-      captions += self.split(d.dev_split).captions
+      groups.append(self.split(d.dev_split).captions)
     return tokenizers.get_tokenizer(
-        kind, cache_dir=_writable_cache_dir(self.data_dir), train_captions=captions,
-        vocab_size=d.vocab_size, vocab_path=d.vocab_path, seed=0)
+        kind, cache_dir=_writable_cache_dir(self.data_dir),
+        train_captions=[c for g in groups for c in g], vocab_size=d.vocab_size,
+        vocab_path=d.vocab_path, seed=0, groups=groups)
 
   def _fit_buckets(self) -> None:
     """Sets ``len_buckets``, ``deps_buckets`` and ``cut_captions`` from every split."""

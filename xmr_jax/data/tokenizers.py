@@ -434,7 +434,7 @@ TOKENIZER_KINDS = ("sentencepiece", "word")
 def get_tokenizer(kind: str, *, cache_dir: str,
                   train_captions: Sequence[str], vocab_size: int = 1000,
                   vocab_path: str = "", word_threshold: int = 4,
-                  seed: int = 0):
+                  seed: int = 0, groups: Sequence[Sequence[str]] = ()):
   """Trains or loads a tokenizer, caching it in ``cache_dir``.
 
   Args:
@@ -446,6 +446,9 @@ def get_tokenizer(kind: str, *, cache_dir: str,
       json (e.g. SCAN's), for "sentencepiece" a ``.model`` file.
     word_threshold: minimum count for a word to enter the word vocab.
     seed: sentencepiece trainer seed.
+    groups: ``train_captions`` as the splits they come from (their concatenation); a word
+      vocabulary built here then stores each group's token ids on the way
+      (:func:`build_word_vocab`), so the splits are not tokenised a second time.
 
   Returns:
     A WordVocab or SentencePieceTokenizer.
@@ -462,7 +465,8 @@ def get_tokenizer(kind: str, *, cache_dir: str,
     digest = captions_hash(train_captions, f"word:{word_threshold}:{word_tokenizer_id()}")
     path = os.path.join(cache_dir, f"vocab_word_t{word_threshold}_{digest}.json")
     return _cached(path,
-                   lambda: WordVocab.build(train_captions, word_threshold),
+                   lambda: build_word_vocab(groups or [train_captions], word_threshold,
+                                            cache_dir if groups else ""),
                    WordVocab.load, lambda v, p: v.save(p))
   if kind == "sentencepiece":
     if vocab_path:
@@ -544,25 +548,48 @@ def load_tokenizer(directory: str, record: Dict[str, str]):
 PARALLEL_MIN_CAPTIONS = 20000
 
 
-def _encode_in_workers(tokenizer, captions: Sequence[str], workers: int) -> List[List[int]]:
-  """``tokenizer.encode_many`` over chunks in ``workers`` spawned processes, in order.
+def _word_tokenize_chunk(captions: Sequence[str]) -> List[List[str]]:
+  return [word_tokenize(c) for c in captions]
+
+
+def word_tokenize_many(captions: Sequence[str], workers: int = 0) -> List[List[str]]:
+  """:func:`word_tokenize` of every caption, in order; in ``workers`` spawned processes (0: one
+  per CPU core) when there are at least :data:`PARALLEL_MIN_CAPTIONS` captions.
 
   Spawned, not forked: the parent may already run JAX's threads, which a fork would copy in
   an unknown state.
   """
+  captions = list(captions)
+  workers = workers or len(os.sched_getaffinity(0))
+  if workers < 2 or len(captions) < PARALLEL_MIN_CAPTIONS:
+    return _word_tokenize_chunk(captions)
   chunk = -(-len(captions) // (4 * workers))
   parts = [captions[i:i + chunk] for i in range(0, len(captions), chunk)]
   context = multiprocessing.get_context("spawn")
   with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-    return [ids for part in pool.map(tokenizer.encode_many, parts) for ids in part]
+    return [tokens for part in pool.map(_word_tokenize_chunk, parts) for tokens in part]
 
 
-def _ragged_digest(tokenizer, captions: Sequence[str]) -> str:
+def _ragged_path(tokenizer, captions: Sequence[str], cache_dir: str) -> str:
   h = hashlib.sha256(tokenizer_id(tokenizer).encode())
   for c in captions:
     h.update(c.encode("utf-8"))
     h.update(b"\n")
-  return h.hexdigest()[:24]
+  return os.path.join(cache_dir, "tokens", f"{h.hexdigest()[:24]}.npz")
+
+
+def _store_ragged(path: str, flat: np.ndarray, offsets: np.ndarray) -> None:
+  buffer = io.BytesIO()
+  np.savez(buffer, flat=flat, offsets=offsets)
+  try:
+    atomic_write_bytes(path, buffer.getvalue())
+  except OSError as e:     # a read-only folder only costs the tokenising next time
+    warnings.warn(f"could not cache the token ids at {path}: {e}")
+
+
+def _word_ids(vocab: "WordVocab", token_lists) -> Tuple[np.ndarray, np.ndarray]:
+  return ragged_from_lists([[vocab.start_id] + vocab.ids(t) + [vocab.end_id]
+                            for t in token_lists])
 
 
 def encode_ragged_cached(tokenizer, captions: Sequence[str], cache_dir: str, *,
@@ -572,15 +599,13 @@ def encode_ragged_cached(tokenizer, captions: Sequence[str], cache_dir: str, *,
   The file is keyed by :func:`tokenizer_id` and the captions' text in order, so a rerun, an
   evaluation or a sweep over the same split reads the ids instead of tokenising again, and
   any change of tokenizer, NLTK or captions makes a new file. It is written atomically and
-  read without pickle. The first time, the word tokenizer (pure-Python NLTK) runs in
-  ``workers`` processes (0: one per CPU core) when there are at least
-  :data:`PARALLEL_MIN_CAPTIONS` captions. A cache that cannot be written (read-only folder)
-  only costs the tokenising next time.
+  read without pickle. The word tokenizer (pure-Python NLTK) runs in worker processes as
+  :func:`word_tokenize_many` says.
 
   Returns:
     (flat (M,) int32 ids, offsets (len(captions) + 1,) int64).
   """
-  path = os.path.join(cache_dir, "tokens", f"{_ragged_digest(tokenizer, captions)}.npz")
+  path = _ragged_path(tokenizer, captions, cache_dir)
   if os.path.isfile(path):
     try:
       with np.load(path, allow_pickle=False) as z:
@@ -589,16 +614,26 @@ def encode_ragged_cached(tokenizer, captions: Sequence[str], cache_dir: str, *,
         return flat, offsets
     except (OSError, ValueError, KeyError):
       pass   # a damaged cache file is rebuilt below
-  workers = workers or len(os.sched_getaffinity(0))
-  if isinstance(tokenizer, WordVocab) and workers > 1 and \
-      len(captions) >= PARALLEL_MIN_CAPTIONS:
-    flat, offsets = ragged_from_lists(_encode_in_workers(tokenizer, list(captions), workers))
+  if isinstance(tokenizer, WordVocab):
+    flat, offsets = _word_ids(tokenizer, word_tokenize_many(captions, workers))
   else:
     flat, offsets = tokenizer.encode_ragged(captions)
-  buffer = io.BytesIO()
-  np.savez(buffer, flat=flat, offsets=offsets)
-  try:
-    atomic_write_bytes(path, buffer.getvalue())
-  except OSError as e:
-    warnings.warn(f"could not cache the token ids at {path}: {e}")
+  _store_ragged(path, flat, offsets)
   return flat, offsets
+
+
+def build_word_vocab(groups: Sequence[Sequence[str]], threshold: int = 4,
+                     cache_dir: str = "") -> "WordVocab":
+  """SCAN's word vocabulary of the captions of ``groups`` (e.g. [train, dev] captions),
+  tokenised once: with ``cache_dir``, each group's ids are stored for
+  :func:`encode_ragged_cached` from the same tokens, so no caption is tokenised twice."""
+  sizes = [len(g) for g in groups]
+  tokens = word_tokenize_many([c for g in groups for c in g])
+  vocab = WordVocab.from_tokens(tokens, threshold)
+  if cache_dir:
+    start = 0
+    for group, n in zip(groups, sizes):
+      _store_ragged(_ragged_path(vocab, group, cache_dir),
+                    *_word_ids(vocab, tokens[start:start + n]))
+      start += n
+  return vocab
