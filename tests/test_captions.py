@@ -12,7 +12,7 @@ from PIL import Image
 
 from xmr_jax.common.errors import ConfigError, InputError
 from xmr_jax.data import captions as C
-from xmr_jax.data.precomp import DataError
+from xmr_jax.data.errors import DataError
 
 
 def _write(path, text):

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from xmr_jax.data import embeddings
-from xmr_jax.data.precomp import DataError
+from xmr_jax.data.errors import DataError
 from xmr_jax.data.tokenizers import WordVocab
 
 VOCAB = WordVocab.build(["a red dog", "a blue cat", "a red cat"], 1)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from xmr_jax.data import tokenizers
-from xmr_jax.data.precomp import DataError
+from xmr_jax.data.errors import DataError
 from xmr_jax.data.tokenizers import (SentencePieceTokenizer, WordVocab,
                                      get_tokenizer, word_tokenize)
 

@@ -31,6 +31,7 @@ import numpy as np
 
 from xmr_jax.common.errors import ConfigError
 from xmr_jax.common.io import cache_root
+from xmr_jax.data.errors import DataError
 
 from xmr_jax.data import embeddings, pipeline, precomp, synthetic, tokenizers
 
@@ -141,7 +142,7 @@ def _require(split: precomp.PrecompSplit, needs: frozenset) -> None:
   for need in sorted(needs):
     if getattr(split, need) is None:
       suffix, why = _MISSING[need]
-      raise precomp.DataError(f"{split.data_dir}/{split.split}_{suffix} is missing; {why}")
+      raise DataError(f"{split.data_dir}/{split.split}_{suffix} is missing; {why}")
 
 
 class Dataset:
@@ -282,7 +283,7 @@ class Dataset:
     """
     if name not in self._splits:
       precomp.load_split(self.data_dir, name)   # raises the missing-file error, listing files
-      raise precomp.DataError(
+      raise DataError(
           f"{self.data_dir}/{name}_ims.npy appeared after the dataset was opened (splits "
           f"opened: {self.split_names}); open the dataset again so it is checked and fitted")
     return self._splits[name]
@@ -406,26 +407,77 @@ def _writable_cache_dir(data_dir: str) -> str:
   return path
 
 
-def resolve_data_dir(data_config) -> str:
-  """The dataset directory for ``data_config``: the synthetic benchmark (generated once), a
-  precomp directory, or a folder of photos + captions (extracted once, ``images_cache``)."""
-  d = data_config
-  check_name(d.name)
-  if d.name == "images":
-    from xmr_jax.data import images_cache   # the backbone only for photo folders
-    return images_cache.dataset_dir(d)
-  if d.name == "synthetic":
-    p = d.synthetic
-    return synthetic.get_or_create(seed=p.seed, n_train=p.n_train, n_dev=p.n_dev,
-                                   n_test=p.n_test, pixels=p.pixels,
-                                   cache_dir=d.dir or os.path.join(cache_root(), "synthetic"))
+def _synthetic_dir(d) -> str:
+  p = d.synthetic
+  return synthetic.get_or_create(seed=p.seed, n_train=p.n_train, n_dev=p.n_dev,
+                                 n_test=p.n_test, pixels=p.pixels,
+                                 cache_dir=d.dir or os.path.join(cache_root(), "synthetic"))
+
+
+def _precomp_dir(d) -> str:
   if not d.dir:
     raise ConfigError("config.data.name='precomp' needs --config.data.dir=/path/to/dataset "
-                     "(a directory with {split}_ims.npy and {split}_caps.txt)")
+                      "(a directory with {split}_ims.npy and {split}_caps.txt)")
   if not os.path.isdir(d.dir):
     raise ConfigError(f"config.data.dir={d.dir!r} is not a directory; point it at a dataset in "
                       f"the SCAN precomp layout ({{split}}_ims.npy, {{split}}_caps.txt)")
   return d.dir
+
+
+def _images_dir(d) -> str:
+  from xmr_jax.data import images_cache   # the backbone only for photo folders
+  return images_cache.dataset_dir(d)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSource:
+  """A value of ``data.name``: how it becomes a SCAN-layout folder and what it reads.
+
+  Attributes:
+    name: the ``data.name`` value.
+    resolve: ``data_config -> folder`` in the SCAN precomp layout (generated or extracted
+      into the cache on first use).
+    keys: ``data.*`` keys only this source reads (set with another source: an error).
+    what: how messages name it.
+  """
+  name: str
+  resolve: Callable[[Any], str]
+  keys: tuple
+  what: str
+
+
+# Adding a data source: a resolver into the precomp layout and one entry here.
+DATA_SOURCES = (
+    DataSource("synthetic", _synthetic_dir, ("synthetic",), "the synthetic benchmark"),
+    DataSource("precomp", _precomp_dir, (), "a SCAN-layout folder (data.name=precomp)"),
+    DataSource("images", _images_dir, ("images", "split_sizes", "split_seed", "strict"),
+               "a photo folder (data.name=images)"),
+)
+DATA_NAMES = tuple(s.name for s in DATA_SOURCES)
+
+
+def unread_keys(data_config) -> Dict[str, str]:
+  """``data.*`` keys (or sections) the chosen source and tokenizer never read, with the
+  reason: a user who sets one gets an error naming it, not a silent no-op."""
+  d = data_config
+  chosen = next(s for s in DATA_SOURCES if s.name == check_name(d.name))
+  out = {}
+  for source in DATA_SOURCES:
+    for key in source.keys:
+      if key not in chosen.keys:
+        out[f"data.{key}"] = f"data.name={d.name!r}; only {source.what} reads it"
+  if tokenizer_kind(d) != "sentencepiece" or d.vocab_path:
+    out["data.vocab_size"] = ("only a sentencepiece model trained here reads it (not the word "
+                              "vocabulary, not a data.vocab_path)")
+  return out
+
+
+def resolve_data_dir(data_config) -> str:
+  """The dataset directory for ``data_config``: the synthetic benchmark (generated once), a
+  precomp directory, or a folder of photos + captions (extracted once, ``images_cache``);
+  see :data:`DATA_SOURCES`."""
+  name = check_name(data_config.name)
+  return next(s for s in DATA_SOURCES if s.name == name).resolve(data_config)
 
 
 def open_dataset(data_config, *, needs=frozenset(), seed: int = 0, tokenizer=None,
@@ -475,7 +527,7 @@ def check_known_words(tokenizer, train_tokens, where: str) -> None:
   words = flat[(flat != tokenizer.start_id) & (flat != tokenizer.end_id)]
   share = float(np.mean(words == tokenizer.unk_id)) if words.size else 1.0
   if share > MAX_UNKNOWN_SHARE:
-    raise precomp.DataError(
+    raise DataError(
         f"{where}: the word vocabulary built from these captions ({len(tokenizer)} entries) maps {share:.0%} of the "
         f"training words to <unk>, so captions cannot be told apart (captions in a language "
         f"without spaces between words?); use --config.data.tokenizer=sentencepiece, which "

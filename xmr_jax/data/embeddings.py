@@ -10,7 +10,7 @@ from typing import Iterator, List, Tuple
 
 import numpy as np
 
-from xmr_jax.data.precomp import DataError
+from xmr_jax.data.errors import DataError
 from xmr_jax.common.errors import ConfigError
 from xmr_jax.data.tokenizers import WordVocab
 

@@ -20,8 +20,9 @@ from xmr_jax.common.errors import ConfigError
 from xmr_jax.common.io import cache_root
 from xmr_jax.data import captions as captions_lib
 
-CAPTION_PATTERNS = ("captions.json", "captions.txt", "dataset_*.json", "*.token", "*.csv",
-                    "*.tsv")
+# The caption file of a photo folder is found by the caption formats' own names (one table,
+# ``captions.CAPTION_FORMATS``).
+CAPTION_PATTERNS = captions_lib.CAPTION_PATTERNS
 
 
 def find_captions(root: str, named: str = "") -> str:
@@ -81,7 +82,7 @@ def _check_split_sizes(data_config, captions_path: str) -> None:
     return
   fmt = data_config.images.format
   fmt = captions_lib.detect_format(captions_path) if fmt == "auto" else fmt
-  if fmt != "karpathy":
+  if not captions_lib.caption_format(fmt).has_splits:
     raise ConfigError(f"{captions_path} ({fmt}) has no dev/test splits and "
                       f"config.data.split_sizes={tuple(data_config.split_sizes)} draws "
                       f"{n_dev} dev and {n_test} test images; training needs both: set e.g. "

@@ -36,7 +36,8 @@ import numpy as np
 from xmr_jax import types
 from xmr_jax.common.io import atomic_write_bytes
 from xmr_jax.data import precomp
-from xmr_jax.data.precomp import DataError, PrecompSplit
+from xmr_jax.data.errors import DataError
+from xmr_jax.data.precomp import PrecompSplit
 from xmr_jax.common.errors import ConfigError
 from xmr_jax.data.tokenizers import (DEFAULT_BUCKETS, WordVocab, cap_ragged, pad_ragged,
                                      ragged_from_lists)

@@ -36,7 +36,8 @@ import sentencepiece as spm
 
 from xmr_jax.common.io import atomic_write_bytes
 from xmr_jax.common.errors import ConfigError
-from xmr_jax.data.precomp import DataError, normalize_caption
+from xmr_jax.data.errors import DataError
+from xmr_jax.data.precomp import normalize_caption
 
 DEFAULT_BUCKETS = (16, 32, 64)
 

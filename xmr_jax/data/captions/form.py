@@ -12,7 +12,7 @@ import numpy as np
 
 from xmr_jax.common.errors import ConfigError
 from xmr_jax.common.io import atomic_write_bytes
-from xmr_jax.data.precomp import DataError
+from xmr_jax.data.errors import DataError
 
 SPLITS = ("train", "dev", "test")
 

@@ -15,7 +15,7 @@ import numpy as np
 from xmr_jax.data.captions.form import (MISSING_IMAGE, NO_CAPTION, REPEATED_ID, CaptionSet,
                                         Dropped, fault, plural)
 from xmr_jax.data.captions.rows import Row, group_rows
-from xmr_jax.data.precomp import DataError
+from xmr_jax.data.errors import DataError
 
 COCO_LAYOUT = ('COCO captions json: {"images": [{"id": ..., "file_name": ...}], '
                '"annotations": [{"image_id": ..., "caption": ...}]}')
