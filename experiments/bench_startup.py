@@ -77,8 +77,10 @@ def child(data_dir: str, workdir: str) -> dict:
   import jax
   from absl import logging
   from xmr_jax import config_utils
+  from xmr_jax.common import io
   from xmr_jax.training import loop
   logging.set_verbosity(logging.WARNING)
+  io.enable_compilation_cache()        # as the CLI does
   config = config_utils.load_config(os.path.join(REPO, "configs", "vsepp.py"), "data=f30k")
   config.data.dir = data_dir
   config.train.checkpoint_every_steps = 1
@@ -93,7 +95,20 @@ def child(data_dir: str, workdir: str) -> dict:
   loop.close(run)
   return {"imports_s": t1 - born, "start_s": t2 - t1, "first_step_s": t3 - t2,
           "to_first_step_s": t3 - born, "before_imports_s": t0 - born,
-          "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+          "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+          **_memory_now()}
+
+
+def _memory_now() -> dict:
+  """Resident memory now, split into anonymous (what the run allocates) and file-backed
+  pages (memory-mapped features and libraries: page cache the kernel may evict)."""
+  out = {}
+  with open("/proc/self/status") as f:
+    for line in f:
+      key, _, value = line.partition(":")
+      if key in ("RssAnon", "RssFile", "RssShmem"):
+        out[key.lower() + "_bytes"] = int(value.split()[0]) * 1024
+  return out
 
 
 def _run_child(data_dir: str, workdir: str, env: dict) -> dict:

@@ -12,7 +12,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from xmr_jax import training
-from xmr_jax.common import mesh
+from xmr_jax.common import io, mesh
 from xmr_jax.common.errors import InputError
 from xmr_jax.training import config_check, sweep, workdirs
 
@@ -78,6 +78,7 @@ def run(argv) -> None:
   # Orbax logs every save at INFO; our progress bar and tables say what matters.
   logging.set_verbosity(logging.WARNING)
   mesh.maybe_initialize_distributed()   # before anything touches a device
+  io.enable_compilation_cache()
   if FLAGS.ensemble:
     if FLAGS.mode != "eval":
       raise InputError("--ensemble goes with --mode=eval")
