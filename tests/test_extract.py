@@ -2,6 +2,8 @@
 data.name=images (extracted once into the cache). Needs the backbone extra."""
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -18,6 +20,7 @@ from xmr_jax.data import extract, images_cache  # noqa: E402
 from xmr_jax.kernels import roi_align  # noqa: E402
 
 N_PHOTOS = 8
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _photos(root):
@@ -170,6 +173,14 @@ def test_photo_folder_without_splits_needs_split_sizes(extracted, tmp_path, monk
                                         r"split_sizes='\(50, 50\)'"):
     images_cache.dataset_dir(d)
   assert not (tmp_path / "cache").exists()      # nothing extracted
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XMR_DATA_DIR=str(tmp_path / "cache"))
+  out = subprocess.run([sys.executable, "-m", "xmr_jax.main", "--config=configs/vsepp.py:"
+                        "data=images", f"--config.data.dir={root}",
+                        "--config.data.split_sizes=(0, 0)", f"--workdir={tmp_path / 'w'}"],
+                       cwd=REPO, env=env, capture_output=True, text=True)
+  assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+  assert "xmr_jax: error: " in out.stderr and "config.data.split_sizes=(0, 0)" in out.stderr
+  assert not (tmp_path / "w").exists() and not (tmp_path / "cache" / "images").exists()
 
 
 @pytest.mark.parametrize("method,arg", [

@@ -105,8 +105,7 @@ def test_the_workdir_stores_its_tokenizer_and_data_fingerprint(trained, data):
       np.load(os.path.join(data, "train_ims.npy"), mmap_mode="r").shape[1:])
 
 
-def test_eval_on_a_reordered_training_split_uses_the_stored_tokenizer(trained, data, tmp_path,
-                                                                      capsys):
+def test_eval_on_a_reordered_training_split_uses_the_stored_tokenizer(trained, data, tmp_path):
   c, w, results = trained
   moved = _reorder_train(data, str(tmp_path / "reordered"))
   rebuilt = tokenizers.WordVocab.build(
@@ -116,12 +115,14 @@ def test_eval_on_a_reordered_training_split_uses_the_stored_tokenizer(trained, d
   # The premise: rebuilding from the re-saved split moves word ids.
   assert rebuilt.word2idx != stored.word2idx and set(rebuilt.word2idx) == set(stored.word2idx)
   scores = np.load(os.path.join(w, "eval", "test_scores.npy"))
-  c2 = c.copy_and_resolve_references()
-  c2.data.dir = moved
-  out = workdirs.evaluate_workdir(c2, w)
+  out = _cli(f"--config={_config_file(tmp_path, c)}", f"--config.data.dir={moved}",
+             "--mode=eval", f"--workdir={w}")
+  assert out.returncode == 0, out.stderr[-2000:]
   np.testing.assert_array_equal(np.load(os.path.join(w, "eval", "test_scores.npy")), scores)
-  assert out["rsum"] == results["rsum"]
-  assert "not trained with" not in capsys.readouterr().err   # the test split is the same data
+  res = json.load(open(os.path.join(w, "eval", "results.json")))
+  assert res["rsum"] == pytest.approx(results["rsum"])
+  assert res["data"]["location"] == os.path.abspath(moved)
+  assert "not trained with" not in out.stderr      # the test split is the same data
 
 
 def test_eval_on_other_data_is_announced_and_recorded(trained, tmp_path, capsys):
