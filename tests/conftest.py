@@ -53,3 +53,25 @@ def train_tiny(method: str, data_dir: str, workdir: str, steps: int = 2, **model
   config = tiny_config(method, data_dir, **model)
   config.train.num_steps = steps
   return loop.train_and_evaluate(config, workdir)
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_cli(*args, cwd=REPO):
+  """``python -m xmr_jax.main ARGS`` in a fresh process on the CPU (the user's view)."""
+  import subprocess
+  import sys
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, "-m", "xmr_jax.main", *args], cwd=cwd, env=env,
+                        capture_output=True, text=True)
+
+
+def assert_one_message(out, *needles):
+  """Exit status 2, no traceback, exactly one ``xmr_jax: error:`` line holding ``needles``."""
+  assert out.returncode == 2, (out.returncode, out.stderr[-2000:])
+  assert "Traceback" not in out.stderr
+  errors = [line for line in out.stderr.splitlines() if line.startswith("xmr_jax: error:")]
+  assert len(errors) == 1, out.stderr[-2000:]
+  for needle in needles:
+    assert needle in errors[0], errors[0]

@@ -3,13 +3,11 @@ not used, non-finite hyperparameters, messages, results that depended on a memor
 ensembles of incompatible members, and the CLI's one-line answer with exit status 2."""
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from conftest import assert_one_message, run_cli, tiny_config
 from xmr_jax import main as main_lib, training
 from xmr_jax.common.errors import ConfigError, InputError
 from xmr_jax.data import datasets, synthetic, tokenizers
@@ -17,22 +15,9 @@ from xmr_jax.evaluation import retrieval
 from xmr_jax.evaluation.context import EvalContext
 from xmr_jax.training import loop, state as state_lib, workdirs
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _cli(*args, cwd=REPO):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, "-m", "xmr_jax.main", *args], cwd=cwd, env=env,
-                        capture_output=True, text=True)
-
-
-def _assert_one_message(out, *needles):
-  assert out.returncode == 2, (out.returncode, out.stderr[-2000:])
-  assert "Traceback" not in out.stderr
-  errors = [line for line in out.stderr.splitlines() if line.startswith("xmr_jax: error:")]
-  assert len(errors) == 1, out.stderr[-2000:]
-  for needle in needles:
-    assert needle in errors[0], errors[0]
+_cli, _assert_one_message = run_cli, assert_one_message
 
 
 # ------------------------------------------------------------------ 1. set but not used

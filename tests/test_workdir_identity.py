@@ -4,35 +4,20 @@ line, nothing in the workdir changed)."""
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from conftest import assert_one_message, run_cli, tiny_config
 from xmr_jax import training
 from xmr_jax.common.errors import InputError
 from xmr_jax.data import datasets, synthetic, tokenizers
 from xmr_jax.training import identity, workdirs
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 K = 5
 
 
-def _cli(*args):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, "-m", "xmr_jax.main", *args], cwd=REPO, env=env,
-                        capture_output=True, text=True)
-
-
-def _assert_one_message(out, *needles):
-  assert out.returncode == 2, (out.returncode, out.stderr[-2000:])
-  assert "Traceback" not in out.stderr
-  errors = [line for line in out.stderr.splitlines() if line.startswith("xmr_jax: error:")]
-  assert len(errors) == 1, out.stderr[-2000:]
-  for needle in needles:
-    assert needle in errors[0], errors[0]
+_cli, _assert_one_message = run_cli, assert_one_message
 
 
 def _snapshot(root):
