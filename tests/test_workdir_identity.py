@@ -127,6 +127,24 @@ def test_eval_on_other_data_is_announced_and_recorded(trained, tmp_path, capsys)
   assert "not trained with" not in capsys.readouterr().err
 
 
+def test_eval_on_features_of_another_dimension_is_refused_before_the_checkpoint(trained,
+                                                                                 tmp_path):
+  c, w, _ = trained
+  other = synthetic.generate(str(tmp_path / "wide"), seed=0, n_train=48, n_dev=12, n_test=12,
+                             pixels=False)
+  for split in ("train", "dev", "test"):          # the same data with 8 more feature columns
+    ims = np.load(os.path.join(other, f"{split}_ims.npy"))
+    np.save(os.path.join(other, f"{split}_ims.npy"),
+            np.concatenate([ims, np.zeros(ims.shape[:2] + (8,), ims.dtype)], -1))
+  c2 = c.copy_and_resolve_references()
+  c2.data.dir = other
+  before = _snapshot(w)
+  with pytest.raises(InputError, match=r"trained on \d+-dimensional region features; .* has "
+                                       r"\d+-dimensional ones"):
+    workdirs.evaluate_workdir(c2, w)
+  assert _snapshot(w) == before
+
+
 def test_resume_on_other_training_data_is_refused(trained, data, tmp_path):
   c, w, _ = trained
   copy = str(tmp_path / "w")

@@ -161,6 +161,20 @@ def check_training_data(workdir: str, dataset, train_split: str) -> None:
                        f"with other batches and word ids. Use a new workdir")
 
 
+def check_feature_shape(workdir: str, dataset) -> None:
+  """ConfigError, before any checkpoint is read, when ``dataset``'s region features have
+  another dimension than the ones ``workdir`` was trained on (e.g. another backbone): the
+  image encoder's weights cannot take them."""
+  record = _read_record(workdir) or {}
+  train = dataset.data_config.train_split
+  stored = record.get("splits", {}).get(train, {}).get("feature_shape")
+  now = dataset.fingerprint(train)["feature_shape"]
+  if stored and stored[-1:] != now[-1:]:
+    raise ConfigError(f"{workdir} was trained on {stored[-1]}-dimensional region features; "
+                      f"{dataset.data_dir} has {now[-1]}-dimensional ones (another backbone or "
+                      f"feature extractor?). Evaluate it on features made the same way")
+
+
 def announce_data(workdir: str, dataset, split: str) -> None:
   """One stderr line when split ``split`` of ``dataset`` is not data ``workdir`` was trained
   and evaluated with (allowed: cross-dataset evaluation)."""

@@ -48,6 +48,7 @@ def restore_variables(config, workdir: str, rebuild_tokenizer: bool = False):
   identity.check_config(config, workdir, "eval")
   vocabularies = identity.vocabularies_for(workdir, rebuild_tokenizer)
   ds, method, _, _, state = loop.setup(config, vocabularies)
+  identity.check_feature_shape(workdir, ds)
   if vocabularies is None:
     identity.save(workdir, ds)
     print(f"xmr_jax: stored the tokenizer built from {ds.data_dir} in {workdir}",
