@@ -97,8 +97,9 @@ def test_exif_orientation_is_applied():
 
 @pytest.mark.parametrize("call,message", [
     (lambda: lite.preprocess(np.zeros((8, 8, 3))), "expected a PIL.Image.Image"),
-    (lambda: lite.preprocess(Image.new("RGB", (8, 8)), size=100), "multiple of 32"),
-    (lambda: lite.preprocess(Image.new("RGB", (8, 8)), size=True), "multiple of 32"),
+    (lambda: lite.preprocess(Image.new("RGB", (8, 8)), size=16), "integer >= 32"),
+    (lambda: lite.preprocess(Image.new("RGB", (8, 8)), size=True), "integer >= 32"),
+    (lambda: lite.preprocess(Image.new("RGB", (8, 8)), size=200.0), "integer >= 32"),
 ])
 def test_bad_preprocess_input_is_one_clear_error(call, message):
   with pytest.raises(lite.BackboneError, match=message) as e:
@@ -136,7 +137,7 @@ def test_features_shape_range_and_row_major_layout(random_variables):
     (np.zeros((1, 192, 192, 4), np.float32), r"\(B, S, S, 3\)"),
     (np.zeros((192, 192, 3), np.float32), r"\(B, S, S, 3\)"),
     (np.zeros((1, 192, 192, 3), np.uint8), "floating"),
-    (np.zeros((1, 200, 192, 3), np.float32), "multiple of 32"),
+    (np.zeros((1, 16, 192, 3), np.float32), "integer >= 32"),
 ])
 def test_bad_images_are_one_clear_error(random_variables, images, message):
   with pytest.raises(lite.BackboneError, match=message):

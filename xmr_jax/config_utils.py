@@ -74,9 +74,10 @@ def data_config() -> ml_collections.ConfigDict:
       dir="",                  # precomp dir; photos folder (images); cache override (synthetic)
       captions_per_image=5,
       # data.name=images: a folder with images/ and a caption file, extracted once into the
-      # cache with EfficientNet-Lite0 (xmr_jax/data/images_cache.py, xmr_jax/data/extract.py).
-      images=dict(captions="", instances="", format="auto", regions="grid", size=192,
-                  max_boxes=36, parse="auto"),
+      # cache with a backbone of xmr_jax.backbones.registry (efficientnet_lite0/1/2) at its
+      # input side (size=0: the backbone's, 192/240/260) (data/images_cache.py, extract.py).
+      images=dict(captions="", instances="", format="auto", regions="grid",
+                  backbone="efficientnet_lite0", size=0, max_boxes=36, parse="auto"),
       split_sizes=(0, 0),      # images: (dev, test) images of a seeded split by image
       split_seed=0,            # images: the seed of that split
       strict=False,            # images: every fault of the data is an error, not a drop
