@@ -7,7 +7,8 @@ it (``xmr_jax.data.extract``) into ``$XMR_DATA_DIR/images/<folder>-<fingerprint>
 reuse it. The fingerprint covers the caption and instance files' bytes, every photo's name,
 size and modification time, the extraction settings, and the backbone (``data.images.backbone``:
 its name, input size, weights sha256 and the feature-code version), so a changed input or
-network is extracted again, and two backbones never share an entry. An exclusive lock (``fcntl.flock``) makes two runs started together extract once.
+network is extracted again, and two backbones never share an entry. An exclusive lock
+(``fcntl.flock``) makes two runs started together extract once.
 """
 import dataclasses
 import fcntl
