@@ -70,7 +70,8 @@ flags.DEFINE_string("torch_python", DEFAULT_TORCH_PYTHON,
                     "note in the JSON, when that file does not exist or the flag is empty.")
 flags.DEFINE_bool("extract_variants", True,
                   "With --extract_images also time the JAX backbone at batch 8/32/64, in "
-                  "bfloat16, and each convolution alone (JAX and torch).")
+                  "bfloat16, and each convolution alone (JAX and torch); false: float32 "
+                  "only (no torch bfloat16 autocast, slow without AVX512-BF16).")
 flags.DEFINE_list("backbone", ["efficientnet_lite0"],
                   "With --extract_images: the backbones to time (xmr_jax.backbones.registry).")
 TORCH_THREADS = 2   # torch.set_num_threads in the child, as official_bench.py
@@ -294,16 +295,19 @@ def _functional_features(variables, images, depthwise: str = "grouped", width: f
 
 def _torch_extract(torch_python: str, weights: str, x: np.ndarray, batch: int,
                    n_parity: int, specs: list, layer_repeats: int, width: float = 1.0,
-                   depth: float = 1.0) -> dict:
-  """Runs experiments/torch_effnet_lite.py under the torch venv's python on the same inputs."""
+                   depth: float = 1.0, bf16: bool = True) -> dict:
+  """Runs experiments/torch_effnet_lite.py under the torch venv's python on the same inputs
+  (float32 NCHW and channels-last; with ``bf16`` also bfloat16 autocast, slow without
+  AVX512-BF16/AMX)."""
   script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_effnet_lite.py")
   with tempfile.TemporaryDirectory() as tmp:
     req = {"weights": weights, "width": width, "depth": depth,
            "inputs": os.path.join(tmp, "inputs.npy"),
            "features_out": os.path.join(tmp, "features.npy"),
-           "bf16_features_out": os.path.join(tmp, "features_bf16.npy"),
+           "bf16_features_out": os.path.join(tmp, "features_bf16.npy") if bf16 else "",
            "n_parity": n_parity, "batch": batch, "threads": TORCH_THREADS, "repeats": 1,
-           "variants": ["float32_nchw", "float32_channels_last", "bfloat16_channels_last"],
+           "variants": ["float32_nchw", "float32_channels_last"] + (
+               ["bfloat16_channels_last"] if bf16 else []),
            "layers": specs, "layer_repeats": layer_repeats}
     np.save(req["inputs"], x)
     with open(os.path.join(tmp, "request.json"), "w") as f:
@@ -314,7 +318,8 @@ def _torch_extract(torch_python: str, weights: str, x: np.ndarray, batch: int,
       return {"error": f"exit {proc.returncode}", "stderr_tail": proc.stderr[-2000:]}
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["features"] = np.load(req["features_out"])
-    result["features_bf16"] = np.load(req["bf16_features_out"])
+    if bf16:
+      result["features_bf16"] = np.load(req["bf16_features_out"])
   return result
 
 
@@ -364,7 +369,7 @@ def bench_extract(images_dir: str, n: int, batch: int = 32, size: int = 0,
   else:
     result["load_average_before_torch"] = os.getloadavg()
     t = _torch_extract(torch_python, bb.weights_path(), x, batch, n_parity, specs,
-                       LAYER_REPEATS, **arch)
+                       LAYER_REPEATS, bf16=variants, **arch)
     # The machine is shared: time JAX again right after torch and compare torch with the
     # mean of the two JAX passes (and with CPU seconds, which contention inflates less).
     again, again_cpu = backbone_pass()
@@ -374,7 +379,8 @@ def bench_extract(images_dir: str, n: int, batch: int = 32, size: int = 0,
     result["load_average_after_torch"] = os.getloadavg()
     if "error" not in t:
       t["parity_vs_jax_float32"] = _rel_err(jax_feats, t.pop("features"))
-      t["bf16_parity_vs_jax_float32"] = _rel_err(jax_feats, t.pop("features_bf16"))
+      if "features_bf16" in t:
+        t["bf16_parity_vs_jax_float32"] = _rel_err(jax_feats, t.pop("features_bf16"))
       f32 = {k: v["images_per_sec"] for k, v in t["variants"].items()
              if k.startswith("float32")}
       best = max(f32, key=f32.get)

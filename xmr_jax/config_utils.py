@@ -96,9 +96,10 @@ def data_config() -> ml_collections.ConfigDict:
 
 def photo_folder(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The shared part of every ``data=images`` preset: a folder of photos + a caption file
-  (``data.name=images``, EfficientNet-Lite0 grid regions), a seeded 250/250 dev/test split by
-  image (uitviic's; coco_mini: ``--config.data.split_sizes='(50, 50)'``) and dev evaluation on
-  all 250 dev images. Returns ``c`` for chaining."""
+  (``data.name=images``, grid regions of ``data.images.backbone``, EfficientNet-Lite0 unless
+  set), a seeded 250/250 dev/test split by image (uitviic's; coco_mini:
+  ``--config.data.split_sizes='(50, 50)'``) and dev evaluation on all 250 dev images.
+  Returns ``c`` for chaining."""
   c.data.name = "images"
   c.data.split_sizes = (250, 250)
   c.eval.dev_max_images = 250
