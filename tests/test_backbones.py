@@ -308,6 +308,7 @@ def test_registry_declares_every_backbone():
     assert "Apache" in entry.licence and "UNKNOWN" in entry.licence
     assert (entry.stride, entry.feature_dim) == (32, 1280)
     assert entry.resize in preprocessing.RESIZE and entry.normalise in preprocessing.NORMALISE
+    assert registry.NETWORKS[entry.network] is lite
   assert registry.get("efficientnet_lite0").sha256 == lite.WEIGHTS_SHA256
   with pytest.raises(ConfigError, match=r"backbone 'resnet152' is unknown.*efficientnet_lite2"):
     registry.get("resnet152")

