@@ -26,6 +26,9 @@ frameworks, summed by kind (stem, expand, depthwise, project, head):
   python experiments/benchmark.py --extract_images=../shared/real/uitviic/images \
       --out=/tmp/bench_extract.json [--torch_python=/work/torchvenv/bin/python] \
       [--backbone=efficientnet_lite0,efficientnet_lite1,efficientnet_lite2]
+With ``--startup_n_train=29000`` it times process start -> first train step of
+``configs/vsepp.py:data=f30k`` on a dataset of Flickr30K's size (experiments/bench_startup.py):
+a cold start, one with the token ids cached, and a resume.
 With ``--loop_steps=N`` it also times the trainer's own loop (``loop.train``: data
 iterator, prefetch, NaN guard, logging) for N steps with a host sync after every step (the loop
 before issue 15: metrics read every step, no prefetch) and without (metrics read once, 2
@@ -63,6 +66,9 @@ flags.DEFINE_string("extract_images", "", "A folder of photos: also benchmark ex
 flags.DEFINE_integer("loop_steps", 0, "> 0: also time the trainer's loop for this many "
                      "steps with and without a host sync per step (issue 15).")
 flags.DEFINE_integer("extract_n", 256, "Photos used by the extraction benchmark.")
+flags.DEFINE_integer("startup_n_train", 0, "> 0: also time process start -> first train step "
+                     "on a Flickr30K-size dataset with this many training images "
+                     "(experiments/bench_startup.py: cold, cached token ids, resume).")
 DEFAULT_TORCH_PYTHON = "/work/torchvenv/bin/python"
 flags.DEFINE_string("torch_python", DEFAULT_TORCH_PYTHON,
                     "Python of a separate torch venv: with --extract_images also time the same "
@@ -453,9 +459,14 @@ def main(argv):
     if len(by_backbone) > 1:
       result["extract_by_backbone"] = by_backbone
     result["load_average_end"] = os.getloadavg()
+  if FLAGS.startup_n_train:
+    import bench_startup   # experiments/ is on sys.path: this file's folder
+    result["startup"] = bench_startup.run(FLAGS.startup_n_train)
+    print(json.dumps({k: result["startup"][k] for k in ("cold", "cached_ids", "resume")},
+                     indent=2))
   if config is None:
-    if not FLAGS.extract_images:
-      raise app.UsageError("give --config (and/or --extract_images)")
+    if not (FLAGS.extract_images or FLAGS.startup_n_train):
+      raise app.UsageError("give --config (and/or --extract_images, --startup_n_train)")
     with open(FLAGS.out, "w") as f:
       json.dump(result, f, indent=2, default=str)
     return

@@ -124,9 +124,11 @@ def test_bad_hparams_are_config_errors(tiny_data_dir, key, value, match):
     loop.setup(c)
 
 
-def test_divergence_before_any_checkpoint_says_none_was_saved(tiny_data_dir, tmp_path):
+@pytest.mark.parametrize("every,due", [(5, 5), (500, 6)])   # 6 steps: the last step saves
+def test_divergence_before_any_checkpoint_says_none_was_saved(tiny_data_dir, tmp_path, every,
+                                                              due):
   c = tiny_config("vsepp", tiny_data_dir, embed_dim=16, word_dim=8)
-  c.train.checkpoint_every_steps = 5
+  c.train.checkpoint_every_steps = every
   original = loop.step_lib.make_train_step
 
   def poisoned(*args, **kwargs):
@@ -135,8 +137,8 @@ def test_divergence_before_any_checkpoint_says_none_was_saved(tiny_data_dir, tmp
   loop.step_lib.make_train_step = poisoned
   try:
     with pytest.raises(training.TrainingDivergedError,
-                       match=r"at step 1 .*No checkpoint was saved yet \(the first is due at "
-                             r"step 5\)"):
+                       match=rf"at step 1 .*No checkpoint was saved yet \(the first would "
+                             rf"have been written at step {due}\)"):
       training.train_and_evaluate(c, str(tmp_path / "w"))
   finally:
     loop.step_lib.make_train_step = original

@@ -12,7 +12,7 @@ from PIL import Image
 
 from xmr_jax.common.errors import ConfigError, InputError
 from xmr_jax.data import captions as C
-from xmr_jax.data.precomp import DataError
+from xmr_jax.data.errors import DataError
 
 
 def _write(path, text):
@@ -79,6 +79,21 @@ def test_coco_with_its_folder_lists_an_uncaptioned_photo_once(tmp_path):
 def test_coco_faults_are_errors_when_strict(tmp_path, broken, match):
   doc = {"images": COCO["images"][:2], **broken}
   with pytest.raises(DataError, match=match):
+    C.read_coco(_json(tmp_path / "c.json", doc), strict=True)
+
+
+def test_coco_repeated_annotation_id_is_a_fault_not_a_caption(tmp_path):
+  """A repeated entry (same annotations[].id) would push one of the image's real captions
+  past k: it is dropped and listed, or an error under strict."""
+  notes = [{"id": 100 + j, "image_id": 7, "caption": f"a caption {j}"} for j in range(5)]
+  doc = {"images": [{"id": 7, "file_name": "a.jpg"}],
+         "annotations": [notes[0], dict(notes[0]), *notes[1:]]}
+  s = C.keep_k(C.read_coco(_json(tmp_path / "c.json", doc)), 5)
+  assert s.images[0].captions == [f"a caption {j}" for j in range(5)]
+  assert [d.reason for d in s.dropped] == [C.REPEATED_ID]
+  assert s.dropped[0].item == "annotations[1] (id 100, first at annotations[0])"
+  with pytest.raises(DataError, match=r"annotations\[1\]: id 100 was already given to "
+                                      r"annotations\[0\]"):
     C.read_coco(_json(tmp_path / "c.json", doc), strict=True)
 
 

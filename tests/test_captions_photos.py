@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from xmr_jax.data.captions import check_photo, list_photos, load_photo
-from xmr_jax.data.precomp import DataError
+from xmr_jax.data.errors import DataError
 
 
 def _noise_jpeg(path, size=(48, 32)):

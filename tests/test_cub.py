@@ -21,7 +21,7 @@ from xmr_jax.data import cub  # pylint: disable=g-import-not-at-top
 from xmr_jax.data import cub_export  # pylint: disable=g-import-not-at-top
 from xmr_jax.data import precomp  # pylint: disable=g-import-not-at-top
 from xmr_jax.data import tfds_cub  # pylint: disable=g-import-not-at-top
-from xmr_jax.data.precomp import DataError  # pylint: disable=g-import-not-at-top
+from xmr_jax.data.errors import DataError  # pylint: disable=g-import-not-at-top
 
 CLASSES = {3: "003.Sooty_Albatross", 17: "017.Cardinal", 120: "120.Fox_Sparrow",
            200: "200.Common_Yellowthroat"}

@@ -9,7 +9,7 @@ import pytest
 
 from xmr_jax.config_utils import base_config
 from xmr_jax.data import datasets, synthetic
-from xmr_jax.data.precomp import DataError
+from xmr_jax.data.errors import DataError
 
 
 def data_only(data_dir, **overrides):

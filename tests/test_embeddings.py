@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from xmr_jax.data import embeddings
-from xmr_jax.data.precomp import DataError
+from xmr_jax.data.errors import DataError
 from xmr_jax.data.tokenizers import WordVocab
 
 VOCAB = WordVocab.build(["a red dog", "a blue cat", "a red cat"], 1)
@@ -51,6 +51,16 @@ def test_line_with_other_dimension_names_file_and_line(tmp_path):
   with pytest.raises(DataError, match=r"vectors.txt:3: expected a word and 3 numbers \(as on "
                                       r"line 1.*got 2 numbers"):
     embeddings.load_word_vectors(path, VOCAB)
+
+
+def test_a_word_with_spaces_is_all_fields_before_the_vector(tmp_path):
+  """glove.840B.300d has words with spaces: the last D fields are the vector."""
+  vocab = WordVocab({"<pad>": 0, "<start>": 1, "<end>": 2, "<unk>": 3, "dog": 4,
+                     ". . .": 5, "at name@domain.com": 6})
+  path = _write(tmp_path, ["dog 1 2 3", ". . . 4 5 6", "at name@domain.com 7 8 9"])
+  table = embeddings.load_word_vectors(path, vocab)
+  np.testing.assert_array_equal(table[5], [4, 5, 6])
+  np.testing.assert_array_equal(table[6], [7, 8, 9])
 
 
 def test_word2vec_header_is_skipped_and_sets_nothing(tmp_path):

@@ -132,6 +132,48 @@ def test_images_folder_needs_images_and_one_caption_file(tmp_path):
     images_cache.dataset_dir(d)
 
 
+def test_a_photo_corrupt_after_its_header_is_dropped_and_listed(tmp_path, capsys):
+  """Header and end-of-image marker intact, a run of 0xFF bytes in the compressed data: the
+  reader's cheap check passes and only decoding fails; the photo is dropped and listed like
+  any unreadable one (an error with --strict), and the extraction goes on."""
+  images, caps = _photos(tmp_path)
+  caps.write_text("".join(l + "\n" for l in caps.read_text().splitlines() if "gone" not in l))
+  data = (images / "p3.jpg").read_bytes()
+  scan = data.index(b"\xff\xda") + 200          # inside the entropy-coded data
+  (images / "p3.jpg").write_bytes(data[:scan] + b"\xff" * 50 + data[scan + 50:])
+  assert extract.captions_lib.check_photo(str(images / "p3.jpg")) is None   # the premise
+  args = ["--images", str(images), "--captions", str(caps), "--dev", "2", "--test", "2",
+          "--parse", "no"]
+  assert extract.main(args + ["--out", str(tmp_path / "strict"), "--strict"]) == 2
+  assert "p3.jpg: cannot be read as a photo" in capsys.readouterr().err
+  assert not (tmp_path / "strict").exists()
+  assert extract.main(args + ["--out", str(tmp_path / "out")]) == 0
+  out = tmp_path / "out"
+  meta = json.load(open(out / "meta.json"))
+  assert sum(meta["images_per_split"].values()) == N_PHOTOS - 1
+  assert meta["dropped"]["unreadable image"] == 1
+  assert "unreadable image\tp3.jpg (" in (out / "dropped.txt").read_text()
+  ids = sum(((out / f"{s}_ids.txt").read_text().split() for s in ("train", "dev", "test")), [])
+  assert sorted(ids) == sorted(f"p{i}.jpg" for i in range(N_PHOTOS) if i != 3)
+  for split in ("train", "dev", "test"):        # every file of a split has the same rows
+    n = len((out / f"{split}_ids.txt").read_text().split())
+    assert np.load(out / f"{split}_ims.npy").shape[0] == n
+    assert np.load(out / f"{split}_pixels.npy").shape[0] == n
+    assert len((out / f"{split}_caps.txt").read_text().splitlines()) == 5 * n
+
+
+def test_photo_folder_without_splits_needs_split_sizes(extracted, tmp_path, monkeypatch):
+  root, _, _ = extracted
+  monkeypatch.setenv("XMR_DATA_DIR", str(tmp_path / "cache"))
+  d = _data_config(root)
+  d.split_sizes = (0, 0)
+  with pytest.raises(ConfigError, match=r"captions.txt \(csv\) has no dev/test splits and "
+                                        r"config.data.split_sizes=\(0, 0\).*--config.data."
+                                        r"split_sizes='\(50, 50\)'"):
+    images_cache.dataset_dir(d)
+  assert not (tmp_path / "cache").exists()      # nothing extracted
+
+
 @pytest.mark.parametrize("method,arg", [
     ("vsepp", ""), ("pcme", ""), ("sgraf", ""), ("sgraf", ",variant=saf"), ("mmca", ""),
     ("defrag", ",fragments=bigram")])

@@ -16,7 +16,7 @@ import pytest
 
 from xmr_jax.common.errors import ConfigError, InputError
 from xmr_jax.data import parse, precomp
-from xmr_jax.data.precomp import DataError
+from xmr_jax.data.errors import DataError
 
 REAL_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "real")
 _HAVE_SPACY = importlib.util.find_spec("spacy") is not None

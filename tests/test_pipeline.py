@@ -9,7 +9,7 @@ import pytest
 
 from xmr_jax import types
 from xmr_jax.data import pipeline, precomp
-from xmr_jax.data.precomp import DataError
+from xmr_jax.data.errors import DataError
 from xmr_jax.data.tokenizers import WordVocab
 
 N, K, R, F, B = 12, 5, 4, 8, 4

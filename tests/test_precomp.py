@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from xmr_jax.data import precomp
-from xmr_jax.data.precomp import DataError
+from xmr_jax.data.errors import DataError
 
 N, K, R, F = 12, 5, 4, 8
 
@@ -261,10 +261,10 @@ def test_region_mask_file_declares_variable_region_counts(tmp_path):
   np.testing.assert_array_equal(batch["region_mask"], mask)
   np.save(os.path.join(d, "train_region_mask.npy"), np.array([[1, 1, 1, 1], [0, 0, 0, 0],
                                                                [1, 0, 0, 0]], bool))
-  with pytest.raises(precomp.DataError, match="train_region_mask.npy: image 1 .*no real region"):
+  with pytest.raises(DataError, match="train_region_mask.npy: image 1 .*no real region"):
     precomp.load_split(d, "train")
   np.save(os.path.join(d, "train_region_mask.npy"), mask.astype(np.float32))
-  with pytest.raises(precomp.DataError, match=r"expected \(N, 4\) bool"):
+  with pytest.raises(DataError, match=r"expected \(N, 4\) bool"):
     precomp.load_split(d, "train")
 
 

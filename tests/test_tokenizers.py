@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from xmr_jax.data import tokenizers
-from xmr_jax.data.precomp import DataError
+from xmr_jax.data.errors import DataError
 from xmr_jax.data.tokenizers import (SentencePieceTokenizer, WordVocab,
                                      get_tokenizer, word_tokenize)
 
@@ -289,3 +289,46 @@ def test_sentencepiece_keeps_frequent_words_whole_on_a_small_vocabulary():
   text = "a purple giraffe to the left of a medium orange bicycle"
   ids = tok.encode_many([text])[0]
   assert [tok.decode([i]) for i in ids[1:-1]] == text.split()   # one piece per word
+
+
+def test_word_tokenize_many_in_workers_equals_one_process(monkeypatch):
+  monkeypatch.setattr(tokenizers, "PARALLEL_MIN_CAPTIONS", 4)
+  captions = CAPTIONS * 3 + ['He said "hi" to Mr. Smith.']
+  assert tokenizers.word_tokenize_many(captions, workers=2) == \
+      [word_tokenize(c) for c in captions]
+
+
+def test_token_ids_are_stored_once_and_keyed_by_tokenizer_and_captions(tmp_path, monkeypatch):
+  vocab = WordVocab.build(CAPTIONS, 1)
+  other = WordVocab.build(CAPTIONS[::-1], 1)                          # other ids: another key
+  assert other.word2idx != vocab.word2idx
+  first = tokenizers.encode_ragged_cached(vocab, CAPTIONS, str(tmp_path))
+  want = vocab.encode_ragged(CAPTIONS)
+  np.testing.assert_array_equal(first[0], want[0])
+  np.testing.assert_array_equal(first[1], want[1])
+  assert len(os.listdir(tmp_path / "tokens")) == 1
+
+  def no_nltk(text):
+    raise AssertionError("tokenised again")
+  monkeypatch.setattr(tokenizers, "word_tokenize", no_nltk)
+  again = tokenizers.encode_ragged_cached(vocab, CAPTIONS, str(tmp_path))   # read, not run
+  np.testing.assert_array_equal(again[0], want[0])
+  with pytest.raises(AssertionError, match="tokenised again"):     # other captions: new key
+    tokenizers.encode_ragged_cached(vocab, CAPTIONS[::-1], str(tmp_path))
+  with pytest.raises(AssertionError, match="tokenised again"):
+    tokenizers.encode_ragged_cached(other, CAPTIONS, str(tmp_path))
+
+
+def test_building_the_word_vocabulary_stores_each_groups_ids(tmp_path, monkeypatch):
+  """The splits a word vocabulary is built from are tokenised once, not twice."""
+  from nltk.tokenize import word_tokenize as nltk_tokenize
+  train, dev = CAPTIONS[:4], CAPTIONS[4:]
+  vocab = get_tokenizer("word", cache_dir=str(tmp_path), train_captions=train + dev,
+                        word_threshold=1, groups=[train, dev])
+  want = {tuple(g): np.concatenate(
+      [[vocab.start_id] + vocab.ids(nltk_tokenize(c.lower(), preserve_line=True))
+       + [vocab.end_id] for c in g]) for g in (train, dev)}
+  monkeypatch.setattr(tokenizers, "word_tokenize", lambda text: 1 / 0)   # NLTK never again
+  for group in (train, dev):
+    flat, _ = tokenizers.encode_ragged_cached(vocab, group, str(tmp_path))
+    np.testing.assert_array_equal(flat, want[tuple(group)])

@@ -214,3 +214,23 @@ def test_sigterm_checkpoints_marks_and_resumes_bit_equal(tiny_data_dir, tmp_path
   jax.tree.map(np.testing.assert_array_equal, a["params"], b["params"])
   with open(os.path.join(stopped, "eval", "results.json")) as f:
     assert json.load(f)["rsum"] >= 0
+
+
+def test_compilation_cache_follows_the_data_dir_and_can_be_turned_off(tmp_path, monkeypatch):
+  import jax
+  from xmr_jax.common import io
+  before = (jax.config.jax_compilation_cache_dir, jax.config.jax_compilation_cache_max_size)
+  try:
+    monkeypatch.setenv("XMR_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    assert io.enable_compilation_cache() == str(tmp_path / "jax_cache")
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "jax_cache")
+    assert jax.config.jax_compilation_cache_max_size == io.COMPILATION_CACHE_BYTES
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "mine"))
+    assert io.enable_compilation_cache() == str(tmp_path / "mine")
+    monkeypatch.setenv("XMR_COMPILATION_CACHE", "0")
+    jax.config.update("jax_compilation_cache_dir", None)
+    assert io.enable_compilation_cache() == "" and jax.config.jax_compilation_cache_dir is None
+  finally:
+    jax.config.update("jax_compilation_cache_dir", before[0])
+    jax.config.update("jax_compilation_cache_max_size", before[1])

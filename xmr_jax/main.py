@@ -12,7 +12,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from xmr_jax import training
-from xmr_jax.common import mesh
+from xmr_jax.common import io, mesh
 from xmr_jax.common.errors import InputError
 from xmr_jax.training import config_check, sweep, workdirs
 
@@ -24,6 +24,10 @@ flags.DEFINE_enum("mode", "train", ["train", "eval", "sweep"], "What to do.")
 flags.DEFINE_list("ensemble", [], "With --mode=eval: trained workdirs whose score matrices are "
                   "averaged (e.g. the SGR and SAF workdirs for SGRAF); --config is then not needed "
                   "and the results go to --workdir.")
+flags.DEFINE_bool("rebuild_tokenizer", False, "For a workdir trained by an older xmr_jax "
+                  "that does not hold its tokenizer: build it from the training data as "
+                  "configured and store it in the workdir (right only if that data is exactly "
+                  "what the workdir was trained on).")
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -74,10 +78,17 @@ def run(argv) -> None:
   # Orbax logs every save at INFO; our progress bar and tables say what matters.
   logging.set_verbosity(logging.WARNING)
   mesh.maybe_initialize_distributed()   # before anything touches a device
+  io.enable_compilation_cache()
   if FLAGS.ensemble:
     if FLAGS.mode != "eval":
       raise InputError("--ensemble goes with --mode=eval")
-    training.evaluate_ensemble(FLAGS.ensemble, FLAGS.workdir)
+    overrides = ({} if FLAGS.config is None else
+                 dict(config_flags.get_override_values(FLAGS["config"])))
+    if FLAGS.config is not None:
+      print(f"xmr_jax: --ensemble evaluates each member with its own config.json; from "
+            f"--config it applies only {overrides or 'no'} eval.* overrides", file=sys.stderr,
+            flush=True)
+    training.evaluate_ensemble(FLAGS.ensemble, FLAGS.workdir, overrides=overrides)
     return
   config = FLAGS.config
   if config is None and FLAGS.mode == "eval":
@@ -89,11 +100,11 @@ def run(argv) -> None:
     # A --config.x=... the chosen path never reads is an error, not a silent no-op.
     config_check.check_overrides(config, config_flags.get_override_values(FLAGS["config"]))
   if FLAGS.mode == "train":
-    training.train_and_evaluate(config, FLAGS.workdir)
+    training.train_and_evaluate(config, FLAGS.workdir, rebuild_tokenizer=FLAGS.rebuild_tokenizer)
   elif FLAGS.mode == "sweep":
     sweep.run_sweep(config, FLAGS.workdir)
   else:
-    training.evaluate_workdir(config, FLAGS.workdir)
+    training.evaluate_workdir(config, FLAGS.workdir, rebuild_tokenizer=FLAGS.rebuild_tokenizer)
 
 
 def main(argv):

@@ -17,7 +17,7 @@ This module reads and validates the manual directory and needs no TFDS. The depe
 one-way: the TFDS builder :mod:`xmr_jax.data.tfds_cub` imports this module, and
 :mod:`xmr_jax.data.cub_export` builds with it and exports the result to the SCAN precomp
 layout read by :mod:`xmr_jax.data.precomp`. Every problem raises one
-:class:`~xmr_jax.data.precomp.DataError` naming the file and the line.
+:class:`~xmr_jax.data.errors.DataError` naming the file and the line.
 
 CLI (build, then export)::
 
@@ -31,7 +31,8 @@ from typing import Dict, List, Sequence, Set, Tuple
 import numpy as np
 
 from xmr_jax.common.errors import ConfigError
-from xmr_jax.data.precomp import DataError, open_npy, read_captions, read_lines
+from xmr_jax.data.errors import DataError
+from xmr_jax.data.precomp import open_npy, read_captions, read_lines
 
 CAPTIONS_PER_IMAGE = 10
 NUM_CLASSES = 200

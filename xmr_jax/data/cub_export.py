@@ -20,7 +20,8 @@ import tensorflow_datasets as tfds
 
 from xmr_jax.data import tfds_cub
 from xmr_jax.data.cub import CAPTIONS_PER_IMAGE, NUM_CLASSES, SPLIT_SETS, SPLITS
-from xmr_jax.data.precomp import DataError, normalize_caption
+from xmr_jax.data.errors import DataError
+from xmr_jax.data.precomp import normalize_caption
 
 
 def pixel_grid_features(pixels: np.ndarray, grid: int = 4) -> np.ndarray:

@@ -31,6 +31,7 @@ import numpy as np
 
 from xmr_jax.common.errors import ConfigError
 from xmr_jax.common.io import cache_root
+from xmr_jax.data.errors import DataError
 
 from xmr_jax.data import embeddings, pipeline, precomp, synthetic, tokenizers
 
@@ -141,7 +142,7 @@ def _require(split: precomp.PrecompSplit, needs: frozenset) -> None:
   for need in sorted(needs):
     if getattr(split, need) is None:
       suffix, why = _MISSING[need]
-      raise precomp.DataError(f"{split.data_dir}/{split.split}_{suffix} is missing; {why}")
+      raise DataError(f"{split.data_dir}/{split.split}_{suffix} is missing; {why}")
 
 
 class Dataset:
@@ -175,8 +176,12 @@ class Dataset:
       ``data.word_embeddings`` (D the file's dimension) or None.
   """
 
-  def __init__(self, data_config, data_dir: str, *, needs=frozenset(), seed: int = 0):
+  def __init__(self, data_config, data_dir: str, *, needs=frozenset(), seed: int = 0,
+               tokenizer=None, deps_vocab=None):
     """Opens every split, builds the tokenizer, checks ``needs`` and fits the buckets.
+
+    ``tokenizer`` / ``deps_vocab``: use these (a trained workdir's own) instead of building
+    them from the training split.
 
     Raises:
       ValueError: unknown ``needs`` or ``data.tokenizer``, bad ``data.max_caption_len`` or
@@ -193,12 +198,22 @@ class Dataset:
     self.split_names = list(self._splits)
     train = self._splits[d.train_split]
     self.k = train.k
-    self.tokenizer = self._make_tokenizer(train)
+    self.tokenizer = tokenizer if tokenizer is not None else self._make_tokenizer(train)
     _require(train, self.needs)
-    self.deps_vocab = pipeline.DepsVocab.build(train.deps) if "deps" in self.needs else None
+    self.deps_vocab = None
+    if "deps" in self.needs:
+      self.deps_vocab = deps_vocab or pipeline.DepsVocab.build(train.deps)
     self.with_pixels = "pixels" in self.needs
     self.with_boxes = train.boxes is not None   # needed boxes were checked by _require
-    self._lengths = {name: self._token_lengths(s) for name, s in self._splits.items()}
+    # Every split is tokenised once (and cached on disk by tokenizer and captions); batches
+    # only gather and pad these ids.
+    cache = _writable_cache_dir(data_dir)
+    self._tokens = {name: tokenizers.encode_ragged_cached(self.tokenizer, s.captions, cache)
+                    for name, s in self._splits.items()}
+    self._lengths = {name: np.diff(t[1]) for name, t in self._tokens.items()}
+    if tokenizer is None and not d.vocab_path:   # a vocabulary built from these captions
+      check_known_words(self.tokenizer, self._tokens[d.train_split], f"{data_dir}/"
+                        f"{d.train_split}_caps.txt")
     self._fit_buckets()
     info = pipeline.data_info(train, self.tokenizer, self.deps_vocab)
     vectors = None
@@ -214,16 +229,13 @@ class Dataset:
     if kind != d.tokenizer:
       _say(f"data.vocab_path={d.vocab_path} is a {VOCAB_SUFFIXES[_suffix(d.vocab_path)][1]}: "
            f"using data.tokenizer={kind} (data.tokenizer={d.tokenizer} is overridden)")
-    captions = list(train.captions)
+    groups = [train.captions]
     if kind == "word" and not d.vocab_path:   # SCAN builds its vocab from train + dev
-      captions += self.split(d.dev_split).captions
+      groups.append(self.split(d.dev_split).captions)
     return tokenizers.get_tokenizer(
-        kind, cache_dir=_writable_cache_dir(self.data_dir), train_captions=captions,
-        vocab_size=d.vocab_size, vocab_path=d.vocab_path, seed=0)
-
-  def _token_lengths(self, split: precomp.PrecompSplit) -> np.ndarray:
-    """(num_captions,) int64 tokenised length of every caption (start/end included)."""
-    return np.diff(self.tokenizer.encode_ragged(split.captions)[1])
+        kind, cache_dir=_writable_cache_dir(self.data_dir),
+        train_captions=[c for g in groups for c in g], vocab_size=d.vocab_size,
+        vocab_path=d.vocab_path, seed=0, groups=groups)
 
   def _fit_buckets(self) -> None:
     """Sets ``len_buckets``, ``deps_buckets`` and ``cut_captions`` from every split."""
@@ -255,9 +267,13 @@ class Dataset:
     features = hashlib.sha256(f"{s.images.shape}{s.images.dtype}".encode())
     for row in sorted({0, s.num_images // 2, s.num_images - 1}):
       features.update(np.ascontiguousarray(s.images[row]).tobytes())
+    extras = [key for key in ("labels", "boxes", "pixels", "deps", "region_mask")
+              if getattr(s, key) is not None]
     return {"location": os.path.abspath(self.data_dir), "split": name,
             "images": int(s.num_images), "captions_per_image": int(s.k),
-            "captions": captions, "features": features.hexdigest()[:16]}
+            "captions": captions, "features": features.hexdigest()[:16],
+            "feature_shape": [int(n) for n in s.images.shape[1:]],
+            "feature_dtype": str(s.images.dtype), "extras": extras}
 
   def split(self, name: str) -> precomp.PrecompSplit:
     """The split ``name`` (memory-mapped, opened with the dataset).
@@ -267,7 +283,7 @@ class Dataset:
     """
     if name not in self._splits:
       precomp.load_split(self.data_dir, name)   # raises the missing-file error, listing files
-      raise precomp.DataError(
+      raise DataError(
           f"{self.data_dir}/{name}_ims.npy appeared after the dataset was opened (splits "
           f"opened: {self.split_names}); open the dataset again so it is checked and fitted")
     return self._splits[name]
@@ -279,6 +295,7 @@ class Dataset:
 
   def _batch_kwargs(self) -> Dict[str, Any]:
     return dict(len_buckets=self.len_buckets, with_boxes=self.with_boxes,
+                tokens=self._tokens[self.data_config.train_split],
                 with_pixels=self.with_pixels, deps_vocab=self.deps_vocab,
                 max_caption_len=self.max_caption_len,
                 **({"deps_buckets": self.deps_buckets} if self.deps_buckets else {}))
@@ -318,8 +335,10 @@ class Dataset:
                                                                self.deps_buckets),)}
     images = functools.partial(pipeline.eval_image_batches, s, batch_size,
                                with_boxes=self.with_boxes, with_pixels=self.with_pixels)
+    flat, offsets = self._tokens[split]
     texts = functools.partial(
         pipeline.eval_text_batches, s, self.tokenizer, batch_size,
+        tokens=(flat, offsets[:s.num_captions + 1]),
         len_buckets=(tokenizers.choose_bucket(longest, self.len_buckets),),
         deps_vocab=self.deps_vocab, max_caption_len=self.max_caption_len, **deps_bucket)
     return EvalData(k=s.k, captions=s.captions, image_batches=images, text_batches=texts,
@@ -388,29 +407,81 @@ def _writable_cache_dir(data_dir: str) -> str:
   return path
 
 
-def resolve_data_dir(data_config) -> str:
-  """The dataset directory for ``data_config``: the synthetic benchmark (generated once), a
-  precomp directory, or a folder of photos + captions (extracted once, ``images_cache``)."""
-  d = data_config
-  check_name(d.name)
-  if d.name == "images":
-    from xmr_jax.data import images_cache   # the backbone only for photo folders
-    return images_cache.dataset_dir(d)
-  if d.name == "synthetic":
-    p = d.synthetic
-    return synthetic.get_or_create(seed=p.seed, n_train=p.n_train, n_dev=p.n_dev,
-                                   n_test=p.n_test, pixels=p.pixels,
-                                   cache_dir=d.dir or os.path.join(cache_root(), "synthetic"))
+def _synthetic_dir(d) -> str:
+  p = d.synthetic
+  return synthetic.get_or_create(seed=p.seed, n_train=p.n_train, n_dev=p.n_dev,
+                                 n_test=p.n_test, pixels=p.pixels,
+                                 cache_dir=d.dir or os.path.join(cache_root(), "synthetic"))
+
+
+def _precomp_dir(d) -> str:
   if not d.dir:
     raise ConfigError("config.data.name='precomp' needs --config.data.dir=/path/to/dataset "
-                     "(a directory with {split}_ims.npy and {split}_caps.txt)")
+                      "(a directory with {split}_ims.npy and {split}_caps.txt)")
   if not os.path.isdir(d.dir):
     raise ConfigError(f"config.data.dir={d.dir!r} is not a directory; point it at a dataset in "
                       f"the SCAN precomp layout ({{split}}_ims.npy, {{split}}_caps.txt)")
   return d.dir
 
 
-def open_dataset(data_config, *, needs=frozenset(), seed: int = 0) -> Dataset:
+def _images_dir(d) -> str:
+  from xmr_jax.data import images_cache   # the backbone only for photo folders
+  return images_cache.dataset_dir(d)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSource:
+  """A value of ``data.name``: how it becomes a SCAN-layout folder and what it reads.
+
+  Attributes:
+    name: the ``data.name`` value.
+    resolve: ``data_config -> folder`` in the SCAN precomp layout (generated or extracted
+      into the cache on first use).
+    keys: ``data.*`` keys only this source reads (set with another source: an error).
+    what: how messages name it.
+  """
+  name: str
+  resolve: Callable[[Any], str]
+  keys: tuple
+  what: str
+
+
+# Adding a data source: a resolver into the precomp layout and one entry here.
+DATA_SOURCES = (
+    DataSource("synthetic", _synthetic_dir, ("synthetic",), "the synthetic benchmark"),
+    DataSource("precomp", _precomp_dir, (), "a SCAN-layout folder (data.name=precomp)"),
+    DataSource("images", _images_dir, ("images", "split_sizes", "split_seed", "strict"),
+               "a photo folder (data.name=images)"),
+)
+DATA_NAMES = tuple(s.name for s in DATA_SOURCES)
+
+
+def unread_keys(data_config) -> Dict[str, str]:
+  """``data.*`` keys (or sections) the chosen source and tokenizer never read, with the
+  reason: a user who sets one gets an error naming it, not a silent no-op."""
+  d = data_config
+  chosen = next(s for s in DATA_SOURCES if s.name == check_name(d.name))
+  out = {}
+  for source in DATA_SOURCES:
+    for key in source.keys:
+      if key not in chosen.keys:
+        out[f"data.{key}"] = f"data.name={d.name!r}; only {source.what} reads it"
+  if tokenizer_kind(d) != "sentencepiece" or d.vocab_path:
+    out["data.vocab_size"] = ("only a sentencepiece model trained here reads it (not the word "
+                              "vocabulary, not a data.vocab_path)")
+  return out
+
+
+def resolve_data_dir(data_config) -> str:
+  """The dataset directory for ``data_config``: the synthetic benchmark (generated once), a
+  precomp directory, or a folder of photos + captions (extracted once, ``images_cache``);
+  see :data:`DATA_SOURCES`."""
+  name = check_name(data_config.name)
+  return next(s for s in DATA_SOURCES if s.name == name).resolve(data_config)
+
+
+def open_dataset(data_config, *, needs=frozenset(), seed: int = 0, tokenizer=None,
+                 deps_vocab=None) -> Dataset:
   """Opens the dataset that ``data_config`` (``config.data``) describes.
 
   Args:
@@ -420,6 +491,8 @@ def open_dataset(data_config, *, needs=frozenset(), seed: int = 0) -> Dataset:
       "deps", "boxes"); a needed input the data lacks is a DataError here, not a KeyError in
       the model.
     seed: seeds the rows of words missing from ``data.word_embeddings``.
+    tokenizer, deps_vocab: a trained workdir's own vocabularies, used instead of building
+      them from the training captions (None: build them).
 
   Returns:
     A :class:`Dataset`.
@@ -433,4 +506,29 @@ def open_dataset(data_config, *, needs=frozenset(), seed: int = 0) -> Dataset:
   needs = check_needs(needs)
   check_name(data_config.name)
   tokenizer_kind(data_config)
-  return Dataset(data_config, resolve_data_dir(data_config), needs=needs, seed=seed)
+  return Dataset(data_config, resolve_data_dir(data_config), needs=needs, seed=seed,
+                 tokenizer=tokenizer, deps_vocab=deps_vocab)
+
+
+# A word vocabulary that maps more than this share of the training words to <unk> cannot
+# tell captions apart (e.g. Chinese or Thai captions, which have no spaces between words).
+MAX_UNKNOWN_SHARE = 0.5
+
+
+def check_known_words(tokenizer, train_tokens, where: str) -> None:
+  """DataError when a word vocabulary maps most training words to ``<unk>``.
+
+  ``train_tokens``: the training split's (flat ids, offsets); ``<start>``/``<end>`` are not
+  counted. Sentencepiece always splits text into known pieces and is never refused.
+  """
+  if not isinstance(tokenizer, tokenizers.WordVocab):
+    return
+  flat = np.asarray(train_tokens[0])
+  words = flat[(flat != tokenizer.start_id) & (flat != tokenizer.end_id)]
+  share = float(np.mean(words == tokenizer.unk_id)) if words.size else 1.0
+  if share > MAX_UNKNOWN_SHARE:
+    raise DataError(
+        f"{where}: the word vocabulary built from these captions ({len(tokenizer)} entries) maps {share:.0%} of the "
+        f"training words to <unk>, so captions cannot be told apart (captions in a language "
+        f"without spaces between words?); use --config.data.tokenizer=sentencepiece, which "
+        f"learns pieces of the text itself")

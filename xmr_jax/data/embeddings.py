@@ -10,7 +10,7 @@ from typing import Iterator, List, Tuple
 
 import numpy as np
 
-from xmr_jax.data.precomp import DataError
+from xmr_jax.data.errors import DataError
 from xmr_jax.common.errors import ConfigError
 from xmr_jax.data.tokenizers import WordVocab
 
@@ -20,8 +20,8 @@ def _is_word2vec_header(lineno: int, parts: List[str]) -> bool:
   return lineno == 1 and len(parts) == 2 and all(p.isdigit() for p in parts)
 
 
-def _vector_lines(path: str) -> Iterator[Tuple[int, str, List[str]]]:
-  """(line number, word, value strings) of each vector line; a word2vec header is skipped."""
+def _vector_lines(path: str) -> Iterator[Tuple[int, List[str]]]:
+  """(line number, fields) of each vector line; a word2vec header is skipped."""
   try:
     f = open(path, "rb")
   except FileNotFoundError as e:
@@ -34,7 +34,7 @@ def _vector_lines(path: str) -> Iterator[Tuple[int, str, List[str]]]:
       except UnicodeDecodeError as e:
         raise DataError(f"{path}:{lineno}: not UTF-8 ({e}); GloVe files are UTF-8 text") from e
       if not _is_word2vec_header(lineno, parts):
-        yield lineno, parts[0], parts[1:]
+        yield lineno, parts
 
 
 def _parse_vector(values: List[str], path: str, lineno: int) -> np.ndarray:
@@ -60,7 +60,9 @@ def load_word_vectors(path: str, tokenizer, *, seed: int = 0) -> np.ndarray:
 
   Args:
     path: text file, one ``word v1 ... vD`` line per word (UTF-8, space-separated); an optional
-      word2vec ``<count> <dim>`` first line is skipped.
+      word2vec ``<count> <dim>`` first line is skipped. The first vector line sets D; on
+      every line the last D fields are the vector and the fields before them the word, which
+      may contain spaces.
     tokenizer: a :class:`~xmr_jax.data.tokenizers.WordVocab` (word ids index the rows).
     seed: seeds the uniform(-0.1, 0.1) rows of words the file lacks.
 
@@ -76,15 +78,19 @@ def load_word_vectors(path: str, tokenizer, *, seed: int = 0) -> np.ndarray:
     raise ConfigError("config.data.word_embeddings needs word tokens: set "
                      "--config.data.tokenizer=word (sentencepiece pieces are not words)")
   table, dim, first, found = None, 0, 0, 0
-  for lineno, word, values in _vector_lines(path):
+  for lineno, parts in _vector_lines(path):
     if table is None:
-      if not values:
-        raise DataError(f"{path}:{lineno}: expected a word and its numbers, got {word!r} alone")
-      dim, first = len(values), lineno
+      if len(parts) < 2:
+        raise DataError(f"{path}:{lineno}: expected a word and its numbers, got {parts[0]!r} "
+                        f"alone")
+      dim, first = len(parts) - 1, lineno
       table = _initial_table(tokenizer.vocab_size, dim, seed)
-    elif len(values) != dim:
+    elif len(parts) < dim + 1:
       raise DataError(f"{path}:{lineno}: expected a word and {dim} numbers (as on line {first}, "
-                      f"which sets the dimension), got {len(values)} numbers")
+                      f"which sets the dimension), got {len(parts) - 1} numbers")
+    # The vector is the last D fields and the word all before them: glove.840B.300d has
+    # words with spaces in them ("at name@domain.com", ". . .").
+    word, values = " ".join(parts[:-dim]), parts[-dim:]
     idx = tokenizer.word2idx.get(word)
     if idx is not None and idx != 0:
       table[idx] = _parse_vector(values, path, lineno)

@@ -52,6 +52,7 @@ from xmr_jax.backbones import registry
 from xmr_jax.common.errors import ConfigError, InputError
 from xmr_jax.common.io import atomic_write_bytes, atomic_write_json, make_public_dir
 from xmr_jax.data import captions as captions_lib
+from xmr_jax.data.captions.form import fault
 from xmr_jax.kernels import roi_align
 
 REGIONS = ("grid", "boxes", "grid+boxes")
@@ -161,9 +162,40 @@ def _photo_inputs(settings: Settings, images_dir: str, item: captions_lib.Captio
   return backbone.preprocess(photo, settings.size), thumb, map_boxes, norm, n
 
 
+def _decoded(settings: Settings, images_dir: str, items, rows, dropped: list) -> list:
+  """(row, _photo_inputs) of the rows whose photo decodes. A photo whose header reads but
+  whose data is corrupt is found only here: it is dropped and listed as UNREADABLE (a
+  DataError under ``settings.strict``)."""
+  out = []
+  for i in rows:
+    try:
+      out.append((i, _photo_inputs(settings, images_dir, items[i])))
+    except captions_lib.DataError as e:
+      fault(settings.strict, dropped, captions_lib.UNREADABLE,
+                              f"{items[i].file} ({e})", str(e))
+  return out
+
+
+def _shrink_rows(path: str, keep: int) -> None:
+  """Rewrites the .npy at ``path`` with only its first ``keep`` rows (chunked copy)."""
+  old = np.load(path, mmap_mode="r")
+  tmp = path + ".part"
+  new = np.lib.format.open_memmap(tmp, "w+", old.dtype, (keep,) + old.shape[1:])
+  for start in range(0, keep, 4096):
+    stop = min(start + 4096, keep)
+    new[start:stop] = old[start:stop]
+  new.flush()
+  del new, old
+  os.replace(tmp, path)
+
+
 def _write_features(settings: Settings, images_dir: str, items, tmp: str, split: str,
-                    fn, bar) -> None:
-  """{split}_ims/pixels/boxes[/region_mask].npy, filled batch by batch (memory-mapped)."""
+                    fn, bar, dropped: list) -> List[int]:
+  """{split}_ims/pixels/boxes[/region_mask].npy, filled batch by batch (memory-mapped).
+
+  Returns the indices into ``items`` of the photos written (in order); the others could not
+  be decoded and were appended to ``dropped``.
+  """
   n, b, backbone = len(items), settings.batch_size, registry.get(settings.backbone)
   cells, whole_and_boxes = backbone.cells(settings.size) ** 2, settings.max_boxes + 1
   r = {"grid": cells, "boxes": whole_and_boxes, "grid+boxes": cells + whole_and_boxes}[
@@ -173,23 +205,32 @@ def _write_features(settings: Settings, images_dir: str, items, tmp: str, split:
                                   (n, r, backbone.feature_dim))
   pixels = np.zeros((n, settings.thumbnail, settings.thumbnail, 3), np.uint8)
   boxes, masks = np.zeros((n, r, 4), np.float32), np.zeros((n, r), bool)
+  kept: List[int] = []
   for start in range(0, n, b):
-    rows = list(range(start, min(start + b, n)))
-    parts = [_photo_inputs(settings, images_dir, items[i]) for i in rows]
+    decoded = _decoded(settings, images_dir, items, range(start, min(start + b, n)), dropped)
+    bar.update(min(start + b, n) - start)
+    if not decoded:
+      continue
+    parts = [p for _, p in decoded]
     pad = [parts[-1]] * (b - len(parts))       # fixed batch: one compiled shape
     batch = np.stack([p[0] for p in parts + pad])
     out = np.asarray(fn(batch, np.stack([p[2] for p in parts + pad])))
-    ims[rows] = out[:len(rows)]
+    rows = list(range(len(kept), len(kept) + len(parts)))   # written densely, in order
+    ims[rows] = out[:len(parts)]
     for i, p in zip(rows, parts):
       pixels[i] = p[1]
       boxes[i], masks[i] = _region_layout(settings, p[4], p[3])
-    bar.update(len(rows))
+    kept += [i for i, _ in decoded]
   ims.flush()
   del ims
-  np.save(path("pixels.npy"), pixels)
-  np.save(path("boxes.npy"), boxes)
+  if len(kept) < n:
+    _shrink_rows(path("ims.npy"), len(kept))
+  m = len(kept)
+  np.save(path("pixels.npy"), pixels[:m])
+  np.save(path("boxes.npy"), boxes[:m])
   if settings.regions != "grid":
-    np.save(path("region_mask.npy"), masks)
+    np.save(path("region_mask.npy"), masks[:m])
+  return kept
 
 
 def _write_text(items: Sequence[captions_lib.CaptionedImage], tmp: str, split: str,
@@ -263,33 +304,40 @@ def extract(images_dir: str, captions_path: str, out_dir: str, settings: Setting
   tmp = tempfile.mkdtemp(dir=parent, prefix=".extract-")
   make_public_dir(tmp)
   try:
-    meta = _write_all(cs, images_dir, tmp, settings, fn, triples, progress)
-    captions_lib.write_dropped(os.path.join(tmp, "dropped.txt"), cs.dropped)
+    dropped = list(cs.dropped)
+    meta = _write_all(cs, images_dir, tmp, settings, fn, triples, progress, dropped)
+    captions_lib.write_dropped(os.path.join(tmp, "dropped.txt"), dropped)
     atomic_write_json(os.path.join(tmp, "meta.json"), meta)
     os.replace(tmp, out_dir)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
+  if len(dropped) > len(cs.dropped):
+    print(f"xmr_jax extract: {len(dropped) - len(cs.dropped)} photo(s) passed the reader's "
+          f"check but could not be decoded; dropped from their split", file=sys.stderr)
   print(f"xmr_jax extract: wrote {out_dir} ({meta['images_per_split']}); every dropped item "
         f"is listed in {os.path.join(out_dir, 'dropped.txt')}", file=sys.stderr)
   return meta
 
 
-def _write_all(cs, images_dir, tmp, settings, fn, triples, progress) -> Dict[str, Any]:
+def _write_all(cs, images_dir, tmp, settings, fn, triples, progress,
+               dropped: list) -> Dict[str, Any]:
   labels = captions_lib.multi_hot(cs) if cs.class_names is not None else None
   counts = {}
   with tqdm(total=len(cs.images), desc="extract", unit="img", disable=not progress) as bar:
     for split in sorted({it.split for it in cs.images}):
       rows = [i for i, it in enumerate(cs.images) if it.split == split]
       items = [cs.images[i] for i in rows]
-      _write_features(settings, images_dir, items, tmp, split, fn, bar)
-      _write_text(items, tmp, split, None if labels is None else labels[rows], triples)
-      counts[split] = len(items)
+      kept = _write_features(settings, images_dir, items, tmp, split, fn, bar, dropped)
+      rows = [rows[i] for i in kept]
+      _write_text([items[i] for i in kept], tmp, split,
+                  None if labels is None else labels[rows], triples)
+      counts[split] = len(rows)
   return {"version": VERSION, "settings": dataclasses.asdict(settings),
           "images_per_split": counts, "captions_file": os.path.abspath(cs.path),
           "format": cs.format, "class_names": cs.class_names,
           "backbone": registry.get(settings.backbone).describe(settings.size),
-          "dropped": captions_lib.count_dropped(cs.dropped)}
+          "dropped": captions_lib.count_dropped(dropped)}
 
 
 def main(argv: Optional[List[str]] = None) -> int:

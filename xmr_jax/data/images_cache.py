@@ -22,8 +22,9 @@ from xmr_jax.common.errors import ConfigError
 from xmr_jax.common.io import cache_root
 from xmr_jax.data import captions as captions_lib
 
-CAPTION_PATTERNS = ("captions.json", "captions.txt", "dataset_*.json", "*.token", "*.csv",
-                    "*.tsv")
+# The caption file of a photo folder is found by the caption formats' own names (one table,
+# ``captions.CAPTION_FORMATS``).
+CAPTION_PATTERNS = captions_lib.CAPTION_PATTERNS
 
 
 def find_captions(root: str, named: str = "") -> str:
@@ -83,6 +84,21 @@ def fingerprint(images_dir: str, captions_path: str, instances: Optional[str],
   return h.hexdigest()[:16]
 
 
+def _check_split_sizes(data_config, captions_path: str) -> None:
+  """ConfigError, before anything is extracted, when the caption file has no splits (only
+  Karpathy's json has them) and ``data.split_sizes`` asks for no dev or no test image."""
+  n_dev, n_test = data_config.split_sizes
+  if n_dev > 0 and n_test > 0:
+    return
+  fmt = data_config.images.format
+  fmt = captions_lib.detect_format(captions_path) if fmt == "auto" else fmt
+  if not captions_lib.caption_format(fmt).has_splits:
+    raise ConfigError(f"{captions_path} ({fmt}) has no dev/test splits and "
+                      f"config.data.split_sizes={tuple(data_config.split_sizes)} draws "
+                      f"{n_dev} dev and {n_test} test images; training needs both: set e.g. "
+                      f"--config.data.split_sizes='(50, 50)'")
+
+
 def dataset_dir(data_config) -> str:
   """The precomp directory for ``data_config`` (``data.name='images'``), extracted if needed.
 
@@ -96,6 +112,7 @@ def dataset_dir(data_config) -> str:
     raise ConfigError(f"config.data.name='images' needs --config.data.dir=FOLDER holding "
                       f"images/ and a caption file; {root!r} has no images/ folder")
   captions_path = find_captions(root, data_config.images.captions)
+  _check_split_sizes(data_config, captions_path)
   instances = data_config.images.instances or os.path.join(root, "instances.json")
   instances = instances if os.path.isfile(instances) else None
   if data_config.images.instances and instances is None:

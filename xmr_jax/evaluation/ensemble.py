@@ -56,6 +56,7 @@ def evaluate_ensemble(members: Sequence[Member], out_workdir: str,
       method="ensemble(" + ",".join(m.label for m in members) + ")")
   res["seconds"] = seconds
   res["members"] = [m.workdir for m in members]
+  res["data"] = members[0].ctx.dataset.fingerprint(split)
   atomic_write_json(os.path.join(out_workdir, "eval", "results.json"), res)
   print(retrieval.format_table(res), flush=True)
   return res

@@ -89,6 +89,9 @@ def check(method) -> Optional[str]:
 def run(ctx: EvalContext) -> Dict[str, Any]:
   """The evaluator: evaluate, then write results and scores when there is a workdir."""
   res = evaluate(ctx, progress=ctx.workdir is not None)
+  # Which data these numbers are of (a workdir may be evaluated on other data than it was
+  # trained on): location, sizes, caption and feature hashes.
+  res["data"] = ctx.dataset.fingerprint(ctx.split)
   if ctx.workdir is not None:
     write(ctx)
   return res

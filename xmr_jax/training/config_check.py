@@ -81,16 +81,8 @@ def check_config(config) -> None:
 
 def unread_keys(config) -> Dict[str, str]:
   """Config keys (or sections) the chosen paths of ``config`` do not read, with the reason."""
-  out = {}
-  d, t = config.data, config.train
-  if d.name != "synthetic":
-    out["data.synthetic"] = f"data.name={d.name!r}; only the synthetic benchmark reads it"
-  if d.name != "images":
-    for key in ("images", "split_sizes", "split_seed", "strict"):
-      out[f"data.{key}"] = f"data.name={d.name!r}; only a photo folder (data.name=images) reads it"
-  if datasets.tokenizer_kind(d) != "sentencepiece" or d.vocab_path:
-    out["data.vocab_size"] = ("only a sentencepiece model trained here reads it (not the word "
-                              "vocabulary, not a data.vocab_path)")
+  t = config.train
+  out = dict(datasets.unread_keys(config.data))    # the data room knows what its sources read
   if t.optimizer != "sgd":
     out["train.momentum"] = f"train.optimizer={t.optimizer!r}; only 'sgd' reads it"
   if t.num_steps > 0:

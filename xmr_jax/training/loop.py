@@ -30,7 +30,8 @@ from xmr_jax.common.io import atomic_write_json
 from xmr_jax.data import datasets
 from xmr_jax.evaluation import retrieval
 from xmr_jax.models.registry import get_method, method_inputs
-from xmr_jax.training import checkpoints, config_check, state as state_lib, step as step_lib
+from xmr_jax.training import checkpoints, config_check, identity, state as state_lib, \
+    step as step_lib
 from xmr_jax.training.logging import MetricsWriter
 
 
@@ -56,17 +57,20 @@ def schedule(config, num_train_images: int, captions_per_image: int) -> Dict[str
           "decay_steps": int(per_epoch * config.train.lr_decay_epochs)}
 
 
-def setup(config):
+def setup(config, vocabularies=None):
   """(dataset, method, optimiser, hparams, initial state) for ``config``.
 
   The config's values and paths are checked first (``config_check``), the data is opened with
   only what the method reads (``Method.inputs``), and the config's evaluators are checked
-  against the method before anything trains.
+  against the method before anything trains. ``vocabularies``: (tokenizer, deps_vocab) of a
+  trained workdir (``identity.vocabularies_for``), used instead of building them from data.
   """
   config_check.check_config(config)
+  tokenizer, deps_vocab = vocabularies or (None, None)
   # Several processes: process 0 builds a missing dataset cache, the others then read it.
   ds = mesh_lib.primary_first(lambda: datasets.open_dataset(
-      config.data, needs=method_inputs(config), seed=config.seed), "dataset")
+      config.data, needs=method_inputs(config), seed=config.seed, tokenizer=tokenizer,
+      deps_vocab=deps_vocab), "dataset")
   method = get_method(config, ds.info)
   evaluation.check_evals(config.evals, method)
   tx = state_lib.make_optimizer(config.train, method.unclipped_params)
@@ -108,15 +112,25 @@ class Run:
     return state if self.names is None else jax.tree.map(lambda x: x[k], state)
 
 
-def start(config, workdir: str, variants: Optional[Sequence[Dict[str, Any]]] = None) -> Run:
+def start(config, workdir: str, variants: Optional[Sequence[Dict[str, Any]]] = None,
+          rebuild_tokenizer: bool = False) -> Run:
   """Builds a :class:`Run`, resuming from ``workdir``'s latest checkpoint if it has one.
 
   ``variants`` (a sweep group): dicts with ``name``, optional ``hparams`` overrides and
-  ``seed``; every variant reads the same batches (order from ``config.seed``).
+  ``seed``; every variant reads the same batches (order from ``config.seed``). A resumed run
+  uses the workdir's own vocabularies (``identity``) and must see the same training data and
+  a config its checkpoint can serve; ``rebuild_tokenizer`` stores a rebuilt tokenizer in a
+  workdir trained before workdirs kept theirs.
   """
-  ds, method, tx, hparams, state = setup(config)
+  identity.check_config(config, workdir, "train")
+  vocabularies = identity.vocabularies_for(workdir, rebuild_tokenizer)
+  ds, method, tx, hparams, state = setup(config, vocabularies)
+  if vocabularies is not None:
+    identity.check_training_data(workdir, ds, config.data.train_split)
   # Only now, with the config and data checked, is anything written into the workdir.
   os.makedirs(workdir, exist_ok=True)
+  if vocabularies is None and mesh_lib.is_primary():
+    identity.save(workdir, ds)
   marker = os.path.join(workdir, PREEMPTED)
   if mesh_lib.is_primary() and os.path.exists(marker):
     os.remove(marker)          # resuming a preempted run
@@ -290,10 +304,11 @@ def _guard(run: Run) -> None:
 
 def _diverged_message(run: Run, first_bad: int) -> str:
   saved = run.ckpt.latest_step()
+  # The first checkpoint comes every checkpoint_every_steps, or at the last step if sooner.
+  due = min(run.config.train.checkpoint_every_steps, run.sched["total_steps"])
   where = (f"The last checkpoint (step {saved}) is intact in {run.ckpt.latest.directory}"
            if saved is not None else
-           f"No checkpoint was saved yet (the first is due at step "
-           f"{run.config.train.checkpoint_every_steps})")
+           f"No checkpoint was saved yet (the first would have been written at step {due})")
   return (f"the loss, gradient or update became non-finite at step {first_bad} "
           f"({run.method.name}); training stopped. {where}. Lower the learning rate or check "
           f"the inputs of the batch read at that step.")
@@ -348,7 +363,8 @@ def close(run: Run) -> None:
   run.ckpt.close()
 
 
-def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
+def train_and_evaluate(config, workdir: str,
+                       rebuild_tokenizer: bool = False) -> Dict[str, Any]:
   """``--mode=train``: trains (resuming if ``workdir`` holds a checkpoint), then runs the
   config's evaluators on the best parameters; returns the ``retrieval`` results dict, or
   ``{"preempted": step}`` when SIGTERM stopped the training (no evaluation then).
@@ -356,7 +372,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   Several processes: all train and score (each its share of the tiles); only process 0
   writes ``config.json``, metrics, results and plots.
   """
-  run = start(config, workdir)
+  run = start(config, workdir, rebuild_tokenizer=rebuild_tokenizer)
   primary = mesh_lib.is_primary()
   if primary:
     atomic_write_json(os.path.join(workdir, "config.json"), config.to_dict())

@@ -48,7 +48,7 @@ from xmr_jax import evaluation
 from xmr_jax.common.errors import ConfigError
 from xmr_jax.common.io import atomic_write_json
 from xmr_jax.evaluation import retrieval
-from xmr_jax.training import config_check, loop
+from xmr_jax.training import config_check, identity, loop
 
 def _plain(x: Any) -> Any:
   return x.to_dict() if isinstance(x, ml_collections.ConfigDict) else x
@@ -154,6 +154,7 @@ def format_sweep_table(rows: Sequence[Mapping[str, Any]]) -> str:
 
 def run_sweep(config, workdir: str) -> List[Dict[str, Any]]:
   """``--mode=sweep``: every group of ``config.sweep``; results JSON, table and bar plot."""
+  identity.check_config(config, workdir, "train")
   os.makedirs(workdir, exist_ok=True)
   atomic_write_json(os.path.join(workdir, "config.json"), config.to_dict())
   rows: List[Dict[str, Any]] = []

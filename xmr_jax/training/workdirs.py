@@ -6,16 +6,17 @@ contexts; the evaluation itself is ``xmr_jax.evaluation``.
 """
 import json
 import os
-from typing import Any, Dict, Optional, Sequence
+import sys
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import ml_collections
 import numpy as np
 import jax
 
 from xmr_jax import evaluation
-from xmr_jax.common.errors import WorkdirError
+from xmr_jax.common.errors import InputError, WorkdirError
 from xmr_jax.evaluation import ensemble
-from xmr_jax.training import checkpoints, loop, state as state_lib
+from xmr_jax.training import checkpoints, identity, loop, state as state_lib
 
 
 def config_from_workdir(workdir: str) -> ml_collections.ConfigDict:
@@ -28,15 +29,29 @@ def config_from_workdir(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
-def restore_variables(config, workdir: str):
+def restore_variables(config, workdir: str, rebuild_tokenizer: bool = False):
   """(dataset, method, variables) of ``workdir``'s best checkpoint (else its latest).
 
-  Raises WorkdirError when the workdir holds no checkpoint.
+  The dataset is opened with the workdir's own vocabularies (``identity``), never ones
+  rebuilt from the data; with ``rebuild_tokenizer``, a workdir trained before workdirs kept
+  theirs gets the one built from the data stored.
+
+  Raises:
+    WorkdirError: the workdir holds no checkpoint, or no tokenizer (see
+      ``identity.vocabularies_for``).
+    ConfigError: ``config`` differs from ``W/config.json`` in a key the checkpoint cannot
+      serve (``identity.check_config``).
   """
   # Checked before a checkpoint manager exists: creating one writes directories.
-  if not any(os.path.isdir(os.path.join(workdir, d)) for d in ("best", "checkpoints")):
+  if not identity.has_checkpoint(workdir):
     raise WorkdirError(f"{workdir} holds no checkpoint to evaluate; train it first")
-  ds, method, _, _, state = loop.setup(config)
+  identity.check_config(config, workdir, "eval")
+  vocabularies = identity.vocabularies_for(workdir, rebuild_tokenizer)
+  ds, method, _, _, state = loop.setup(config, vocabularies)
+  if vocabularies is None:
+    identity.save(workdir, ds)
+    print(f"xmr_jax: stored the tokenizer built from {ds.data_dir} in {workdir}",
+          file=sys.stderr, flush=True)
   like = jax.tree.map(np.asarray, state_lib.variables_of(state))
   ckpt = checkpoints.Checkpointer(workdir, config.train.max_to_keep)
   try:
@@ -51,26 +66,60 @@ def restore_variables(config, workdir: str):
   return ds, method, variables
 
 
-def evaluate_workdir(config, workdir: str) -> Dict[str, Any]:
-  """``--mode=eval``: the config's evaluators on ``workdir``'s best checkpoint."""
-  ds, method, variables = restore_variables(config, workdir)
+def evaluate_workdir(config, workdir: str, rebuild_tokenizer: bool = False) -> Dict[str, Any]:
+  """``--mode=eval``: the config's evaluators on ``workdir``'s best checkpoint (one stderr
+  line when the evaluated split is not data the workdir was trained with)."""
+  ds, method, variables = restore_variables(config, workdir, rebuild_tokenizer)
+  identity.announce_data(workdir, ds, config.eval.split)
   ctx = evaluation.EvalContext(method, variables, ds, config.eval.split, config.eval,
                                seed=config.seed, workdir=workdir)
   evaluation.run_evals(config.evals, ctx)
   return ctx.results
 
 
+# What an ensemble reads of a config beyond each member's own: the evaluation settings.
+ENSEMBLE_KEYS = ("eval",)
+
+
+def check_ensemble(workdirs: Sequence[str], out_workdir: str,
+                   overrides: Mapping[str, Any]) -> None:
+  """InputError for an output workdir that is one of the members (its own results would be
+  overwritten) or a ``--config.<key>`` override an ensemble does not read (only ``eval.*``:
+  every member is evaluated with its own ``config.json`` and the retrieval evaluator)."""
+  out = os.path.realpath(out_workdir)
+  for w in workdirs:
+    if os.path.realpath(w) == out:
+      raise InputError(f"--workdir={out_workdir} is also an ensemble member; its own "
+                       f"eval/results.json would be overwritten. Give the ensemble a workdir "
+                       f"of its own")
+  unread = sorted(k for k in overrides if not any(k.startswith(p + ".") for p in ENSEMBLE_KEYS))
+  if unread:
+    raise InputError(f"--ensemble reads each member's own config.json; of --config it applies "
+                     f"only eval.* overrides (e.g. --config.eval.split, "
+                     f"--config.eval.protocol), not {', '.join('--config.' + k for k in unread)}."
+                     f" Remove them")
+
+
 def evaluate_ensemble(workdirs: Sequence[str], out_workdir: str,
-                      split: Optional[str] = None) -> Dict[str, Any]:
+                      split: Optional[str] = None,
+                      overrides: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
   """Mean score matrix of several trained workdirs (best checkpoints), evaluated as one.
 
-  Each member uses its own ``config.json``; ``split`` defaults to the first member's
-  ``eval.split``. Results go to ``out_workdir/eval/results.json``.
+  Each member uses its own ``config.json`` with the ``eval.*`` ``overrides`` applied (e.g.
+  ``{"eval.protocol": "coco1k"}``); ``split`` defaults to the first member's ``eval.split``.
+  Results go to ``out_workdir/eval/results.json``.
+
+  Raises InputError as :func:`check_ensemble` says, or when members differ in their data.
   """
+  overrides = dict(overrides or {})
+  check_ensemble(workdirs, out_workdir, overrides)
   members, config = [], None
   for w in workdirs:
     config = config_from_workdir(w)
+    for key, value in overrides.items():
+      config.eval[key.split(".", 1)[1]] = value
     ds, method, variables = restore_variables(config, w)
+    identity.announce_data(w, ds, split or config.eval.split)
     ctx = evaluation.EvalContext(method, variables, ds, split or config.eval.split,
                                  config.eval, seed=config.seed)
     label = f"{method.name}:{os.path.basename(os.path.normpath(w))}"

@@ -25,25 +25,29 @@ than k captions, an unreadable or truncated photo, an empty caption) are dropped
 ever parsed as text or JSON (nothing is unpickled).
 """
 from xmr_jax.data.captions.form import (BEYOND_K, EMPTY_CAPTION, MISSING_IMAGE, NO_CAPTION,
-                                        REASONS, SPLITS, TOO_FEW, UNREADABLE, CaptionedImage,
+                                        REASONS, REPEATED_ID, SPLITS, TOO_FEW, UNREADABLE,
+                                        CaptionedImage,
                                         CaptionSet, Dropped, count_dropped, keep_k, multi_hot,
                                         split_counts, split_images, summary, write_dropped)
 from xmr_jax.data.captions.json_formats import (KARPATHY_SPLITS, attach_instances, read_coco,
                                                 read_instances, read_karpathy)
 from xmr_jax.data.captions.photos import (PHOTO_SUFFIXES, check_photo, list_photos,
                                           load_photo, to_rgb)
-from xmr_jax.data.captions.read import (FORMATS, check_files, choose_format, detect_format,
-                                        read_caption_set)
+from xmr_jax.data.captions.read import (CAPTION_FORMATS, CAPTION_PATTERNS, FORMATS,
+                                        CaptionFormat, caption_format, check_files,
+                                        choose_format, detect_format, read_caption_set)
 from xmr_jax.data.captions.text_formats import (parse_csv_line, read_csv, read_flickr,
                                                 unquote)
-from xmr_jax.data.precomp import DataError
+from xmr_jax.data.errors import DataError
 
 __all__ = [
-    "BEYOND_K", "EMPTY_CAPTION", "MISSING_IMAGE", "NO_CAPTION", "REASONS", "SPLITS", "TOO_FEW",
+    "BEYOND_K", "EMPTY_CAPTION", "MISSING_IMAGE", "NO_CAPTION", "REASONS", "REPEATED_ID",
+    "SPLITS", "TOO_FEW",
     "UNREADABLE", "CaptionedImage", "CaptionSet", "Dropped", "count_dropped", "keep_k",
     "multi_hot", "split_counts", "split_images", "summary", "write_dropped",
     "KARPATHY_SPLITS", "attach_instances", "read_coco", "read_instances", "read_karpathy",
     "PHOTO_SUFFIXES", "check_photo", "list_photos", "load_photo", "to_rgb",
-    "FORMATS", "check_files", "choose_format", "detect_format", "read_caption_set",
+    "CAPTION_FORMATS", "CAPTION_PATTERNS", "FORMATS", "CaptionFormat", "caption_format",
+    "check_files", "choose_format", "detect_format", "read_caption_set",
     "parse_csv_line", "read_csv", "read_flickr", "unquote", "DataError",
 ]

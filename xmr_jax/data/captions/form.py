@@ -12,11 +12,11 @@ import numpy as np
 
 from xmr_jax.common.errors import ConfigError
 from xmr_jax.common.io import atomic_write_bytes
-from xmr_jax.data.precomp import DataError
+from xmr_jax.data.errors import DataError
 
 SPLITS = ("train", "dev", "test")
 
-# Why an item was left out. The first five are faults of a real dataset: each is a
+# Why an item was left out. All but the last are faults of a real dataset: each is a
 # DataError under ``strict``. BEYOND_K is not a fault (the image keeps its first k captions)
 # but is still listed, so dropped.txt accounts for every caption that is not used.
 MISSING_IMAGE = "missing image"          # a caption names a file that is not in the folder
@@ -24,8 +24,10 @@ NO_CAPTION = "no caption"                # a photo (in the folder or the file) h
 TOO_FEW = "too few captions"             # fewer than captions_per_image
 UNREADABLE = "unreadable image"          # not a photo PIL can read, or truncated
 EMPTY_CAPTION = "empty caption"          # no visible character after normalize_caption
+REPEATED_ID = "repeated caption id"      # a COCO annotations[].id given to an earlier entry
 BEYOND_K = "beyond k"                    # a caption after an image's first k
-REASONS = (MISSING_IMAGE, NO_CAPTION, TOO_FEW, UNREADABLE, EMPTY_CAPTION, BEYOND_K)
+REASONS = (MISSING_IMAGE, NO_CAPTION, TOO_FEW, UNREADABLE, EMPTY_CAPTION, REPEATED_ID,
+           BEYOND_K)
 
 
 class Dropped(NamedTuple):

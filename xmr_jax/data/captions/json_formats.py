@@ -12,10 +12,10 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from xmr_jax.data.captions.form import (MISSING_IMAGE, NO_CAPTION, CaptionSet, Dropped,
-                                        fault, plural)
+from xmr_jax.data.captions.form import (MISSING_IMAGE, NO_CAPTION, REPEATED_ID, CaptionSet,
+                                        Dropped, fault, plural)
 from xmr_jax.data.captions.rows import Row, group_rows
-from xmr_jax.data.precomp import DataError
+from xmr_jax.data.errors import DataError
 
 COCO_LAYOUT = ('COCO captions json: {"images": [{"id": ..., "file_name": ...}], '
                '"annotations": [{"image_id": ..., "caption": ...}]}')
@@ -96,10 +96,22 @@ def coco_captions(path: str, doc: Dict[str, Any], strict: bool) -> CaptionSet:
   notes = _entries(doc, "annotations", path, COCO_LAYOUT)
   if not notes:
     raise DataError(f"{path}: annotations[] is empty: no caption; expected {COCO_LAYOUT}")
+  first_with_id: Dict[Any, int] = {}
   for j, note in enumerate(notes):
     where = f"{path}: annotations[{j}]"
     image_id = _field(note, "image_id", (int, str), where, COCO_LAYOUT)
     caption = _field(note, "caption", (str,), where, COCO_LAYOUT)
+    note_id = note.get("id")
+    if isinstance(note_id, (int, str)) and not isinstance(note_id, bool):
+      if note_id in first_with_id:
+        # A repeated entry (a merged or re-saved file) would be a second copy of a caption
+        # and push one of the image's real captions past k.
+        first = first_with_id[note_id]
+        fault(strict, dropped, REPEATED_ID, f"annotations[{j}] (id {note_id!r}, first at "
+              f"annotations[{first}])", f"{where}: id {note_id!r} was already given to "
+              f"annotations[{first}]; each caption needs its own id (remove the repeated entry)")
+        continue
+      first_with_id[note_id] = j
     if image_id not in id_to_file:
       unknown.setdefault(image_id, []).append(where)
       continue

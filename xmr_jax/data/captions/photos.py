@@ -12,7 +12,7 @@ from typing import List, Optional
 import numpy as np
 from PIL import Image, ImageOps
 
-from xmr_jax.data.precomp import DataError
+from xmr_jax.data.errors import DataError
 
 # File suffixes counted as photos when a folder is listed (compared in lower case).
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")

@@ -8,7 +8,7 @@ import dataclasses
 import os
 import re
 import sys
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from xmr_jax.common.errors import ConfigError
 from xmr_jax.data.captions import json_formats, text_formats
@@ -16,20 +16,90 @@ from xmr_jax.data.captions.form import (MISSING_IMAGE, NO_CAPTION, UNREADABLE, C
                                         check_k, fault, keep_k, plural, summary, where)
 from xmr_jax.data.captions.photos import check_photo, list_photos
 from xmr_jax.data.captions.rows import group_rows
-from xmr_jax.data.precomp import DataError
+from xmr_jax.data.errors import DataError
 
-FORMATS = ("coco", "flickr", "karpathy", "csv")
+def _json_reader(layout: str, read: Callable) -> Callable:
+  def reader(path: str, doc: Optional[Dict[str, Any]], strict: bool, verbose: bool):
+    del verbose
+    return read(path, doc if doc is not None else json_formats.load_json(path, layout), strict)
+  return reader
+
+
+def _read_flickr(path: str, doc, strict: bool, verbose: bool) -> CaptionSet:
+  del doc, verbose
+  return text_formats.read_flickr(path, strict)
+
+
+def _read_csv(path: str, doc, strict: bool, verbose: bool) -> CaptionSet:
+  del doc
+  rows, header = text_formats.csv_rows(path)
+  if header is not None and verbose:
+    print(f"xmr_jax captions: {path}: line 1 is not `name.jpg, caption`; skipped as a header: "
+          f"{header[:80]!r}", file=sys.stderr)
+  dropped: list = []
+  return CaptionSet(group_rows(rows, strict, dropped), "csv", path, dropped=dropped)
+
+
+def _is_karpathy(doc: Dict[str, Any]) -> bool:
+  images = doc.get("images")
+  return isinstance(images, list) and bool(images) and isinstance(images[0], dict) \
+      and "sentences" in images[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class CaptionFormat:
+  """A caption-file format: everything the data room knows of it, in one entry.
+
+  Attributes:
+    name: ``format=`` / ``data.images.format`` value.
+    patterns: file names a photo folder's caption file is found by (``data.name=images``).
+    read: ``(path, loaded json or None, strict, verbose) -> CaptionSet``.
+    why: what :func:`choose_format` says when it picks this format.
+    json_test: for a json format, whether a loaded document has this layout.
+    first_line: for a text format, a regular expression its first line matches; a text
+      format with neither test is the fallback for any other text file.
+    has_splits: the file assigns train/dev/test itself (otherwise a seeded split is drawn).
+  """
+  name: str
+  patterns: Tuple[str, ...]
+  read: Callable[[str, Optional[Dict[str, Any]], bool, bool], CaptionSet]
+  why: str
+  json_test: Optional[Callable[[Dict[str, Any]], bool]] = None
+  first_line: Optional[str] = None
+  has_splits: bool = False
+
+
+# Adding a caption format: write its reader (into CaptionSet) and add one entry here.
+CAPTION_FORMATS = (
+    CaptionFormat("coco", ("captions.json",),
+                  _json_reader(json_formats.COCO_LAYOUT, json_formats.coco_captions),
+                  "json with annotations[]", json_test=lambda doc: "annotations" in doc),
+    CaptionFormat("flickr", ("*.token",), _read_flickr, "first line is name#i<TAB>caption",
+                  first_line=r"^\S+#\d+\t"),
+    CaptionFormat("karpathy", ("dataset_*.json",),
+                  _json_reader(json_formats.KARPATHY_LAYOUT, json_formats.karpathy_captions),
+                  "json with images[].sentences", json_test=_is_karpathy, has_splits=True),
+    CaptionFormat("csv", ("captions.txt", "*.csv", "*.tsv"), _read_csv,
+                  "text lines not of the form name#i<TAB>caption"),
+)
+FORMATS = tuple(f.name for f in CAPTION_FORMATS)
+CAPTION_PATTERNS = tuple(p for f in CAPTION_FORMATS for p in f.patterns)
+_BY_NAME = {f.name: f for f in CAPTION_FORMATS}
+
+
+def caption_format(name: str) -> CaptionFormat:
+  """The table entry of format ``name``; ConfigError naming the choices otherwise."""
+  if name not in _BY_NAME:
+    raise ConfigError(f"format={name!r}; choose 'auto' or one of {list(FORMATS)}")
+  return _BY_NAME[name]
 
 
 def _choose_json(path: str) -> Tuple[str, str, Dict[str, Any]]:
   layouts = f"{json_formats.COCO_LAYOUT} or {json_formats.KARPATHY_LAYOUT}"
   doc = json_formats.load_json(path, layouts)
-  if "annotations" in doc:
-    return "coco", "json with annotations[]", doc
-  images = doc.get("images")
-  if isinstance(images, list) and images and isinstance(images[0], dict) \
-      and "sentences" in images[0]:
-    return "karpathy", "json with images[].sentences", doc
+  for f in CAPTION_FORMATS:
+    if f.json_test is not None and f.json_test(doc):
+      return f.name, f.why, doc
   raise DataError(f"{path}: a json file with neither annotations[] nor images[].sentences "
                   f"(its keys: {sorted(doc)[:10]}); expected {layouts}")
 
@@ -42,9 +112,11 @@ def _first_bytes(path: str, size: int = 65536) -> bytes:
 def choose_format(path: str) -> Tuple[str, str, Optional[Dict[str, Any]]]:
   """(format, why, the loaded json or None), decided by the file name and first line/keys.
 
-  A ``.json`` name (or a file starting with "{") is read as JSON: with ``annotations`` it is
-  COCO, with ``images[].sentences`` Karpathy. Otherwise the first line with a visible
-  character decides: Flickr when it matches ``^\\S+#\\d+\\t``, else CSV.
+  A ``.json`` name (or a file starting with "{") is read as JSON and the first format of
+  :data:`CAPTION_FORMATS` whose layout test accepts it is chosen (``annotations``: COCO,
+  ``images[].sentences``: Karpathy). Otherwise the first line with a visible character
+  decides: the first text format whose pattern it matches (Flickr: ``^\\S+#\\d+\\t``), else
+  the fallback text format (CSV).
 
   Raises:
     DataError: missing file, invalid JSON, or JSON of neither layout.
@@ -59,31 +131,17 @@ def choose_format(path: str) -> Tuple[str, str, Optional[Dict[str, Any]]]:
     return _choose_json(path)
   # Only the start of the file is read here; undecodable bytes are the reader's to report.
   first = head.decode("utf-8", errors="replace").split("\n", 1)[0]
-  if re.match(r"^\S+#\d+\t", first):
-    return "flickr", "first line is name#i<TAB>caption", None
-  return "csv", "text lines not of the form name#i<TAB>caption", None
+  text = [f for f in CAPTION_FORMATS if f.json_test is None]
+  for f in text:
+    if f.first_line is not None and re.match(f.first_line, first):
+      return f.name, f.why, None
+  fallback = next(f for f in text if f.first_line is None)
+  return fallback.name, fallback.why, None
 
 
 def detect_format(path: str) -> str:
   """The format ``format="auto"`` picks for ``path``: "coco", "karpathy", "flickr" or "csv"."""
   return choose_format(path)[0]
-
-
-def _read(path: str, fmt: str, doc: Optional[Dict[str, Any]], strict: bool,
-          verbose: bool) -> CaptionSet:
-  if fmt in ("coco", "karpathy"):
-    layout = json_formats.COCO_LAYOUT if fmt == "coco" else json_formats.KARPATHY_LAYOUT
-    doc = doc if doc is not None else json_formats.load_json(path, layout)
-    read = json_formats.coco_captions if fmt == "coco" else json_formats.karpathy_captions
-    return read(path, doc, strict)
-  if fmt == "flickr":
-    return text_formats.read_flickr(path, strict)
-  rows, header = text_formats.csv_rows(path)
-  if header is not None and verbose:
-    print(f"xmr_jax captions: {path}: line 1 is not `name.jpg, caption`; skipped as a header: "
-          f"{header[:80]!r}", file=sys.stderr)
-  dropped: list = []
-  return CaptionSet(group_rows(rows, strict, dropped), "csv", path, dropped=dropped)
 
 
 def _loose(name: str) -> str:
@@ -195,8 +253,8 @@ def read_caption_set(path: str, images_dir: Optional[str] = None, *, format: str
     ConfigError: an unknown ``format`` or a bad ``captions_per_image``.
     DataError: a file that cannot be read as the format at all; any fault under ``strict``.
   """
-  if format != "auto" and format not in FORMATS:
-    raise ConfigError(f"format={format!r}; choose 'auto' or one of {list(FORMATS)}")
+  if format != "auto":
+    caption_format(format)
   if captions_per_image is not None:
     check_k(captions_per_image)   # before reading: a typo should not cost a long read
   if format == "auto":
@@ -206,7 +264,7 @@ def read_caption_set(path: str, images_dir: Optional[str] = None, *, format: str
   if verbose:
     print(f"xmr_jax captions: {path}: reading as {fmt} ({why}); pass format= to choose "
           f"another of {list(FORMATS)}", file=sys.stderr)
-  captions = _read(path, fmt, doc, strict, verbose)
+  captions = caption_format(fmt).read(path, doc, strict, verbose)
   if instances:
     captions = json_formats.attach_instances(captions, instances)
   if images_dir is not None:

@@ -10,7 +10,8 @@ from typing import List, Optional, Tuple
 from xmr_jax.data.captions.form import CaptionSet
 from xmr_jax.data.captions.photos import PHOTO_SUFFIXES, is_photo_name
 from xmr_jax.data.captions.rows import Row, group_rows
-from xmr_jax.data.precomp import DataError, strip_invisible
+from xmr_jax.data.errors import DataError
+from xmr_jax.data.precomp import strip_invisible
 
 # "1000268201_693b08cb0e.jpg#0<TAB>A child in a pink dress ..." (Flickr8k.token.txt,
 # Flickr30k results_20130124.token). Group 1: file, 2: caption index, 3: caption.
