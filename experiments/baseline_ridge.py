@@ -1,12 +1,15 @@
 """A training-free baseline, and chance level, on any dataset in the SCAN precomp layout.
 
-Ridge regression from mean-pooled image features to the TF-IDF vectors of the captions
-(lower-cased whitespace tokens; the TF-IDF of an image is the mean of its captions'), the
-regularisation chosen by dev rsum over a grid, then scored as every method is: the (n_img,
-n_txt) matrix of cosine similarities between predicted and real caption vectors, through
+Ridge regression from mean-pooled image features, standardised (z-score with the train
+split's mean and standard deviation) or not, to the TF-IDF vectors of the captions (lower-cased
+whitespace tokens; the TF-IDF of an image is the mean of its captions'), the regularisation
+λ chosen by dev rsum over half decades 1e-2 … 1e6 (the JSON says when the choice lies at
+the grid's edge, ``lambda_at_grid_edge``: then widen it with ``--lambdas``), and z-scored or
+raw features, whichever is better on dev (``--standardise``), then scored
+as every method is: the (n_img, n_txt) matrix of cosine similarities between predicted and real caption vectors, through
 ``xmr_jax.evaluation.metrics.evaluate``. Numpy only: closed-form ridge, no training loop.
 
-  python experiments/baseline_ridge.py --data_dir=DIR [--out=baseline.json]
+  python experiments/baseline_ridge.py --data_dir=DIR [--out=baseline.json] [--lambdas=1e-2,...]
 
 Chance level is computed exactly for the same split sizes: t2i R@K = K / n_img; i2t R@K =
 1 - C(k n - k, K) / C(k n, K) (at least one of the image's k captions among K of k n).
@@ -24,7 +27,8 @@ import numpy as np
 from xmr_jax.data import precomp
 from xmr_jax.evaluation import metrics
 
-LAMBDAS = (1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3, 1e4)
+LAMBDAS = tuple(10.0 ** (e / 2) for e in range(-4, 13))    # 1e-2, 3.2e-2, ... 1e6
+STANDARDISE = ("zscore", "none")
 
 
 def mean_pooled(split: precomp.PrecompSplit) -> np.ndarray:
@@ -90,27 +94,41 @@ def chance(n_img: int, k: int) -> Dict[str, float]:
   return out
 
 
-def run(data_dir: str, lambdas: Sequence[float] = LAMBDAS) -> Dict[str, object]:
-  """Fits on train, picks lambda by dev rsum, evaluates test; returns the results dict."""
+def _dev_grid(x, y, caps, k: int, lambdas: Sequence[float]) -> List[float]:
+  """Dev rsum of the ridge fitted on train for each lambda."""
+  return [metrics.evaluate(scores(fit_ridge(x["train"], y, lam), x["dev"], caps["dev"]),
+                           k=k)["rsum"] for lam in lambdas]
+
+
+def run(data_dir: str, lambdas: Sequence[float] = LAMBDAS,
+        standardise: Sequence[str] = STANDARDISE) -> Dict[str, object]:
+  """Fits on train, picks the feature scaling and lambda by dev rsum, evaluates test once.
+
+  ``standardise``: "zscore" (each pooled feature minus its train mean, over its train
+  standard deviation) and/or "none" (the pooled features as extracted); the better on dev
+  is used. Returns the results dict (chosen ``standardise`` and ``lambda``, whether lambda
+  lies at the edge of its grid, every dev rsum, the test metrics, chance).
+  """
   t0 = time.time()
   splits = {s: precomp.load_split(data_dir, s) for s in ("train", "dev", "test")}
-  x = {s: mean_pooled(sp) for s, sp in splits.items()}
-  mu, sd = x["train"].mean(0), x["train"].std(0) + 1e-6      # standardise features
-  x = {s: (v - mu) / sd for s, v in x.items()}
+  raw = {s: mean_pooled(sp) for s, sp in splits.items()}
+  mu, sd = raw["train"].mean(0), raw["train"].std(0) + 1e-6
+  feats = {"zscore": {s: (v - mu) / sd for s, v in raw.items()}, "none": raw}
   vocab, idf = tfidf_fit(splits["train"].captions)
   caps = {s: tfidf(sp.captions, vocab, idf) for s, sp in splits.items()}
   y = _image_targets(caps["train"], splits["train"].k)
-  dev = []
-  for lam in lambdas:
-    w = fit_ridge(x["train"], y, lam)
-    dev.append(metrics.evaluate(scores(w, x["dev"], caps["dev"]), k=splits["dev"].k)["rsum"])
-  best = float(lambdas[int(np.argmax(dev))])
+  dev = {name: _dev_grid(feats[name], y, caps, splits["dev"].k, lambdas)
+         for name in standardise}
+  name = max(dev, key=lambda n: max(dev[n]))
+  pick = int(np.argmax(dev[name]))
+  best, x = float(lambdas[pick]), feats[name]
   w = fit_ridge(x["train"], y, best)
   test = metrics.evaluate(scores(w, x["test"], caps["test"]), k=splits["test"].k,
                           img_labels=splits["test"].labels)
-  return {"data_dir": os.path.abspath(data_dir), "lambda": best,
-          "dev_rsum_by_lambda": dict(zip(map(str, lambdas), dev)), "test": test,
-          "chance": chance(splits["test"].num_images, splits["test"].k),
+  return {"data_dir": os.path.abspath(data_dir), "standardise": name, "lambda": best,
+          "lambda_at_grid_edge": pick in (0, len(lambdas) - 1),
+          "dev_rsum_by_lambda": {n: dict(zip(map(str, lambdas), v)) for n, v in dev.items()},
+          "test": test, "chance": chance(splits["test"].num_images, splits["test"].k),
           "vocabulary": len(vocab), "seconds": time.time() - t0}
 
 
@@ -119,15 +137,22 @@ def main(argv: List[str] = None) -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--data_dir", required=True)
   p.add_argument("--out", default="")
+  p.add_argument("--lambdas", default="", help="comma-separated grid (default 1e-2 ... 1e6)")
+  p.add_argument("--standardise", default=",".join(STANDARDISE),
+                 help="zscore and/or none, comma-separated: the better on dev is used")
   a = p.parse_args(argv)
-  res = run(a.data_dir)
+  res = run(a.data_dir, [float(v) for v in a.lambdas.split(",")] if a.lambdas else LAMBDAS,
+            a.standardise.split(","))
   t = res["test"]
-  print(f"ridge (lambda {res['lambda']:g}): i2t R@1/5/10 {t['i2t']['r1']:.1f}/"
+  print(f"ridge ({res['standardise']}, lambda {res['lambda']:g}): i2t R@1/5/10 {t['i2t']['r1']:.1f}/"
         f"{t['i2t']['r5']:.1f}/{t['i2t']['r10']:.1f}, t2i {t['t2i']['r1']:.1f}/"
         f"{t['t2i']['r5']:.1f}/{t['t2i']['r10']:.1f}, rsum {t['rsum']:.1f}; chance rsum "
         f"{res['chance']['rsum']:.1f}" + (f"; PMRP i2t {t['pmrp']['i2t']:.1f}, t2i "
                                           f"{t['pmrp']['t2i']:.1f}" if "pmrp" in t else ""),
         file=sys.stdout)
+  if res["lambda_at_grid_edge"]:
+    print(f"warning: lambda {res['lambda']:g} is at the edge of the grid; widen --lambdas",
+          file=sys.stderr)
   if a.out:
     with open(a.out, "w") as f:
       json.dump(res, f, indent=2, default=float)

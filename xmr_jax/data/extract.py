@@ -2,13 +2,14 @@
 
   python -m xmr_jax.data.extract --images DIR --captions FILE --out DIR \\
       [--format auto|coco|flickr|karpathy|csv] [--instances instances.json] \\
-      [--regions grid|boxes|grid+boxes] [--dev N --test N --seed S] [--size 192]
+      [--regions grid|boxes|grid+boxes] [--dev N --test N --seed S] \\
+      [--backbone efficientnet_lite0|efficientnet_lite1|efficientnet_lite2] [--size S]
 
 Per split (Karpathy's json gives them; otherwise a seeded split by image, ``--dev``/``--test``
 images, train the rest) it writes
 
 =============================== ============================================================
-``{split}_ims.npy``             (N, R, 1280) float32 region features of EfficientNet-Lite0
+``{split}_ims.npy``             (N, R, 1280) float32 region features of the backbone
 ``{split}_caps.txt``            k captions per image, in file order
 ``{split}_ids.txt``             the photo file of each row
 ``{split}_pixels.npy``          (N, T, T, 3) uint8 thumbnails (retrieval-example pictures)
@@ -20,7 +21,12 @@ images, train the rest) it writes
 ``dropped.txt``, ``meta.json``  every dropped item with its reason; settings and counts
 =============================== ============================================================
 
-Regions: ``grid`` = the 36 cells of the final 6 x 6 map (S = 192), row-major; ``boxes`` = the
+The backbone is an entry of ``xmr_jax.backbones.registry`` (``--backbone``, default
+``efficientnet_lite0``); ``--size`` defaults to the entry's input side (Lite0 192, Lite1 240,
+Lite2 260) and the map has ceil(S / 32) cells per side (6, 8, 9). ``meta.json`` names the
+backbone, its input size, the sha256 of its weights and the feature-code version.
+
+Regions: ``grid`` = the cells of the final map (36 for Lite0 at 192), row-major; ``boxes`` = the
 largest ``--max-boxes`` instance boxes of a photo by area, plus the whole image, each the mean
 of a 2 x 2 RoIAlign on the final map (aligned, sampling ratio 2; ``kernels.roi_align``), padded
 to ``max_boxes + 1`` with a region mask; ``grid+boxes`` = both. The backbone runs jitted in
@@ -42,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from xmr_jax.backbones import efficientnet_lite as backbone
+from xmr_jax.backbones import registry
 from xmr_jax.common.errors import ConfigError, InputError
 from xmr_jax.common.io import atomic_write_bytes, atomic_write_json, make_public_dir
 from xmr_jax.data import captions as captions_lib
@@ -50,14 +56,14 @@ from xmr_jax.data.captions.form import fault
 from xmr_jax.kernels import roi_align
 
 REGIONS = ("grid", "boxes", "grid+boxes")
-STRIDE = backbone.STRIDE   # one cell of the final map per 32 input pixels
 VERSION = "extract-v1"
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
   """What determines the extracted features (part of the cache key of ``data.name=images``)."""
-  size: int = backbone.DEFAULT_SIZE
+  backbone: str = registry.DEFAULT
+  size: int = 0                # 0: the backbone's default input side (resolved())
   regions: str = "grid"
   max_boxes: int = 36
   captions_per_image: int = 5
@@ -70,21 +76,32 @@ class Settings:
   thumbnail: int = 64
   batch_size: int = 32
 
+  def resolved(self) -> "Settings":
+    """These settings with ``size`` 0 replaced by the backbone's default side."""
+    return dataclasses.replace(self, size=self.size or registry.get(self.backbone).default_size)
+
   def check(self) -> None:
-    """ConfigError naming the setting for an unknown region mode or a bad size."""
+    """ConfigError naming the setting for an unknown backbone or region mode, a bad size."""
+    registry.get(self.backbone)
     if self.regions not in REGIONS:
       raise ConfigError(f"regions={self.regions!r}; choose one of {list(REGIONS)}")
-    if self.size % STRIDE or self.size < STRIDE:
-      raise ConfigError(f"size={self.size}: must be a positive multiple of {STRIDE}")
+    if not isinstance(self.size, int) or (self.size and self.size < 32) or self.size < 0:
+      raise ConfigError(f"size={self.size}: must be an integer >= 32 (or 0: the backbone's "
+                        f"default)")
     if self.parse not in ("auto", "yes", "no"):
       raise ConfigError(f"parse={self.parse!r}; choose auto, yes or no")
     if self.max_boxes < 1 or self.batch_size < 1 or self.thumbnail < 8:
       raise ConfigError("max_boxes and batch_size must be >= 1 and thumbnail >= 8")
 
 
-def grid_boxes(cells: int) -> np.ndarray:
-  """(cells^2, 4) float32 boxes in [0, 1] of the row-major grid cells."""
-  edges = np.arange(cells + 1, dtype=np.float32) / cells
+def grid_boxes(cells: int, size: int = 0, stride: int = 32) -> np.ndarray:
+  """(cells^2, 4) float32 boxes in [0, 1] of the row-major grid cells.
+
+  Cell i covers input pixels [stride i, stride (i + 1)) clipped to the input side ``size``
+  (default ``cells * stride``): at 260 the last of 9 cells is [256, 260) of the input.
+  """
+  size = size or cells * stride
+  edges = np.minimum(np.arange(cells + 1) * stride, size).astype(np.float32) / np.float32(size)
   y0, x0 = np.meshgrid(edges[:-1], edges[:-1], indexing="ij")
   y1, x1 = np.meshgrid(edges[1:], edges[1:], indexing="ij")
   return np.stack([x0, y0, x1, y1], -1).reshape(-1, 4)
@@ -105,7 +122,8 @@ def photo_boxes(image: captions_lib.CaptionedImage, width: int, height: int,
 
 def _region_fn(settings: Settings, variables):
   """Jitted (B, S, S, 3), (B, M, 4) map-unit boxes -> (B, R, 1280) regions for the mode."""
-  cells = settings.size // STRIDE
+  backbone = registry.get(settings.backbone)
+  cells = backbone.cells(settings.size)
 
   def fn(images, boxes):
     grid = backbone.features(variables, images)                      # (B, cells^2, 1280)
@@ -119,8 +137,8 @@ def _region_fn(settings: Settings, variables):
 
 def _region_layout(settings: Settings, n_boxes: np.ndarray, norm_boxes: np.ndarray):
   """(boxes (R, 4) in [0, 1], mask (R,) bool) of one photo for the region mode."""
-  cells = settings.size // STRIDE
-  grid = grid_boxes(cells)
+  backbone = registry.get(settings.backbone)
+  grid = grid_boxes(backbone.cells(settings.size), settings.size, backbone.stride)
   if settings.regions == "grid":
     return grid, np.ones(len(grid), bool)
   mask = np.arange(settings.max_boxes + 1) < n_boxes
@@ -137,7 +155,9 @@ def _photo_inputs(settings: Settings, images_dir: str, item: captions_lib.Captio
   thumb = np.asarray(photo.resize((settings.thumbnail,) * 2, resample=2), np.uint8)  # bilinear
   px = photo_boxes(item, width, height, settings.max_boxes)
   n = min(0 if item.boxes is None else len(item.boxes), settings.max_boxes) + 1
-  map_boxes = np.asarray(roi_align.photo_boxes_to_map(px, (width, height), settings.size))
+  backbone = registry.get(settings.backbone)
+  map_boxes = np.asarray(roi_align.photo_boxes_to_map(px, (width, height), settings.size,
+                                                      backbone.stride))
   norm = np.clip(px / np.array([width, height, width, height], np.float32), 0.0, 1.0)
   return backbone.preprocess(photo, settings.size), thumb, map_boxes, norm, n
 
@@ -176,12 +196,13 @@ def _write_features(settings: Settings, images_dir: str, items, tmp: str, split:
   Returns the indices into ``items`` of the photos written (in order); the others could not
   be decoded and were appended to ``dropped``.
   """
-  n, b = len(items), settings.batch_size
-  cells, whole_and_boxes = (settings.size // STRIDE) ** 2, settings.max_boxes + 1
+  n, b, backbone = len(items), settings.batch_size, registry.get(settings.backbone)
+  cells, whole_and_boxes = backbone.cells(settings.size) ** 2, settings.max_boxes + 1
   r = {"grid": cells, "boxes": whole_and_boxes, "grid+boxes": cells + whole_and_boxes}[
       settings.regions]
   path = lambda suffix: os.path.join(tmp, f"{split}_{suffix}")
-  ims = np.lib.format.open_memmap(path("ims.npy"), "w+", np.float32, (n, r, backbone.FEATURES))
+  ims = np.lib.format.open_memmap(path("ims.npy"), "w+", np.float32,
+                                  (n, r, backbone.feature_dim))
   pixels = np.zeros((n, settings.thumbnail, settings.thumbnail, 3), np.uint8)
   boxes, masks = np.zeros((n, r, 4), np.float32), np.zeros((n, r), bool)
   kept: List[int] = []
@@ -270,12 +291,13 @@ def extract(images_dir: str, captions_path: str, out_dir: str, settings: Setting
     DataError: unreadable caption/instance files, or any fault under ``settings.strict``.
   """
   settings.check()
+  settings = settings.resolved()
   if os.path.exists(out_dir):
     raise ConfigError(f"--out {out_dir} already exists; choose a new directory (nothing is "
                       f"overwritten)")
   cs = read_captions(images_dir, captions_path, settings, instances)
   triples = _parser(settings, cs)
-  variables = backbone.load_weights()
+  variables = registry.get(settings.backbone).load_weights()
   fn = _region_fn(settings, variables)
   parent = os.path.dirname(os.path.abspath(out_dir))
   os.makedirs(parent, exist_ok=True)
@@ -314,7 +336,7 @@ def _write_all(cs, images_dir, tmp, settings, fn, triples, progress,
   return {"version": VERSION, "settings": dataclasses.asdict(settings),
           "images_per_split": counts, "captions_file": os.path.abspath(cs.path),
           "format": cs.format, "class_names": cs.class_names,
-          "backbone": {"name": "efficientnet-lite0", "sha256": backbone.WEIGHTS_SHA256},
+          "backbone": registry.get(settings.backbone).describe(settings.size),
           "dropped": captions_lib.count_dropped(dropped)}
 
 
@@ -331,12 +353,15 @@ def main(argv: Optional[List[str]] = None) -> int:
   p.add_argument("--dev", type=int, default=0)
   p.add_argument("--test", type=int, default=0)
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--size", type=int, default=backbone.DEFAULT_SIZE)
+  p.add_argument("--backbone", default=registry.DEFAULT, choices=registry.NAMES,
+                 help="image network (xmr_jax.backbones.registry)")
+  p.add_argument("--size", type=int, default=0,
+                 help="input side S (default: the backbone's: 192 / 240 / 260)")
   p.add_argument("--captions-per-image", type=int, default=5)
   p.add_argument("--strict", action="store_true")
   p.add_argument("--parse", default="auto", choices=["auto", "yes", "no"])
   a = p.parse_args(argv)
-  settings = Settings(size=a.size, regions=a.regions, captions_per_image=a.captions_per_image,
+  settings = Settings(backbone=a.backbone, size=a.size, regions=a.regions, captions_per_image=a.captions_per_image,
                       n_dev=a.dev, n_test=a.test, seed=a.seed, format=a.format,
                       strict=a.strict, parse=a.parse)
   try:

@@ -5,8 +5,10 @@
 named by ``data.images.captions``) and optionally ``instances.json``. The first run extracts
 it (``xmr_jax.data.extract``) into ``$XMR_DATA_DIR/images/<folder>-<fingerprint>``; later runs
 reuse it. The fingerprint covers the caption and instance files' bytes, every photo's name,
-size and modification time, and the extraction settings, so a changed input is extracted
-again. An exclusive lock (``fcntl.flock``) makes two runs started together extract once.
+size and modification time, the extraction settings, and the backbone (``data.images.backbone``:
+its name, input size, weights sha256 and the feature-code version), so a changed input or
+network is extracted again, and two backbones never share an entry. An exclusive lock
+(``fcntl.flock``) makes two runs started together extract once.
 """
 import dataclasses
 import fcntl
@@ -42,14 +44,18 @@ def find_captions(root: str, named: str = "") -> str:
 
 
 def settings_of(data_config):
-  """The extraction settings a data config asks for (``extract.Settings``)."""
+  """The extraction settings a data config asks for (``extract.Settings``, size resolved to
+  the backbone's default when 0); ConfigError for an unknown backbone or a bad setting."""
   from xmr_jax.data import extract   # the backbone (and JAX programs) only when extracting
   im = data_config.images
   n_dev, n_test = data_config.split_sizes
-  return extract.Settings(size=im.size, regions=im.regions, max_boxes=im.max_boxes,
-                          captions_per_image=data_config.captions_per_image,
-                          n_dev=int(n_dev), n_test=int(n_test), seed=data_config.split_seed,
-                          format=im.format, strict=data_config.strict, parse=im.parse)
+  settings = extract.Settings(backbone=im.backbone, size=im.size, regions=im.regions,
+                              max_boxes=im.max_boxes,
+                              captions_per_image=data_config.captions_per_image,
+                              n_dev=int(n_dev), n_test=int(n_test), seed=data_config.split_seed,
+                              format=im.format, strict=data_config.strict, parse=im.parse)
+  settings.check()
+  return settings.resolved()
 
 
 def _file_digest(path: Optional[str]) -> str:
@@ -64,9 +70,13 @@ def _file_digest(path: Optional[str]) -> str:
 
 def fingerprint(images_dir: str, captions_path: str, instances: Optional[str],
                 settings) -> str:
-  """sha256 (hex, 16 chars) of the inputs and settings that determine the extraction."""
+  """sha256 (hex, 16 chars) of the inputs and settings that determine the extraction,
+  including the backbone's name, input size, weights sha256 and feature-code version."""
+  from xmr_jax.backbones import registry
   h = hashlib.sha256()
   h.update(json.dumps(dataclasses.asdict(settings), sort_keys=True).encode())
+  backbone = registry.get(settings.backbone).describe(settings.size)
+  h.update(json.dumps(backbone, sort_keys=True).encode())    # name, size, sha256, version
   h.update(_file_digest(captions_path).encode() + _file_digest(instances).encode())
   for name in captions_lib.list_photos(images_dir):
     st = os.stat(os.path.join(images_dir, name))
