@@ -229,3 +229,18 @@ def test_cli_word_vocabulary_of_unknown_words(tmp_path):
   _assert_one_message(out, "maps 100% of the training words to <unk>",
                       "--config.data.tokenizer=sentencepiece")
   assert not workdir.exists()
+
+
+def test_a_photo_folder_workdir_records_its_backbone(trained, data, tmp_path):
+  c, _, _ = trained
+  copy = str(tmp_path / "photos")
+  shutil.copytree(data, copy)
+  backbone = {"name": "efficientnet_lite1", "size": 240, "sha256": "77cc7160"}
+  meta = json.load(open(os.path.join(copy, "meta.json")))
+  json.dump(dict(meta, backbone=backbone), open(os.path.join(copy, "meta.json"), "w"))
+  c2 = c.copy_and_resolve_references()
+  c2.data.dir = copy
+  identity.save(str(tmp_path / "w"), datasets.open_dataset(c2.data))
+  assert json.load(open(tmp_path / "w" / "data.json"))["backbone"] == backbone
+  identity.save(str(tmp_path / "w2"), datasets.open_dataset(c.data))    # synthetic: none
+  assert "backbone" not in json.load(open(tmp_path / "w2" / "data.json"))

@@ -6,9 +6,11 @@ was trained on. A workdir therefore carries:
 ``W/inputs/``      the vocabularies the model's ids come from: the tokenizer (``vocab.json``,
                    SCAN's word vocabulary, or ``spm.model``) and, for dependency triples
                    (DeFrag), ``deps_vocab.json``;
-``W/data.json``    their records (kind, file, sha256) and the fingerprint of every split the
+``W/data.json``    their records (kind, file, sha256), the fingerprint of every split the
                    model was trained with (per split: caption text hash in file order, feature
-                   shape, dtype and content hash, captions per image, optional inputs present).
+                   shape, dtype and content hash, captions per image, optional inputs present)
+                   and, for an extracted photo folder, the backbone its features came from
+                   (name, input size, weights sha256, from its ``meta.json``).
 
 Training writes both once, before the first step, and a resumed run reads them back;
 ``--mode=eval`` and ensembles use them and never rebuild a vocabulary from data, which would
@@ -138,7 +140,21 @@ def save(workdir: str, dataset) -> None:
   if dataset.deps_vocab is not None:
     dataset.deps_vocab.save(os.path.join(directory, DEPS_VOCAB_FILE))
     record["deps_vocab"] = {"file": DEPS_VOCAB_FILE}
+  backbone = _extraction_backbone(dataset.data_dir)
+  if backbone is not None:      # photo folders: the network the features came from
+    record["backbone"] = backbone
   atomic_write_json(os.path.join(workdir, DATA_JSON), record)
+
+
+def _extraction_backbone(data_dir: str) -> Optional[Dict[str, Any]]:
+  """The backbone record (name, input size, weights sha256) of an extracted photo folder's
+  ``meta.json``, None for data not made by ``xmr_jax.data.extract``."""
+  path = os.path.join(data_dir, "meta.json")
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    meta = json.load(f)
+  return meta.get("backbone") if isinstance(meta, dict) else None
 
 
 def _differences(stored: Dict[str, Any], now: Dict[str, Any]):
