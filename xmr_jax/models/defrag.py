@@ -10,6 +10,8 @@ DriverSetParams.m, DeFragRun.m, initParams.m).
   Ablations (paper table 3): ``fragments='bigram'`` (consecutive token pairs, one "bigram"
   relation) and ``'word'`` (single words, s = ReLU(W [W_e w] + b)), both from ``tokens``.
   The paper keeps W_e fixed (pretrained 200-d vectors); ``freeze_word_embeddings`` does that.
+  With ``model.text_encoder=minilm`` (bigram/word fragments) W_e w is the pretrained tower's
+  contextual vector of each token (384-d; models/text_tower.py).
 * Image fragments (sec. 3.2): v = W_m x + b_m, a linear map of each region feature (paper: the
   top 19 R-CNN detections) plus one whole-image fragment: the masked mean of the region
   features (``whole_image='mean'``), or the small PixelCNN over rendered pixels, mean-pooled
@@ -39,6 +41,8 @@ from xmr_jax.models.base import RetrievalModel
 from xmr_jax.models.encoders import word_embedding_init
 from xmr_jax.models.precision import dense_kwargs, read_dtype
 from xmr_jax.models.registry import Method
+from xmr_jax.models import text_tower as tt
+from xmr_jax.models.text_tower import tower_states
 from xmr_jax.types import DataInfo
 
 FRAGMENTS = ("dependency", "bigram", "word")
@@ -63,6 +67,8 @@ class DeFrag(RetrievalModel):
   threshold: bool = True
   word_vectors: Any = None
   dtype: str = "float32"          # model.dtype: matmul operands (models/precision.py)
+  text_tower: Any = None          # pretrained tower (models/text_tower.py) instead of W_e
+  text_frozen: bool = False
 
   def setup(self):
     if self.fragments not in FRAGMENTS:
@@ -71,10 +77,12 @@ class DeFrag(RetrievalModel):
       raise ConfigError(f"DeFrag: whole_image={self.whole_image!r}; choose one of {WHOLE_IMAGE}")
     dep = self.fragments == "dependency"
     vocab = self.word_vocab_size if dep else self.vocab_size
-    self.word_embed = nn.Embed(vocab, self.word_dim, embedding_init=word_embedding_init(
-        self.word_vectors, nn.initializers.normal(0.1)))  # random W_e: N(0, 0.1)
+    if self.text_tower is None:
+      self.word_embed = nn.Embed(vocab, self.word_dim, embedding_init=word_embedding_init(
+          self.word_vectors, nn.initializers.normal(0.1)))  # random W_e: N(0, 0.1)
+    word_dim = 384 if self.text_tower is not None else self.word_dim
     n_rel = self.num_relations if dep and not self.shared_relation_matrix else 1
-    fan_in = self.word_dim * (1 if self.fragments == "word" else 2)
+    fan_in = word_dim * (1 if self.fragments == "word" else 2)
     # One (fan_in, D) matrix per relation type, W_R of eq. 1, stacked.
     self.rel_kernel = self.param("rel_kernel", nn.initializers.lecun_normal(batch_axis=(0,)),
                                  (max(n_rel, 1), fan_in, self.embed_dim))
@@ -122,8 +130,13 @@ class DeFrag(RetrievalModel):
     (M, T, D) float32, padding zeroed, "mask": (M, T) bool}``; T is the ``deps`` (M, T, 3) int32
     length (dependency), L - 1 (bigram) or L (word) of ``tokens`` (M, L)."""
     rel, words, mask = self._triples(texts)
-    emb = self.word_embed(words)                                    # (B, T, 1|2, E)
-    if self.freeze_word_embeddings:
+    if self.text_tower is not None:   # contextual token vectors in place of W_e w
+      h = tower_states(self.text_tower, texts, frozen=self.text_frozen, train=train)
+      emb = (jnp.stack([h[:, :-1], h[:, 1:]], axis=2) if self.fragments == "bigram"
+             else h[:, :, None])                                    # (B, T, 1|2, 384)
+    else:
+      emb = self.word_embed(words)                                  # (B, T, 1|2, E)
+    if self.freeze_word_embeddings and self.text_tower is None:
       emb = jax.lax.stop_gradient(emb)
     x = emb.reshape(emb.shape[:2] + (-1,))                          # [W_e w1; W_e w2]
     dt = compute_dtype(self.dtype)
@@ -165,7 +178,9 @@ def inputs(model_config) -> FrozenSet[str]:
 
 def unread(model_config) -> Dict[str, str]:
   """Relation matrices exist for dependency fragments only; the MIL switch needs MIL."""
-  m, out = model_config, {}
+  m = model_config
+  out = tt.unread(m, {"word_dim": "the word embedding W_e",
+                      "freeze_word_embeddings": "W_e (use model.text_frozen)"})
   if m.fragments != "dependency":
     out["shared_relation_matrix"] = (f"model.fragments={m.fragments!r}; only 'dependency' "
                                      f"fragments have relation matrices")
@@ -181,6 +196,10 @@ def build_method(model_config, info: DataInfo) -> Method:
   vectors index the caption tokenizer's vocabulary, the dependency fragments another one.
   """
   m = model_config
+  if tt.uses_tower(m) and m.fragments == "dependency":
+    raise ConfigError("model.text_encoder=minilm gives contextual vectors of caption tokens, "
+                      "but dependency fragments embed words of the dependency vocabulary; use "
+                      "model.fragments=bigram or word")
   if info.word_vectors is not None and m.fragments == "dependency":
     raise ConfigError("data.word_embeddings initialises the caption tokenizer's words, but "
                      "DeFrag's dependency fragments embed the words of the dependency "
@@ -192,7 +211,8 @@ def build_method(model_config, info: DataInfo) -> Method:
                  freeze_word_embeddings=m.freeze_word_embeddings, whole_image=m.whole_image,
                  max_regions=m.max_regions, smoothing=m.smoothing,
                  normalization=m.normalization, accumulation=m.accumulation,
-                 threshold=m.threshold, word_vectors=info.word_vectors, dtype=read_dtype(m))
+                 threshold=m.threshold, word_vectors=info.word_vectors, dtype=read_dtype(m),
+                 text_tower=tt.make_tower(m, info), text_frozen=m.get("text_frozen", False))
   loss_fn = make_loss(m.objective, m.use_mil, m.mil_start_epoch, m.global_start_epoch)
   return Method("defrag", model, loss_fn,
                 hparam_names=("margin", "global_weight", "fragment_margin"),

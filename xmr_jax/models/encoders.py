@@ -38,7 +38,7 @@ def word_embedding_init(word_vectors: Optional[np.ndarray], fallback: Callable):
   """The initialiser of a (vocab_size, word_dim) word embedding table.
 
   ``word_vectors`` (vocab_size, word_dim) float32 (``DataInfo.word_vectors``, from
-  ``data.word_embeddings``) are copied in; without them ``fallback(key, shape, dtype)`` draws
+  ``data.word_embeddings`` or ``data.word_vectors``) are copied in; without them ``fallback(key, shape, dtype)`` draws
   the method's random init. Raises ValueError when the vectors' shape differs from the table's
   (a GloVe file of another dimension than ``model.word_dim``): never a silent random init.
   """
@@ -50,8 +50,8 @@ def word_embedding_init(word_vectors: Optional[np.ndarray], fallback: Callable):
     del key
     if tuple(table.shape) != tuple(shape):
       raise ConfigError(
-          f"data.word_embeddings gives vectors of shape {table.shape} but the model's word "
-          f"embedding is {tuple(shape)} (vocab_size, model.word_dim); set "
+          f"data.word_embeddings / data.word_vectors give vectors of shape {table.shape} but "
+          f"the model's word embedding is {tuple(shape)} (vocab_size, model.word_dim); set "
           f"model.word_dim={table.shape[1]} or use vectors of dimension {shape[1]}")
     return jnp.asarray(table, dtype)
   return init

@@ -5,7 +5,10 @@ implementation, so every choice the paper leaves open is listed here.
 Architecture (paper §3, our reading):
 
 * **Fragments.** Regions (B, R, F) -> FC -> R (B, R, D) (``RegionEncoder`` without l2 norm,
-  padded regions zeroed). Words: the paper uses pretrained BERT; we default to a trainable
+  padded regions zeroed). Words: the paper uses pretrained BERT (frozen). With
+  ``model.text_encoder=minilm`` (models/text_tower.py; the ``data=images`` presets) X = FC of
+  the pretrained all-MiniLM-L6-v2's token vectors (384-d), the nearest packaged stand-in for
+  BERT-base; ``model.text_frozen`` keeps it fixed as the paper does. Otherwise a trainable
   stand-in, token embedding (``word_dim``) -> FC to D -> + learned positions -> LayerNorm ->
   ``num_text_layers`` Transformer units, giving X (B, L, D). ``DataInfo.word_vectors``
   initialises the embedding and ``replace_text_params`` loads a whole pretrained text-encoder
@@ -58,6 +61,8 @@ from xmr_jax.models.base import RetrievalModel
 from xmr_jax.models.encoders import RegionEncoder, word_embedding_init
 from xmr_jax.models.precision import dense_kwargs, read_dtype
 from xmr_jax.models.registry import Method
+from xmr_jax.models import text_tower as tt
+from xmr_jax.models.text_tower import TowerWords
 from xmr_jax.types import DataInfo
 
 _xavier = nn.initializers.xavier_uniform()
@@ -168,16 +173,22 @@ class MMCA(RetrievalModel):
   train_score_chunk: int = -1        # the same in training (B x B); -1 = score_chunk
   word_vectors: Any = None
   dtype: str = "float32"             # model.dtype: matmul operands (models/precision.py)
+  text_tower: Any = None             # pretrained tower (models/text_tower.py): the paper's BERT
+  text_frozen: bool = False
 
   def setup(self):
     if self.cross_input not in ("fragments", "self_attended"):
       raise ConfigError(f"MMCA: cross_input={self.cross_input!r}; use fragments|self_attended")
     d = self.embed_dim
     self.region_fc = RegionEncoder(d, normalize=False, dtype=self.dtype)
-    self.text_encoder = TransformerTextEncoder(
-        self.vocab_size, self.word_dim, d, self.num_heads, self.ffn_dim,
-        num_layers=self.num_text_layers, max_len=self.max_len, word_vectors=self.word_vectors,
-        dtype=self.dtype)
+    if self.text_tower is None:
+      self.text_encoder = TransformerTextEncoder(
+          self.vocab_size, self.word_dim, d, self.num_heads, self.ffn_dim,
+          num_layers=self.num_text_layers, max_len=self.max_len,
+          word_vectors=self.word_vectors, dtype=self.dtype)
+    else:   # X = FC(BERT token features), padding zero
+      self.text_encoder = TowerWords(d, self.text_frozen, self.text_tower, self.dtype,
+                                     normalize=False)
     self.image_units = [TransformerUnitParams(d, self.num_heads, self.ffn_dim)
                         for _ in range(self.num_image_layers)]
     self.text_cnn = NgramCNNParams(d, self.conv_dim, d, tuple(self.windows))
@@ -208,7 +219,10 @@ class MMCA(RetrievalModel):
     float32 c0 (l2-normalised if ``normalize``)}``, plus with alpha != 0 the word features
     ``"frag"`` (M, L, D) float32 and ``"mask"`` (M, L) bool. Raises ValueError if L > max_len."""
     mask = texts["token_mask"].astype(bool)
-    x = self.text_encoder(texts["tokens"], mask)
+    if self.text_tower is None:
+      x = self.text_encoder(texts["tokens"], mask)
+    else:
+      x = self.text_encoder(texts["tokens"], mask, train=train)
     c0 = ca.ngram_embedding(self.text_cnn(), x, mask, self.windows, compute_dtype(self.dtype))
     out = {"emb": self._norm(c0)}
     if self.alpha != 0:
@@ -274,9 +288,10 @@ def inputs(model_config) -> FrozenSet[str]:
 
 
 def unread(model_config) -> Dict[str, str]:
-  """Every MMCA model key is read whatever the settings."""
-  del model_config
-  return {}
+  """The BERT stand-in's keys under a pretrained text tower, the tower's under the stand-in."""
+  stand_in = "the trainable BERT stand-in"
+  return tt.unread(model_config, {"word_dim": stand_in, "num_text_layers": stand_in,
+                                  "max_len": stand_in + " (its learned positions)"})
 
 
 def build_method(model_config, info: DataInfo) -> Method:
@@ -287,7 +302,7 @@ def build_method(model_config, info: DataInfo) -> Method:
   in the test split, which is only encoded after training.
   """
   m = model_config
-  if info.max_text_len > m.max_len:
+  if info.max_text_len > m.max_len and not tt.uses_tower(m):
     raise ConfigError(f"MMCA: the data has captions padded to {info.max_text_len} tokens but "
                       f"config.model.max_len={m.max_len}; set --config.model.max_len="
                       f"{info.max_text_len} (or more), or cut captions with "
@@ -299,7 +314,8 @@ def build_method(model_config, info: DataInfo) -> Method:
                cross_input=m.cross_input, share_weights=m.share_weights,
                normalize=m.normalize, score_chunk=m.score_chunk,
                train_score_chunk=m.train_score_chunk,
-               word_vectors=info.word_vectors, dtype=read_dtype(m))
+               word_vectors=info.word_vectors, dtype=read_dtype(m),
+               text_tower=tt.make_tower(m, info), text_frozen=m.get("text_frozen", False))
   # The cross term's cost grows with the padded caption length and padding never changes a
   # score (tests/test_mmca.py), so evaluation trims it per length group.
   return Method("mmca", model, loss_fn, hparam_names=("margin", "hardneg_warmup_epochs"),

@@ -13,6 +13,10 @@ Each image and caption becomes a Gaussian N(mu, diag(sigma^2)) in R^D (naver-ai/
   mu = l2norm(LayerNorm(h + dropout(sigmoid(W_r attnpool(e)))));
   logsigma = W_s attnpool'(e) + h' with h' a second bi-GRU (``UncertaintyModuleText``).
 
+* text with ``model.text_encoder=minilm`` (models/text_tower.py): e = the pretrained tower's
+  token vectors (384-d), the local features of both attention branches; the two bi-GRU
+  terms h and h' become W_t mean(e) and W_t' mean(e), as the image side's W g and W_2 g.
+
 The shared ``GRUTextEncoder`` is not used: it owns its embedding table and averages the two
 directions, while PCME shares one embedding between the GRUs and both attention branches and
 concatenates D/2-wide directions read at the last real word.
@@ -35,6 +39,8 @@ from xmr_jax.models.base import RetrievalModel
 from xmr_jax.models.encoders import PixelCNN, last_valid, word_embedding_init
 from xmr_jax.models.precision import dense_kwargs, gru_cell, read_dtype
 from xmr_jax.models.registry import Method
+from xmr_jax.models import text_tower as tt
+from xmr_jax.models.text_tower import pooled, tower_states
 from xmr_jax.types import DataInfo
 
 Array = jax.Array
@@ -142,6 +148,8 @@ class PCME(RetrievalModel):
   dist_eps: float = 1e-6
   word_vectors: Optional[Any] = None
   dtype: str = "float32"             # model.dtype: matmul operands (models/precision.py)
+  text_tower: Any = None             # pretrained tower (models/text_tower.py) instead of GRUs
+  text_frozen: bool = False
 
   def setup(self):
     if self.embed_dim % 2:
@@ -154,16 +162,23 @@ class PCME(RetrievalModel):
       raise ConfigError(f"PCME: image_input={self.image_input!r}; use 'regions' or 'pixels'")
     feat_dim = self.pixel_dim if self.image_input == "pixels" else self.region_dim
     self.img_pie, self.img_uncertain = self._heads(feat_dim)
-    self.txt_pie, self.txt_uncertain = self._heads(self.word_dim)
+    tower = self.text_tower is not None
+    self.txt_pie, self.txt_uncertain = self._heads(384 if tower else self.word_dim)
     self.img_fc = nn.Dense(self.embed_dim, kernel_init=_torch_default,
                            **dense_kwargs(self.dtype))
     self.img_fc2 = nn.Dense(self.embed_dim, kernel_init=_torch_default,
                             **dense_kwargs(self.dtype))
-    self.embed = nn.Embed(self.vocab_size, self.word_dim,
-                          embedding_init=word_embedding_init(
-                              self.word_vectors, _xavier))  # official init_weights without GloVe
-    self.txt_rnn = BiGRULast(self.embed_dim // 2, self.dtype)
-    self.txt_sigma_rnn = BiGRULast(self.embed_dim // 2, self.dtype)
+    if tower:   # the global terms from the pooled tower vectors, as img_fc / img_fc2
+      self.txt_fc = nn.Dense(self.embed_dim, kernel_init=_torch_default,
+                             **dense_kwargs(self.dtype))
+      self.txt_fc2 = nn.Dense(self.embed_dim, kernel_init=_torch_default,
+                              **dense_kwargs(self.dtype))
+    else:
+      self.embed = nn.Embed(self.vocab_size, self.word_dim,
+                            embedding_init=word_embedding_init(
+                                self.word_vectors, _xavier))  # official init without GloVe
+      self.txt_rnn = BiGRULast(self.embed_dim // 2, self.dtype)
+      self.txt_sigma_rnn = BiGRULast(self.embed_dim // 2, self.dtype)
     self.negative_scale = self.param("negative_scale",
                                      nn.initializers.constant(self.init_negative_scale), ())
     self.shift = self.param("shift", nn.initializers.constant(self.init_shift), ())
@@ -198,6 +213,12 @@ class PCME(RetrievalModel):
     l2-normalised, "logsigma": (M, D), "samples": (M, J, D)}`` float32, samples from the
     ``'sampling'`` rng (paper eq. 2; official ``caption_encoder.EncoderText``)."""
     mask = texts["token_mask"].astype(bool)
+    if self.text_tower is not None:   # local attention over the tower's token vectors
+      emb = tower_states(self.text_tower, texts, frozen=self.text_frozen, train=train)
+      mean = pooled(emb, mask)
+      mu = self.txt_pie(self.txt_fc(mean), emb, mask, train=train)
+      logsigma = self.txt_uncertain(self.txt_fc2(mean), emb, mask)
+      return self._gaussian(mu, logsigma)
     emb = self.embed(texts["tokens"])
     mu = self.txt_pie(self.txt_rnn(emb, mask), emb, mask, train=train)
     logsigma = self.txt_uncertain(self.txt_sigma_rnn(emb, mask), emb, mask)
@@ -250,11 +271,12 @@ def uncertainty_of(official_kl: bool):
 
 
 def unread(model_config) -> Dict[str, str]:
-  """``pixel_dim`` sizes the pixel encoder only."""
+  """``pixel_dim`` sizes the pixel encoder only; ``word_dim`` the GRUs' embedding only."""
   m = model_config
+  out = tt.unread(m, {"word_dim": "the GRUs' word embedding"})
   if m.image_input != "pixels":
-    return {"pixel_dim": f"model.image_input={m.image_input!r}; only 'pixels' reads it"}
-  return {}
+    out["pixel_dim"] = f"model.image_input={m.image_input!r}; only 'pixels' reads it"
+  return out
 
 
 def build_method(model_config, info: DataInfo) -> Method:
@@ -269,7 +291,8 @@ def build_method(model_config, info: DataInfo) -> Method:
                score_method=m.score, official_sigmoid=m.official_sigmoid,
                official_kl=m.official_kl, dropout=m.dropout,
                sigma_bias_init=m.get("sigma_bias_init", 0.0), word_vectors=info.word_vectors,
-               dtype=read_dtype(m))
+               dtype=read_dtype(m), text_tower=tt.make_tower(m, info),
+               text_frozen=m.get("text_frozen", False))
   loss_fn = make_loss_fn(official_kl=m.official_kl, reduction=m.reduction,
                          use_uniformity=m.use_uniformity)
   return Method(name="pcme", model=model, loss_fn=loss_fn,

@@ -59,6 +59,11 @@ class Method:
       ``alignments`` evaluator.
     samples_at_eval: the encoders draw random numbers at evaluation (PCME's J samples); the
       engine then keys every item's draws by its index in the split.
+    pretrained: ``((params path, tower name), ...)``: subtrees the trainer fills with
+      pretrained weights at initialisation (``model.text_encoder=minilm``: ``(("text_tower",),
+      "minilm")``, models/text_tower.py); empty for models trained from scratch.
+    pretrained_lr_scale: the learning-rate factor of those subtrees (``model.text_lr_scale``;
+      0 = frozen, ``model.text_frozen``), applied by the optimiser (``optax.multi_transform``).
     key: a fingerprint of what determines the compiled programs (the model's class and
       fields, array fields by content; ``model_fingerprint``): compiled encoders and scorers
       are cached under it. Filled in when left empty.
@@ -75,6 +80,8 @@ class Method:
   uncertainty: Optional[Callable[[Any], np.ndarray]] = None
   alignments: Optional[str] = None
   samples_at_eval: bool = False
+  pretrained: Tuple[Tuple[Tuple[str, ...], str], ...] = ()
+  pretrained_lr_scale: float = 1.0
   key: str = ""
 
   def __post_init__(self):
@@ -126,4 +133,6 @@ def unread_model_keys(config) -> Dict[str, str]:
 def get_method(config, info: DataInfo) -> Method:
   """Builds the method named by ``config.method``; ConfigError for an unknown name."""
   method = _module(config.method).build_method(config.model, info)
-  return dataclasses.replace(method, inputs=method_inputs(config))
+  from xmr_jax.models import text_tower   # the seam is the same for every method
+  return dataclasses.replace(method, inputs=method_inputs(config),
+                             **text_tower.method_fields(config.model))

@@ -61,6 +61,8 @@ from xmr_jax.models.base import RetrievalModel
 from xmr_jax.models.encoders import GRUTextEncoder, RegionEncoder
 from xmr_jax.models.precision import read_dtype
 from xmr_jax.models.registry import Method
+from xmr_jax.models import text_tower as tt
+from xmr_jax.models.text_tower import TowerWords
 from xmr_jax.types import DataInfo
 
 _XAVIER = nn.initializers.xavier_uniform()   # official init_weights: U(+-sqrt(6/(in+out)))
@@ -341,6 +343,8 @@ class SGRAF(RetrievalModel):
   image_chunk: int = 0
   word_vectors: Any = None
   dtype: str = "float32"            # model.dtype: matmul operands (models/precision.py)
+  text_tower: Any = None            # pretrained tower (models/text_tower.py) instead of the GRU
+  text_frozen: bool = False
   # Set through ``Method.for_mesh`` under a data mesh (the trainer's hook): VisualSA's train-mode BatchNorm then
   # reduces its statistics over all devices. SAF's per-caption statistics need nothing: each
   # device scores its captions against the gathered images of the whole batch.
@@ -348,10 +352,13 @@ class SGRAF(RetrievalModel):
 
   def setup(self):
     self.img_enc = RegionEncoder(self.embed_dim, dtype=self.dtype)
-    self.txt_enc = GRUTextEncoder(self.vocab_size, self.word_dim, self.embed_dim,
-                                  num_layers=self.num_layers, bidirectional=True,
-                                  word_vectors=self.word_vectors, dropout=self.word_dropout,
-                                  dtype=self.dtype)
+    if self.text_tower is None:
+      self.txt_enc = GRUTextEncoder(self.vocab_size, self.word_dim, self.embed_dim,
+                                    num_layers=self.num_layers, bidirectional=True,
+                                    word_vectors=self.word_vectors, dropout=self.word_dropout,
+                                    dtype=self.dtype)
+    else:   # the tower's token vectors -> fc -> l2 norm, as the GRU's outputs
+      self.txt_enc = TowerWords(self.embed_dim, self.text_frozen, self.text_tower, self.dtype)
     # Every head setting is forwarded by name from SGRAF's flat fields (one list: the head's).
     self.sim_enc = SGRAFHead(**{k: getattr(self, k) for k in HEAD_FIELDS})
 
@@ -391,12 +398,14 @@ def inputs(model_config) -> FrozenSet[str]:
 
 
 def unread(model_config) -> Dict[str, str]:
-  """SGR-only settings under SAF and the other way round."""
+  """SGR-only settings under SAF and the other way round; the GRU's under a text tower."""
   m = model_config
+  out = tt.unread(m, {"word_dim": "the GRU's word embedding", "num_layers": "the GRU",
+                      "word_dropout": "the GRU's word-embedding dropout"})
   if m.variant == "saf":
     why = "model.variant='saf'; only SGR reads it"
-    return {"sgr_steps": why, "sparse_backward": why}
-  return {"saf_bn_stats": f"model.variant={m.variant!r}; only SAF reads it"}
+    return {**out, "sgr_steps": why, "sparse_backward": why}
+  return {**out, "saf_bn_stats": f"model.variant={m.variant!r}; only SAF reads it"}
 
 
 def build_method(model_config, info: DataInfo) -> Method:
@@ -413,7 +422,8 @@ def build_method(model_config, info: DataInfo) -> Method:
                 saf_bn_stats=m.saf_bn_stats, fold_query_key=m.fold_query_key,
                 caption_chunk=m.caption_chunk, remat=m.remat,
                 sparse_backward=m.sparse_backward, image_chunk=m.image_chunk,
-                word_vectors=info.word_vectors, dtype=read_dtype(m))
+                word_vectors=info.word_vectors, dtype=read_dtype(m),
+                text_tower=tt.make_tower(m, info), text_frozen=m.get("text_frozen", False))
   return Method("sgraf", model, sgraf_loss, hparam_names=("margin", "hardneg_warmup_epochs"),
                 text_padding=("mask", ("local",)),
                 for_mesh=lambda axis: model.clone(axis_name=axis))

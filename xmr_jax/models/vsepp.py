@@ -7,6 +7,8 @@ Negatives", BMVC 2018); official code fartashf/vsepp ``model.py``.
   small ``PixelCNN`` grid is pooled the same way (stand-in for the fine-tuned CNN).
 * Text: word embedding (uniform ±0.1 init) -> unidirectional GRU -> the output at the last real
   word (official ``EncoderText``: ``out[i, lengths[i] - 1]``) -> l2 norm.
+* Text with ``model.text_encoder=minilm`` (models/text_tower.py): the mean of the pretrained
+  tower's token vectors (sentence-transformers' pooling) -> ``fc`` -> l2 norm.
 * Score: cosine (dot product of l2-normalised vectors).
 * Loss: bidirectional hinge triplet loss, hardest negative (``max_violation``, VSE++ eq. 5) or
   the sum over negatives (VSE0, eq. 3), summed over the batch as the official ``ContrastiveLoss``
@@ -25,6 +27,8 @@ from xmr_jax.models.base import RetrievalModel
 from xmr_jax.models.encoders import GRUTextEncoder, PixelCNN, last_valid
 from xmr_jax.models.precision import dense_kwargs, read_dtype
 from xmr_jax.models.registry import Method
+from xmr_jax.models.text_tower import make_tower, pooled, tower_states
+from xmr_jax.models import text_tower as tt
 from xmr_jax.types import DataInfo
 
 
@@ -41,12 +45,18 @@ class VSEPP(RetrievalModel):
   image_input: str = "regions"   # regions | pixels
   word_vectors: Any = None
   dtype: str = "float32"            # model.dtype: matmul operands (models/precision.py)
+  text_tower: Any = None            # pretrained tower (models/text_tower.py) instead of the GRU
+  text_frozen: bool = False
 
   def setup(self):
     self.img_fc = nn.Dense(self.embed_dim, kernel_init=nn.initializers.xavier_uniform(),
                            **dense_kwargs(self.dtype))
     if self.image_input == "pixels":
       self.cnn = PixelCNN(self.embed_dim, dtype=self.dtype)
+    if self.text_tower is not None:
+      self.txt_fc = nn.Dense(self.embed_dim, kernel_init=nn.initializers.xavier_uniform(),
+                             **dense_kwargs(self.dtype))
+      return
     self.txt_enc = GRUTextEncoder(self.vocab_size, self.word_dim, self.embed_dim,
                                   num_layers=self.num_layers, bidirectional=False,
                                   normalize=False, word_vectors=self.word_vectors,
@@ -64,7 +74,11 @@ class VSEPP(RetrievalModel):
 
   def encode_texts(self, texts, *, train: bool) -> Dict[str, jax.Array]:
     """``{"emb": (M, embed_dim) float32, l2-normalised}``: the GRU output at the last real
-    token of ``tokens`` (M, L) int32 / ``token_mask`` (M, L) bool (official ``EncoderText``)."""
+    token of ``tokens`` (M, L) int32 / ``token_mask`` (M, L) bool (official ``EncoderText``);
+    with a pretrained ``text_tower``, ``fc`` of the mean of its token vectors."""
+    if self.text_tower is not None:
+      hidden = tower_states(self.text_tower, texts, frozen=self.text_frozen, train=train)
+      return {"emb": l2norm(self.txt_fc(pooled(hidden, texts["token_mask"])))}
     words = self.txt_enc(texts["tokens"], texts["token_mask"], train=train)
     return {"emb": l2norm(last_valid(words, texts["token_mask"]))}
 
@@ -80,9 +94,9 @@ def inputs(model_config) -> FrozenSet[str]:
 
 
 def unread(model_config) -> Dict[str, str]:
-  """Every VSE++ model key is read whatever the settings."""
-  del model_config
-  return {}
+  """The GRU's keys under a pretrained text tower, the tower's keys under the GRU."""
+  return tt.unread(model_config, {"word_dim": "the GRU's word embedding",
+                                  "num_layers": "the GRU"})
 
 
 def build_method(model_config, info: DataInfo) -> Method:
@@ -90,7 +104,8 @@ def build_method(model_config, info: DataInfo) -> Method:
   m = model_config
   model = VSEPP(vocab_size=info.vocab_size, word_dim=m.word_dim, embed_dim=m.embed_dim,
                 num_layers=m.num_layers, image_input=m.image_input,
-                word_vectors=info.word_vectors, dtype=read_dtype(m))
+                word_vectors=info.word_vectors, dtype=read_dtype(m),
+                text_tower=make_tower(m, info), text_frozen=m.get("text_frozen", False))
   # The hardest-negative loss (eq. 5) with an optional sum-over-negatives warm-up: from random
   # initialisation it can sit at its collapsed value 2 B margin for a long time (VSE∞'s
   # vse_mean_warmup_epochs); the official VSE++ has none (hardneg_warmup_epochs = 0).

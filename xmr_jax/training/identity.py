@@ -37,7 +37,7 @@ DEPS_VOCAB_FILE = "deps_vocab.json"
 # Config keys whose change makes a checkpoint unloadable or its ids meaningless, for any use
 # of a workdir (a key or a whole section).
 FIXED = ("method", "model", "data.tokenizer", "data.vocab_path", "data.vocab_size",
-         "data.word_embeddings", "data.captions_per_image")
+         "data.word_embeddings", "data.word_vectors", "data.captions_per_image")
 # Also fixed when training resumes: the optimiser state's structure and the batch order.
 FIXED_FOR_TRAINING = ("train.batch_size", "train.optimizer", "train.weight_decay",
                       "train.grad_clip", "seed", "data.max_caption_len")

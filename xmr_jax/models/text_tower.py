@@ -1,0 +1,127 @@
+"""The text-tower seam: ``config.model.text_encoder`` = ``gru`` | ``minilm``.
+
+``gru`` (the default) is each method's own text encoder, unchanged. ``minilm`` replaces the
+word embedding + recurrent/Transformer encoder by the pretrained all-MiniLM-L6-v2
+(``xmr_jax.backbones.minilm``: a 6-layer BERT, 384-d), held by every model as the top-level
+submodule ``text_tower`` (so its parameters are ``params["text_tower"]`` in every method,
+:data:`TOWER_PATH`). Methods that attend over words (SGRAF, MMCA, PCME's local attention,
+DeFrag's word/bigram fragments) read its per-token contextual vectors (B, L, 384); VSE++ and
+PCME's global terms read the mean of the real tokens' vectors (sentence-transformers' pooling).
+Each method maps 384 to its own width with a Dense layer it owns.
+
+Around the model: the trainer copies the pretrained weights into ``params["text_tower"]`` at
+initialisation (``Method.pretrained``) and the optimiser updates them with
+``model.text_lr_scale`` times the learning rate (``optax.multi_transform``), or not at all
+with ``model.text_frozen`` (MMCA's paper setting), in which case the model also stops their
+gradient. The tower reads WordPiece ids: ``data.tokenizer=wordpiece`` (checked here through
+the vocabulary size).
+"""
+from typing import Any, Dict
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from xmr_jax.backbones import minilm
+from xmr_jax.common.errors import ConfigError
+from xmr_jax.kernels.common import compute_dtype, l2norm
+from xmr_jax.models.precision import dense_kwargs
+from xmr_jax.types import DataInfo
+
+TEXT_ENCODERS = ("gru", "minilm")
+TOWER_PATH = ("text_tower",)
+# Keys of the seam itself: read only with a pretrained tower.
+TOWER_KEYS = ("text_frozen", "text_lr_scale")
+
+
+def text_encoder(model_config) -> str:
+  """``model.text_encoder`` (default "gru"), checked: ConfigError naming the key and choices."""
+  name = model_config.get("text_encoder", "gru")
+  if name not in TEXT_ENCODERS:
+    raise ConfigError(f"config.model.text_encoder={name!r} is unknown; choose one of "
+                      f"{TEXT_ENCODERS}")
+  return name
+
+
+def uses_tower(model_config) -> bool:
+  """True when ``model.text_encoder`` names a pretrained tower (not "gru")."""
+  return text_encoder(model_config) != "gru"
+
+
+def make_tower(model_config, info: DataInfo):
+  """The :class:`~xmr_jax.backbones.minilm.MiniLM` module for ``model.dtype``, or None for
+  "gru". Raises ConfigError when the data's vocabulary is not the tower's WordPiece one."""
+  if not uses_tower(model_config):
+    return None
+  if info.vocab_size != minilm.ENTRY.vocab_size:
+    raise ConfigError(
+        f"model.text_encoder=minilm reads all-MiniLM-L6-v2's WordPiece ids ("
+        f"{minilm.ENTRY.vocab_size}) but the data's tokenizer has {info.vocab_size}: set "
+        f"--config.data.tokenizer=wordpiece")
+  dtype = model_config.get("dtype", "float32")
+  return minilm.MiniLM(dtype=compute_dtype(dtype))
+
+
+def tower_states(tower, texts, *, frozen: bool, train: bool) -> jax.Array:
+  """Contextual token vectors (M, L, 384) float32 of ``tokens`` / ``token_mask`` (M, L),
+  padded positions zero; gradients stopped when ``frozen``."""
+  mask = texts["token_mask"].astype(bool)
+  hidden = tower(texts["tokens"], mask, train=train)
+  if frozen:
+    hidden = jax.lax.stop_gradient(hidden)
+  return hidden * mask[..., None].astype(hidden.dtype)
+
+
+class TowerWords(nn.Module):
+  """Per-word vectors from a pretrained tower, a drop-in for ``GRUTextEncoder``: (M, L) ids,
+  (M, L) mask -> (M, L, embed_dim) float32, ``fc`` of the tower's token vectors, each
+  l2-normalised (``normalize``), padding zero. ``tower`` is shared with the parent model
+  (its parameters stay at ``params["text_tower"]``)."""
+  embed_dim: int
+  frozen: bool
+  tower: Any
+  dtype: str = "float32"
+  normalize: bool = True
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array, token_mask: jax.Array, *, train: bool) -> jax.Array:
+    hidden = tower_states(self.tower, {"tokens": tokens, "token_mask": token_mask},
+                          frozen=self.frozen, train=train)
+    x = nn.Dense(self.embed_dim, kernel_init=nn.initializers.xavier_uniform(), name="fc",
+                 **dense_kwargs(self.dtype))(hidden)
+    if self.normalize:
+      # A padded position is fc's bias, zero at init: the norm's gradient there would be
+      # 0 * inf = NaN. Padding is masked out below, so normalise ones there instead.
+      x = l2norm(jnp.where(token_mask[..., None].astype(bool), x, 1.0))
+    return x * token_mask[..., None].astype(x.dtype)
+
+
+def pooled(hidden: jax.Array, token_mask: jax.Array) -> jax.Array:
+  """(M, L, D), (M, L) -> (M, D): the mean of the real tokens' vectors ([CLS]/[SEP] in)."""
+  m = token_mask.astype(hidden.dtype)[..., None]
+  return jnp.sum(hidden * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)
+
+
+def method_fields(model_config) -> Dict:
+  """The :class:`~xmr_jax.models.registry.Method` fields of the seam: ``pretrained`` ((path,
+  tower name),) and ``pretrained_lr_scale`` (0 when frozen). ConfigError for a negative
+  ``text_lr_scale``."""
+  if not uses_tower(model_config):
+    return {}
+  scale = float(model_config.get("text_lr_scale", 1.0))
+  if scale < 0:
+    raise ConfigError(f"config.model.text_lr_scale={scale} must be >= 0 (0 freezes the "
+                      f"tower's weights, as model.text_frozen)")
+  frozen = bool(model_config.get("text_frozen", False))
+  return {"pretrained": ((TOWER_PATH, text_encoder(model_config)),),
+          "pretrained_lr_scale": 0.0 if frozen else scale}
+
+
+def unread(model_config, gru_only: Dict[str, str]) -> Dict[str, str]:
+  """Keys these settings never read: the seam's own keys under "gru"; under a tower, the
+  method's ``gru_only`` keys ({key: what reads it}) of the text encoder it replaces."""
+  name = text_encoder(model_config)
+  if name == "gru":
+    return {k: "model.text_encoder='gru'; only a pretrained text tower reads it"
+            for k in TOWER_KEYS}
+  return {k: f"model.text_encoder={name!r} replaces {what}" for k, what in gru_only.items()}
