@@ -201,7 +201,10 @@ def test_cli_ensemble_overrides_and_members(trained, tmp_path):
   out = _cli(f"--config={config_file}", "--config.train.num_steps=3", "--mode=eval",
              f"--ensemble={w},{w}", f"--workdir={tmp_path / 'ens'}")
   _assert_one_message(out, "not --config.train.num_steps")
+  assert "overrides apply" not in out.stderr          # the error is the only thing said
   assert not os.path.exists(tmp_path / "ens")
+  out = _cli("--mode=eval", f"--workdir={w}", "--config.eval.split=dev")   # no --config
+  _assert_one_message(out, "--config.<key> overrides need --config=FILE")
   res = workdirs.evaluate_ensemble([w, w], str(tmp_path / "ens"),
                                    overrides={"eval.split": "dev"})
   assert res["split"] == "dev"

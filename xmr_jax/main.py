@@ -55,6 +55,11 @@ def parse_flags(argv):
   config argument or a missing required flag is the user's input, so it gets the CLI's
   one-message answer instead.
   """
+  if any(a.startswith("--config.") for a in argv) and \
+      not any(a == "--config" or a.startswith("--config=") for a in argv):
+    _fail("--config.<key> overrides need --config=FILE (the config file they change); with "
+          "--mode=eval give the config file the workdir was trained with, e.g. "
+          "--config=configs/vsepp.py:runlocal --config.eval.split=dev")
   try:
     return FLAGS(argv)
   except (flags.Error, InputError) as e:
@@ -84,10 +89,11 @@ def run(argv) -> None:
       raise InputError("--ensemble goes with --mode=eval")
     overrides = ({} if FLAGS.config is None else
                  dict(config_flags.get_override_values(FLAGS["config"])))
+    workdirs.check_ensemble(FLAGS.ensemble, FLAGS.workdir, overrides)
     if FLAGS.config is not None:
-      print(f"xmr_jax: --ensemble evaluates each member with its own config.json; from "
-            f"--config it applies only {overrides or 'no'} eval.* overrides", file=sys.stderr,
-            flush=True)
+      applied = ", ".join(f"{k}={v}" for k, v in sorted(overrides.items())) or "none"
+      print(f"xmr_jax: --ensemble evaluates each member with its own config.json; of --config "
+            f"only the eval.* overrides apply: {applied}", file=sys.stderr, flush=True)
     training.evaluate_ensemble(FLAGS.ensemble, FLAGS.workdir, overrides=overrides)
     return
   config = FLAGS.config

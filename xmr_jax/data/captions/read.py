@@ -262,8 +262,9 @@ def read_caption_set(path: str, images_dir: Optional[str] = None, *, format: str
   else:
     fmt, why, doc = format, "as asked", None
   if verbose:
-    print(f"xmr_jax captions: {path}: reading as {fmt} ({why}); pass format= to choose "
-          f"another of {list(FORMATS)}", file=sys.stderr)
+    print(f"xmr_jax captions: {path}: reading as {fmt} ({why}); choose another of "
+          f"{list(FORMATS)} with --format (extract) or --config.data.images.format",
+          file=sys.stderr)
   captions = caption_format(fmt).read(path, doc, strict, verbose)
   if instances:
     captions = json_formats.attach_instances(captions, instances)
