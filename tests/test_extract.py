@@ -282,3 +282,12 @@ def test_command_line_backbone_flag(extracted, tmp_path):
   assert np.load(out / "train_ims.npy").shape == (4, 81, 1280)
   np.testing.assert_allclose(np.load(out / "train_boxes.npy")[0, -1], [256 / 260, 256 / 260, 1, 1],
                              rtol=1e-6)
+
+
+def test_extract_cli_finds_instances_beside_the_captions(tmp_path, monkeypatch):
+  (tmp_path / "captions.json").write_text("{}")
+  assert extract._instances(None, str(tmp_path / "captions.json")) is None
+  (tmp_path / "instances.json").write_text("{}")
+  assert extract._instances(None, str(tmp_path / "captions.json")) == \
+      str(tmp_path / "instances.json")
+  assert extract._instances("other.json", str(tmp_path / "captions.json")) == "other.json"

@@ -340,6 +340,19 @@ def _write_all(cs, images_dir, tmp, settings, fn, triples, progress,
           "dropped": captions_lib.count_dropped(dropped)}
 
 
+def _instances(given: Optional[str], captions: str) -> Optional[str]:
+  """``--instances``, else an ``instances.json`` beside the caption file (as
+  ``data.name=images`` finds it), said on stderr; None when there is neither."""
+  if given:
+    return given
+  beside = os.path.join(os.path.dirname(os.path.abspath(captions)), "instances.json")
+  if not os.path.isfile(beside):
+    return None
+  print(f"xmr_jax extract: using {beside} for boxes and classes (found beside the captions; "
+        f"--instances names another)", file=sys.stderr)
+  return beside
+
+
 def main(argv: Optional[List[str]] = None) -> int:
   """CLI; bad input is one line on stderr and exit status 2."""
   p = argparse.ArgumentParser(prog="python -m xmr_jax.data.extract",
@@ -347,7 +360,8 @@ def main(argv: Optional[List[str]] = None) -> int:
   p.add_argument("--images", required=True, help="folder of the photos")
   p.add_argument("--captions", required=True, help="caption file (any supported format)")
   p.add_argument("--out", required=True, help="new directory for the dataset")
-  p.add_argument("--instances", default=None, help="COCO instances json (boxes, classes)")
+  p.add_argument("--instances", default=None, help="COCO instances json (boxes, classes); "
+                 "default: instances.json beside the caption file, if there is one")
   p.add_argument("--format", default="auto", choices=["auto", *captions_lib.FORMATS])
   p.add_argument("--regions", default="grid", choices=REGIONS)
   p.add_argument("--dev", type=int, default=0)
@@ -365,7 +379,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                       n_dev=a.dev, n_test=a.test, seed=a.seed, format=a.format,
                       strict=a.strict, parse=a.parse)
   try:
-    meta = extract(a.images, a.captions, a.out, settings, a.instances)
+    meta = extract(a.images, a.captions, a.out, settings, _instances(a.instances, a.captions))
   except InputError as e:
     print(f"xmr_jax: error: {e}", file=sys.stderr)
     return 2
