@@ -313,8 +313,11 @@ class WordVocab(_RaggedEncoder):
 
   def encode_many(self, captions: Sequence[str]) -> List[List[int]]:
     """``<start> words <end>`` per caption (SCAN data.py)."""
-    return [[self.start_id] + self.ids(word_tokenize(c)) + [self.end_id]
-            for c in captions]
+    return self.wrap_ids([word_tokenize(c) for c in captions])
+
+  def wrap_ids(self, token_lists: Iterable[Sequence[str]]) -> List[List[int]]:
+    """``<start> words <end>`` ids of already tokenised captions."""
+    return [[self.start_id] + self.ids(t) + [self.end_id] for t in token_lists]
 
   def decode(self, ids: Sequence[int]) -> str:
     """Words of the ids, specials dropped, joined by spaces."""
@@ -623,11 +626,8 @@ def word_tokenize_many(captions: Sequence[str], workers: int = 0) -> List[List[s
 
 
 def _ragged_path(tokenizer, captions: Sequence[str], cache_dir: str) -> str:
-  h = hashlib.sha256(tokenizer_id(tokenizer).encode())
-  for c in captions:
-    h.update(c.encode("utf-8"))
-    h.update(b"\n")
-  return os.path.join(cache_dir, "tokens", f"{h.hexdigest()[:24]}.npz")
+  return os.path.join(cache_dir, "tokens",
+                      f"{captions_hash(captions, tokenizer_id(tokenizer))}.npz")
 
 
 def _store_ragged(path: str, flat: np.ndarray, offsets: np.ndarray) -> None:
@@ -639,9 +639,6 @@ def _store_ragged(path: str, flat: np.ndarray, offsets: np.ndarray) -> None:
     warnings.warn(f"could not cache the token ids at {path}: {e}")
 
 
-def _word_ids(vocab: "WordVocab", token_lists) -> Tuple[np.ndarray, np.ndarray]:
-  return ragged_from_lists([[vocab.start_id] + vocab.ids(t) + [vocab.end_id]
-                            for t in token_lists])
 
 
 def encode_ragged_cached(tokenizer, captions: Sequence[str], cache_dir: str, *,
@@ -667,7 +664,7 @@ def encode_ragged_cached(tokenizer, captions: Sequence[str], cache_dir: str, *,
     except (OSError, ValueError, KeyError):
       pass   # a damaged cache file is rebuilt below
   if isinstance(tokenizer, WordVocab):
-    flat, offsets = _word_ids(tokenizer, word_tokenize_many(captions, workers))
+    flat, offsets = ragged_from_lists(tokenizer.wrap_ids(word_tokenize_many(captions, workers)))
   else:
     flat, offsets = tokenizer.encode_ragged(captions)
   _store_ragged(path, flat, offsets)
@@ -686,6 +683,6 @@ def build_word_vocab(groups: Sequence[Sequence[str]], threshold: int = 4,
     start = 0
     for group, n in zip(groups, sizes):
       _store_ragged(_ragged_path(vocab, group, cache_dir),
-                    *_word_ids(vocab, tokens[start:start + n]))
+                    *ragged_from_lists(vocab.wrap_ids(tokens[start:start + n])))
       start += n
   return vocab

@@ -161,10 +161,15 @@ def init_state(method: Method, sample_batch: Mapping[str, Any], tx: optax.Gradie
   """
   if isinstance(seed, int):
     seed = jax.random.key_data(jax.random.key(seed))
-  state = jax.jit(functools.partial(_init_state, method, tx))(seed, sample_batch)
+  state = _compiled_init(method, tx)(seed, sample_batch)
   if pretrained and method.pretrained:
     state["params"] = with_pretrained(state["params"], method)
   return state
+
+
+def _compiled_init(method: Method, tx: optax.GradientTransformation):
+  """``(key data, sample batch) -> state``, jitted once per (method, optimiser)."""
+  return jax.jit(functools.partial(_init_state, method, tx))
 
 
 def _init_state(method: Method, tx: optax.GradientTransformation, seed,
@@ -195,7 +200,8 @@ def init_states(method: Method, sample_batch: Mapping[str, Any],
   # jit(vmap(init)) over 6 variants never completed on the 2-core CPU box (XLA CPU; 2 variants
   # did), which hung the CLI sweep; per-variant init gives the same arrays.
   # Pretrained weights are copied in after stacking, not baked into each variant's init.
-  states = [init_state(method, sample_batch, tx, int(s), pretrained=False) for s in seeds]
+  init = _compiled_init(method, tx)     # one compilation for every variant
+  states = [init(jax.random.key_data(jax.random.key(int(s))), sample_batch) for s in seeds]
   stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
   if method.pretrained:
     stacked["params"] = with_pretrained(stacked["params"], method, stacked=len(seeds))
