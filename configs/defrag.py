@@ -15,6 +15,8 @@ Launch:
 Arguments: runlocal, data=synthetic|f30k|images, objective=full|global_only|fragment_only,
   fragments=dependency|bigram|word, mil=true|false, shared_relation_matrix=true|false,
   whole_image=mean|pixels|none, variant=paper|matlab (S_kl normalisation and accumulation).
+  text=gru|glove|minilm (text tower, docs/methods.md#text-towers; minilm needs
+  fragments=bigram|word).
 
 Paper numbers it targets (Flickr30K, 1000 test images, R-CNN fc7 features, table 2, "Our model:
 DeFrag + Finetune CNN"): i2t R@1 16.4, R@5 40.2, R@10 54.7; t2i R@1 10.3, R@5 31.4, R@10 44.5
@@ -23,12 +25,13 @@ Flickr8K: global only, fragment only, bigram/word fragments all below the full m
 On SCAN bottom-up precomp features (36 regions, 2048-d) the numbers are not comparable.
 """
 from xmr_jax.common.errors import ConfigError
-from xmr_jax.config_utils import base_config, parse_arg, photo_folder
+from xmr_jax.config_utils import base_config, parse_arg, photo_folder, text_tower
 
 
 def get_config(arg=None):
   a = parse_arg(arg, runlocal=False, data="synthetic", objective="full", fragments="dependency",
-                mil=True, shared_relation_matrix=False, whole_image="mean", variant="paper")
+                mil=True, shared_relation_matrix=False, whole_image="mean", variant="paper",
+                text="")
   c = base_config("defrag")
   c.evals = ("retrieval", "retrieval_examples", "alignments")   # + fragment alignments (fig. 4)
   m = c.model
@@ -66,6 +69,8 @@ def get_config(arg=None):
     _images(c, a)
   else:
     raise ConfigError(f"configs/defrag.py: unknown data={a.data!r} (synthetic|f30k|images)")
+  if a.text:
+    text_tower(c, a.text)
   if a.runlocal:
     c.data.synthetic.update(n_train=1000, n_dev=100, n_test=200)
     c.train.num_epochs = 3             # 3 x 5 x (1000 // 100) = 150 steps

@@ -10,7 +10,8 @@ Launch:
       --config.data.dir=/path/to/f30k_precomp
   python -m xmr_jax.main --config=configs/sgraf.py:data=images,variant=saf --workdir=W \\
       --config.data.dir=../shared/real/uitviic        # photos + captions (README, real data)
-Arguments: runlocal, data=synthetic|f30k|coco|images, variant=sgr|saf.
+Arguments: runlocal, data=synthetic|f30k|coco|images, variant=sgr|saf, text=gru|glove|minilm
+  (text tower; docs/methods.md#text-towers).
 
 Paper numbers it targets (Table 1, R@1/5/10, as we recall them; check against the paper):
   Flickr30K 1K test: SGR i2t 75.2/93.3/96.6, t2i 56.2/81.0/86.5; SAF i2t 73.7/93.3/96.3,
@@ -20,7 +21,7 @@ Paper numbers it targets (Table 1, R@1/5/10, as we recall them; check against th
     t2i 61.8/89.4/95.3; SGRAF i2t 79.6/96.2/98.5, t2i 63.2/90.7/96.1.
 """
 from xmr_jax.common.errors import ConfigError
-from xmr_jax.config_utils import base_config, parse_arg, photo_folder
+from xmr_jax.config_utils import base_config, parse_arg, photo_folder, text_tower
 
 # Official train commands (README): epochs and lr_update (x0.1 every lr_update epochs).
 _SCHEDULES = {("f30k", "sgr"): (40, 30), ("f30k", "saf"): (30, 20),
@@ -28,7 +29,7 @@ _SCHEDULES = {("f30k", "sgr"): (40, 30), ("f30k", "saf"): (30, 20),
 
 
 def get_config(arg=None):
-  a = parse_arg(arg, runlocal=False, data="synthetic", variant="sgr")
+  a = parse_arg(arg, runlocal=False, data="synthetic", variant="sgr", text="")
   if a.variant not in ("sgr", "saf"):
     raise ConfigError(f"configs/sgraf.py: unknown variant={a.variant!r} (sgr|saf)")
   c = base_config("sgraf")
@@ -69,6 +70,8 @@ def get_config(arg=None):
       c.eval.protocol = "coco1k"
   else:
     raise ConfigError(f"configs/sgraf.py: unknown data={a.data!r} (synthetic|f30k|coco|images)")
+  if a.text:
+    text_tower(c, a.text)
   if a.runlocal:
     c.data.synthetic.update(n_train=1000, n_dev=100, n_test=200)
     c.train.batch_size = 64

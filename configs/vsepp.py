@@ -8,7 +8,8 @@ Launch:
   python -m xmr_jax.main --config=configs/vsepp.py:data=images --workdir=W \
       --config.data.dir=../shared/real/uitviic        # photos + captions (README, real data)
 Arguments: runlocal, data=synthetic|f30k|coco|images, max_violation=true|false (VSE0 when false;
-  default true, false with data=images), image_input=regions|pixels.
+  default true, false with data=images), image_input=regions|pixels, text=gru|glove|minilm (text tower;
+  docs/methods.md#text-towers).
 
 Paper numbers it targets (VSE++ table, ResNet152 fine-tuned, 1K test): COCO i2t R@1 64.6,
 t2i R@1 52.0; F30K i2t R@1 52.9, t2i R@1 39.6. On precomputed bottom-up region features the
@@ -16,11 +17,12 @@ averaged-region VSE++ baseline is weaker than with fine-tuned CNNs; VSE∞ repor
 F30K i2t with better pooling, which we do not implement here.
 """
 from xmr_jax.common.errors import ConfigError
-from xmr_jax.config_utils import base_config, parse_arg, photo_folder
+from xmr_jax.config_utils import base_config, parse_arg, photo_folder, text_tower
 
 
 def get_config(arg=None):
-  a = parse_arg(arg, runlocal=False, data="synthetic", max_violation=None, image_input="regions")
+  a = parse_arg(arg, runlocal=False, data="synthetic", max_violation=None, image_input="regions",
+                text="")
   c = base_config("vsepp")
   c.model.word_dim = 300
   c.model.embed_dim = 1024
@@ -52,6 +54,8 @@ def get_config(arg=None):
       c.eval.protocol = "coco1k"
   else:
     raise ConfigError(f"configs/vsepp.py: unknown data={a.data!r} (synthetic|f30k|coco|images)")
+  if a.text:
+    text_tower(c, a.text)
   if a.runlocal:
     c.data.synthetic.update(n_train=1000, n_dev=100, n_test=200)
     c.train.num_epochs = 3
