@@ -92,6 +92,9 @@ def test_index_drops_the_unreadable_photo_and_records_its_model(tiny):
   np.testing.assert_allclose(np.linalg.norm(matrix, axis=1), 1, rtol=1e-5)
   assert "unreadable image\tbroken.jpg" in open(os.path.join(tiny.idx, "dropped.txt")).read()
   assert index.captions == tiny.captions and index.caption_photos == [""] * len(tiny.captions)
+  from_file = build.read_captions(str(tiny.root / "captions.txt"))   # CSV: each with its photo
+  assert from_file.texts == tiny.captions
+  assert from_file.photos == [f"p{i:02d}.jpg" for i in range(N_PHOTOS) for _ in range(5)]
 
 
 def test_text_and_photo_queries_rank_as_the_engine_scores(tiny):
@@ -229,6 +232,9 @@ def test_bad_input_is_one_message_and_exit_2(tiny, tmp_path, capsys):
   assert_one_message(_cli(capsys, "query", "--index", tiny.idx, "--image",
                           str(tiny.root / "photos" / "broken.jpg")), "cannot be read as a photo")
   assert_one_message(_cli(capsys, "query", "--index", tiny.idx, "x", "--k", "0"), "--k 0")
+  (tmp_path / "blank.txt").write_text("\n  \n")
+  assert_one_message(_cli(capsys, "query", "--index", tiny.idx, "--queries",
+                          str(tmp_path / "blank.txt")), "no query given")
   # A killed run leaves only its temporary folder: no identity.json, refused.
   half = tmp_path / ".search-index-x"
   shutil.copytree(tiny.idx, half)
@@ -253,6 +259,8 @@ def test_bad_input_is_one_message_and_exit_2(tiny, tmp_path, capsys):
                      "another model", "checkpoint_step 7 (index: 2)")
   assert_one_message(_cli(capsys, "index", "--workdir", str(other), "--images",
                           str(tiny.root / "photos"), "--out", tiny.idx), "another model")
+  assert store.open_index(tiny.idx).identity["checkpoint_step"] == 2      # left as it was
+  assert not [n for n in os.listdir(tiny.root) if n.startswith(".search-")]
   no_caps = tmp_path / "no_caps"
   shutil.copytree(tiny.idx, no_caps)
   ident = json.loads((no_caps / "identity.json").read_text())
