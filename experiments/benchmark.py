@@ -33,6 +33,10 @@ With ``--loop_steps=N`` it also times the trainer's own loop (``loop.train``: da
 iterator, prefetch, NaN guard, logging) for N steps with a host sync after every step (the loop
 before issue 15: metrics read every step, no prefetch) and without (metrics read once, 2
 batches prefetched).
+With ``--search_n=100000`` it times one text query against an index of that many photos
+(``xmr_jax.search.topk``: chunked matrix product + ``lax.top_k`` over a memory-mapped .npy):
+random unit vectors of ``--search_dim`` (1024) float32 and bfloat16, milliseconds per query
+after compilation (median of ``--search_repeats``), checked against a full numpy sort.
 Absolute times on shared machines are noisy: compare ratios measured in one run.
 ``--config.model.dtype=bfloat16`` times mixed precision (bfloat16 matmul operands, float32
 accumulation); the JSON records ``model_dtype`` and the CPU's bfloat16 flags (``cpu``:
@@ -69,6 +73,10 @@ flags.DEFINE_integer("extract_n", 256, "Photos used by the extraction benchmark.
 flags.DEFINE_integer("startup_n_train", 0, "> 0: also time process start -> first train step "
                      "on a Flickr30K-size dataset with this many training images "
                      "(experiments/bench_startup.py: cold, cached token ids, resume).")
+flags.DEFINE_integer("search_n", 0, "> 0: also time one query against an index of this many "
+                     "synthetic photo embeddings (xmr_jax.search.topk; float32 and bfloat16).")
+flags.DEFINE_integer("search_dim", 1024, "Embedding dimension of the --search_n index.")
+flags.DEFINE_integer("search_repeats", 20, "Timed queries per dtype for --search_n.")
 DEFAULT_TORCH_PYTHON = "/work/torchvenv/bin/python"
 flags.DEFINE_string("torch_python", DEFAULT_TORCH_PYTHON,
                     "Python of a separate torch venv: with --extract_images also time the same "
@@ -431,6 +439,49 @@ def bench_extract(images_dir: str, n: int, batch: int = 32, size: int = 0,
   return result
 
 
+def _unit_rows(path: str, n: int, dim: int, dtype: str, seed: int = 0) -> None:
+  """An (n, dim) .npy of random unit vectors (the same for both dtypes), written in blocks;
+  ``bfloat16`` is stored as an index stores it (uint16 bit patterns)."""
+  import jax.numpy as jnp
+  rng = np.random.default_rng(seed)
+  out = np.lib.format.open_memmap(path, "w+", np.uint16 if dtype == "bfloat16" else np.float32,
+                                  (n, dim))
+  for start in range(0, n, 8192):
+    x = rng.standard_normal((min(8192, n - start), dim)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    out[start:start + len(x)] = x.astype(jnp.bfloat16).view(np.uint16) \
+        if dtype == "bfloat16" else x
+  out.flush()
+
+
+def bench_search(n: int, dim: int, repeats: int, k: int = 10) -> dict:
+  """ms per query of ``search.topk.top_k`` over n memory-mapped unit vectors, per dtype."""
+  from xmr_jax.search import topk
+  out = {"n": n, "dim": dim, "k": k, "chunk": topk.DEFAULT_CHUNK, "repeats": repeats}
+  query = np.random.default_rng(1).standard_normal((1, dim)).astype(np.float32)
+  query /= np.linalg.norm(query)
+  with tempfile.TemporaryDirectory() as tmp:
+    for dtype in ("float32", "bfloat16"):
+      path = os.path.join(tmp, f"{dtype}.npy")
+      _unit_rows(path, n, dim, dtype)
+      matrix = np.load(path, mmap_mode="r")
+      t0 = time.perf_counter()
+      _, rows = topk.top_k(matrix, query, k)     # compiles; reads the file into the page cache
+      first = time.perf_counter() - t0
+      times = []
+      for _ in range(repeats):
+        t0 = time.perf_counter()
+        topk.top_k(matrix, query, k)
+        times.append(time.perf_counter() - t0)
+      full = topk.as_device_dtype(np.asarray(matrix)).astype(np.float32) @ query[0]
+      exact = bool((rows[0] == np.argsort(-full, kind="stable")[:k]).all())
+      out[dtype] = {"ms_per_query_median": 1000 * float(np.median(times)),
+                    "ms_min": 1000 * float(np.min(times)), "first_call_ms": 1000 * first,
+                    "index_bytes": int(matrix.nbytes), "equals_numpy_sort": exact}
+      del matrix
+  return out
+
+
 def _summary(extract: dict) -> dict:
   """The extraction result without its per-layer lists (those stay in the JSON file)."""
   out = {k: v for k, v in extract.items() if k != "jax_layers"}
@@ -464,9 +515,14 @@ def main(argv):
     result["startup"] = bench_startup.run(FLAGS.startup_n_train)
     print(json.dumps({k: result["startup"][k] for k in ("cold", "cached_ids", "resume")},
                      indent=2))
+  if FLAGS.search_n:
+    result["search"] = bench_search(FLAGS.search_n, FLAGS.search_dim, FLAGS.search_repeats)
+    result["load_average_end"] = os.getloadavg()
+    print(json.dumps(result["search"], indent=2), flush=True)
   if config is None:
-    if not (FLAGS.extract_images or FLAGS.startup_n_train):
-      raise app.UsageError("give --config (and/or --extract_images, --startup_n_train)")
+    if not (FLAGS.extract_images or FLAGS.startup_n_train or FLAGS.search_n):
+      raise app.UsageError("give --config (and/or --extract_images, --startup_n_train, "
+                           "--search_n)")
     with open(FLAGS.out, "w") as f:
       json.dump(result, f, indent=2, default=str)
     return

@@ -58,12 +58,13 @@ def train_tiny(method: str, data_dir: str, workdir: str, steps: int = 2, **model
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_cli(*args, cwd=REPO):
-  """``python -m xmr_jax.main ARGS`` in a fresh process on the CPU (the user's view)."""
+def run_cli(*args, cwd=REPO, module="xmr_jax.main"):
+  """``python -m xmr_jax.main ARGS`` (or another ``module``'s command line) in a fresh
+  process on the CPU (the user's view)."""
   import subprocess
   import sys
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, "-m", "xmr_jax.main", *args], cwd=cwd, env=env,
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
                         capture_output=True, text=True)
 
 

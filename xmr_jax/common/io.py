@@ -1,8 +1,10 @@
-"""Atomic writes and the cache directory (used by data, training and evaluation alike)."""
+"""Atomic writes, .npy row files and the cache directory (used by every room alike)."""
 import json
 import os
 import tempfile
 from typing import Any
+
+import numpy as np
 
 
 def cache_root() -> str:
@@ -44,6 +46,21 @@ def make_public_dir(path: str) -> None:
 def atomic_write_json(path: str, obj: Any) -> None:
   """``obj`` as indented, key-sorted JSON at ``path``, written atomically (see above)."""
   atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=True).encode())
+
+
+def shrink_npy_rows(path: str, keep: int, chunk: int = 4096) -> None:
+  """Rewrites the .npy at ``path`` with only its first ``keep`` rows (copied ``chunk`` rows at
+  a time through memory maps, so a large file never sits in memory), then renames it into
+  place: a file written with room for more rows than were filled ends up exactly filled."""
+  old = np.load(path, mmap_mode="r")
+  tmp = path + ".part"
+  new = np.lib.format.open_memmap(tmp, "w+", old.dtype, (keep,) + old.shape[1:])
+  for start in range(0, keep, chunk):
+    stop = min(start + chunk, keep)
+    new[start:stop] = old[start:stop]
+  new.flush()
+  del new, old
+  os.replace(tmp, path)
 
 
 # Compiled programs kept across processes (bytes): XLA evicts the least recently used beyond.

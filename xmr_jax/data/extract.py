@@ -36,12 +36,13 @@ leaves nothing half-written.
 """
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import shutil
 import sys
 import tempfile
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -50,7 +51,8 @@ from tqdm.auto import tqdm
 
 from xmr_jax.backbones import registry
 from xmr_jax.common.errors import ConfigError, InputError
-from xmr_jax.common.io import atomic_write_bytes, atomic_write_json, make_public_dir
+from xmr_jax.common.io import (atomic_write_bytes, atomic_write_json, make_public_dir,
+                               shrink_npy_rows)
 from xmr_jax.data import captions as captions_lib
 from xmr_jax.data.captions.form import fault
 from xmr_jax.kernels import roi_align
@@ -176,17 +178,67 @@ def _decoded(settings: Settings, images_dir: str, items, rows, dropped: list) ->
   return out
 
 
-def _shrink_rows(path: str, keep: int) -> None:
-  """Rewrites the .npy at ``path`` with only its first ``keep`` rows (chunked copy)."""
-  old = np.load(path, mmap_mode="r")
-  tmp = path + ".part"
-  new = np.lib.format.open_memmap(tmp, "w+", old.dtype, (keep,) + old.shape[1:])
-  for start in range(0, keep, 4096):
-    stop = min(start + 4096, keep)
-    new[start:stop] = old[start:stop]
-  new.flush()
-  del new, old
-  os.replace(tmp, path)
+@dataclasses.dataclass(frozen=True)
+class PhotoBatch:
+  """One batch of decoded photos through the backbone (:func:`photo_batches`).
+
+  Attributes:
+    rows: (n,) indices into the ``items`` given of the photos that decoded, in order.
+    regions: (n, R, F) float32 region features (F the backbone's feature dimension).
+    pixels: (n, T, T, 3) uint8 thumbnails (T = ``Settings.thumbnail``).
+    boxes: (n, R, 4) float32 region boxes x0, y0, x1, y1 in [0, 1].
+    masks: (n, R) bool real regions.
+  """
+  rows: List[int]
+  regions: np.ndarray
+  pixels: np.ndarray
+  boxes: np.ndarray
+  masks: np.ndarray
+
+
+@functools.lru_cache(maxsize=2)
+def region_extractor(settings: Settings):
+  """The jitted ``(images (B, S, S, 3), map boxes (B, M, 4)) -> (B, R, F)`` region function
+  of resolved ``settings`` with the backbone's pretrained weights (loaded, sha256-checked).
+  Kept for the last two settings: encoding more photos later reuses the compiled network."""
+  return _region_fn(settings, registry.get(settings.backbone).load_weights())
+
+
+def photo_batches(settings: Settings, images_dir: str, items, fn, dropped: list,
+                  bar=None) -> Iterator[PhotoBatch]:
+  """The photos of ``items`` through the backbone ``fn`` (:func:`region_extractor`), in
+  batches of ``settings.batch_size`` (one compiled shape: the last batch is padded and the
+  padding cut off). Photos that cannot be decoded are appended to ``dropped`` as
+  UNREADABLE (a DataError under ``settings.strict``); ``bar`` (tqdm) counts every photo."""
+  n, b = len(items), settings.batch_size
+  for start in range(0, n, b):
+    decoded = _decoded(settings, images_dir, items, range(start, min(start + b, n)), dropped)
+    if bar is not None:
+      bar.update(min(start + b, n) - start)
+    if not decoded:
+      continue
+    parts = [p for _, p in decoded]
+    pad = [parts[-1]] * (b - len(parts))       # fixed batch: one compiled shape
+    batch = np.stack([p[0] for p in parts + pad])
+    out = np.asarray(fn(batch, np.stack([p[2] for p in parts + pad])))
+    layouts = [_region_layout(settings, p[4], p[3]) for p in parts]
+    yield PhotoBatch([i for i, _ in decoded], out[:len(parts)],
+                     np.stack([p[1] for p in parts]), np.stack([l[0] for l in layouts]),
+                     np.stack([l[1] for l in layouts]))
+
+
+def settings_of_folder(data_dir: str) -> Optional[Settings]:
+  """The resolved :class:`Settings` an extracted folder was made with (its ``meta.json``),
+  None for a folder this module did not write."""
+  path = os.path.join(data_dir, "meta.json")
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    meta = json.load(f)
+  if not isinstance(meta, dict) or meta.get("version") != VERSION:
+    return None
+  names = {f.name for f in dataclasses.fields(Settings)}
+  return Settings(**{k: v for k, v in meta["settings"].items() if k in names}).resolved()
 
 
 def _write_features(settings: Settings, images_dir: str, items, tmp: str, split: str,
@@ -196,7 +248,7 @@ def _write_features(settings: Settings, images_dir: str, items, tmp: str, split:
   Returns the indices into ``items`` of the photos written (in order); the others could not
   be decoded and were appended to ``dropped``.
   """
-  n, b, backbone = len(items), settings.batch_size, registry.get(settings.backbone)
+  n, backbone = len(items), registry.get(settings.backbone)
   cells, whole_and_boxes = backbone.cells(settings.size) ** 2, settings.max_boxes + 1
   r = {"grid": cells, "boxes": whole_and_boxes, "grid+boxes": cells + whole_and_boxes}[
       settings.regions]
@@ -206,25 +258,15 @@ def _write_features(settings: Settings, images_dir: str, items, tmp: str, split:
   pixels = np.zeros((n, settings.thumbnail, settings.thumbnail, 3), np.uint8)
   boxes, masks = np.zeros((n, r, 4), np.float32), np.zeros((n, r), bool)
   kept: List[int] = []
-  for start in range(0, n, b):
-    decoded = _decoded(settings, images_dir, items, range(start, min(start + b, n)), dropped)
-    bar.update(min(start + b, n) - start)
-    if not decoded:
-      continue
-    parts = [p for _, p in decoded]
-    pad = [parts[-1]] * (b - len(parts))       # fixed batch: one compiled shape
-    batch = np.stack([p[0] for p in parts + pad])
-    out = np.asarray(fn(batch, np.stack([p[2] for p in parts + pad])))
-    rows = list(range(len(kept), len(kept) + len(parts)))   # written densely, in order
-    ims[rows] = out[:len(parts)]
-    for i, p in zip(rows, parts):
-      pixels[i] = p[1]
-      boxes[i], masks[i] = _region_layout(settings, p[4], p[3])
-    kept += [i for i, _ in decoded]
+  for out in photo_batches(settings, images_dir, items, fn, dropped, bar):
+    rows = slice(len(kept), len(kept) + len(out.rows))   # written densely, in order
+    ims[rows], pixels[rows], boxes[rows], masks[rows] = (out.regions, out.pixels, out.boxes,
+                                                         out.masks)
+    kept += out.rows
   ims.flush()
   del ims
   if len(kept) < n:
-    _shrink_rows(path("ims.npy"), len(kept))
+    shrink_npy_rows(path("ims.npy"), len(kept))
   m = len(kept)
   np.save(path("pixels.npy"), pixels[:m])
   np.save(path("boxes.npy"), boxes[:m])
@@ -297,8 +339,7 @@ def extract(images_dir: str, captions_path: str, out_dir: str, settings: Setting
                       f"overwritten)")
   cs = read_captions(images_dir, captions_path, settings, instances)
   triples = _parser(settings, cs)
-  variables = registry.get(settings.backbone).load_weights()
-  fn = _region_fn(settings, variables)
+  fn = region_extractor(settings)
   parent = os.path.dirname(os.path.abspath(out_dir))
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(dir=parent, prefix=".extract-")

@@ -64,6 +64,11 @@ class Method:
       "minilm")``, models/text_tower.py); empty for models trained from scratch.
     pretrained_lr_scale: the learning-rate factor of those subtrees (``model.text_lr_scale``;
       0 = frozen, ``model.text_frozen``), applied by the optimiser (``optax.multi_transform``).
+    embedding: the repr key whose dot product is the score, when there is one:
+      ``score(img, txt) == img[embedding] @ txt[embedding].T`` with (N, D) and (M, D) leaves
+      (VSE++: ``"emb"``); a photo collection is then searched with a matrix product and a
+      top-k over a stored (N, D) matrix (``xmr_jax.search``). None: the score needs the
+      model (cross attention, similarity graphs, sampling), and search scores exactly.
     key: a fingerprint of what determines the compiled programs (the model's class and
       fields, array fields by content; ``model_fingerprint``): compiled encoders and scorers
       are cached under it. Filled in when left empty.
@@ -82,6 +87,7 @@ class Method:
   samples_at_eval: bool = False
   pretrained: Tuple[Tuple[Tuple[str, ...], str], ...] = ()
   pretrained_lr_scale: float = 1.0
+  embedding: Optional[str] = None
   key: str = ""
 
   def __post_init__(self):

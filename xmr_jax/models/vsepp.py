@@ -111,4 +111,4 @@ def build_method(model_config, info: DataInfo) -> Method:
   # vse_mean_warmup_epochs); the official VSE++ has none (hardneg_warmup_epochs = 0).
   loss_fn = triplet_objective(max_violation=m.max_violation, reduction=m.loss_reduction)
   return Method("vsepp", model, loss_fn,
-                hparam_names=("margin", "hardneg_warmup_epochs"))
+                hparam_names=("margin", "hardneg_warmup_epochs"), embedding="emb")

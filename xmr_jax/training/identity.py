@@ -19,6 +19,7 @@ allowed (cross-dataset numbers): it is announced on stderr and ``results.json`` 
 evaluated data's fingerprint. The config a workdir was trained with (``W/config.json``) is
 compared with a rerun's or an evaluation's before any checkpoint is read.
 """
+import hashlib
 import json
 import os
 import sys
@@ -104,6 +105,43 @@ def load_vocabularies(workdir: str) -> Optional[Tuple[Any, Any]]:
   if record.get("deps_vocab"):
     deps = pipeline.DepsVocab.load(os.path.join(directory, record["deps_vocab"]["file"]))
   return tokenizer, deps
+
+
+def checkpoint_step(workdir: str) -> Optional[int]:
+  """The step of the checkpoint ``workdirs.restore_variables`` restores: the best one, else
+  the latest; None without either. Read from the step folders' names (orbax writes a step
+  into a temporary name and renames it when complete, so only finished steps count)."""
+  for folder in ("best", "checkpoints"):
+    path = os.path.join(workdir, folder)
+    steps = [int(n) for n in (os.listdir(path) if os.path.isdir(path) else []) if n.isdigit()]
+    if steps:
+      return max(steps)
+  return None
+
+
+def model_identity(workdir: str) -> Dict[str, Any]:
+  """What identifies the model a trained workdir serves, read without restoring it.
+
+  Returns ``{"method", "checkpoint_step", "tokenizer_sha256", "config_sha256", "backbone"}``:
+  the checkpoint step of :func:`checkpoint_step`, the sha256 of the stored tokenizer file
+  (``W/data.json``; None for a workdir that keeps none), the sha256 of the config keys a
+  checkpoint depends on (:data:`FIXED`, as canonical JSON) and the backbone record of an
+  extracted photo folder (None for other data). Two equal identities encode alike.
+
+  Raises:
+    WorkdirError: ``workdir`` has no ``config.json``.
+  """
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    raise WorkdirError(f"{path} not found: {workdir} is not a trained xmr_jax workdir")
+  with open(path) as f:
+    stored = json.load(f)
+  fixed = {k: v for k, v in _flatten(stored).items() if _matches(k, FIXED)}
+  digest = hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()
+  record = _read_record(workdir) or {}
+  return {"method": stored.get("method"), "checkpoint_step": checkpoint_step(workdir),
+          "tokenizer_sha256": (record.get("tokenizer") or {}).get("sha256"),
+          "config_sha256": digest, "backbone": record.get("backbone")}
 
 
 def has_checkpoint(workdir: str) -> bool:
