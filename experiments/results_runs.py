@@ -10,7 +10,8 @@ or the ridge baseline (experiments/baseline_ridge.py) on the folder the first ph
 extracted. Recorded per run: the command, wall seconds of the whole process (data already
 extracted and cached unless it is the first run of its folder: ``first_of_folder``), the
 1-minute load average before and after, the test split's R@K, rsum and PMRP
-(``W/eval/results.json``); once per file: the commit (and whether the tree had changes),
+(``W/eval/results.json``), the commit it ran at; once per file: the first commit (and whether
+the tree had changes),
 the date, the CPU model and flags (``xmr_jax.common.hardware``), the JAX version.
 
 Groups: ``synthetic`` (the README's first command, every method's ``runlocal`` preset, the
@@ -133,7 +134,8 @@ def run_one(spec, root: str, name: str, done: List[str]) -> Dict:
   wall = time.time() - start
   with open(os.path.join(workdir, "run.log"), "w") as f:
     f.write(proc.stdout + proc.stderr)
-  record = dict(name=name, argv=argv[1:], returncode=proc.returncode, wall_s=round(wall, 1),
+  record = dict(name=name, argv=argv[1:], commit=_git("rev-parse", "HEAD"),
+                returncode=proc.returncode, wall_s=round(wall, 1),
                 load_before=round(load_before, 2), load_after=round(os.getloadavg()[0], 2))
   if spec[0] == "ridge":
     with open(os.path.join(workdir, "baseline.json")) as f:
