@@ -128,13 +128,14 @@ def run_one(spec, root: str, name: str, done: List[str]) -> Dict:
   shutil.rmtree(workdir, ignore_errors=True)
   os.makedirs(workdir)
   argv = _command(spec, root, name, done)
+  commit = _git("rev-parse", "HEAD")   # the code the run starts with
   load_before = os.getloadavg()[0]
   start = time.time()
   proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
   wall = time.time() - start
   with open(os.path.join(workdir, "run.log"), "w") as f:
     f.write(proc.stdout + proc.stderr)
-  record = dict(name=name, argv=argv[1:], commit=_git("rev-parse", "HEAD"),
+  record = dict(name=name, argv=argv[1:], commit=commit,
                 returncode=proc.returncode, wall_s=round(wall, 1),
                 load_before=round(load_before, 2), load_after=round(os.getloadavg()[0], 2))
   if spec[0] == "ridge":
