@@ -47,3 +47,25 @@ def test_padded_regions_never_change_a_score(tiny_data_dir, name):
   fewer = mask.copy()
   fewer[0, 0] = False
   assert not np.allclose(scores(images["regions"], fewer)[0], base[0], atol=1e-6)
+
+
+def test_an_all_zero_region_keeps_the_gradient_finite():
+  """A real region whose features are all zero (a flat black cell of a grid extraction) maps
+  through fc's zero initial bias to a zero vector; l2norm's gradient there must be finite
+  (the official formula's is 0 * inf = NaN, which stopped SGRAF at its first step), and its
+  values must stay the official X / (sqrt(sum X^2) + eps)."""
+  import jax.numpy as jnp
+  from xmr_jax.kernels.common import EPS, l2norm
+  from xmr_jax.models.encoders import RegionEncoder
+  x = np.random.default_rng(0).normal(size=(3, 5)).astype(np.float32)
+  np.testing.assert_allclose(l2norm(x), x / (np.sqrt((x * x).sum(-1, keepdims=True)) + EPS),
+                             rtol=1e-6)
+  grad = jax.grad(lambda v: jnp.sum(l2norm(v) * jnp.arange(1.0, 6.0)))(jnp.zeros((1, 5)))
+  assert np.isfinite(np.asarray(grad)).all()
+  regions = np.random.default_rng(1).uniform(0, 6, size=(2, 4, 7)).astype(np.float32)
+  regions[1, 2] = 0.0                       # real (mask true), all zero
+  mask = np.ones((2, 4), bool)
+  enc = RegionEncoder(embed_dim=3)
+  params = enc.init(jax.random.PRNGKey(0), regions, mask)
+  g = jax.grad(lambda p: jnp.sum(enc.apply(p, regions, mask) ** 3))(params)
+  assert all(np.isfinite(np.asarray(v)).all() for v in jax.tree.leaves(g))

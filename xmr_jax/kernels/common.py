@@ -10,8 +10,18 @@ EPS = 1e-8
 
 
 def l2norm(x: jax.Array, axis: int = -1, eps: float = EPS) -> jax.Array:
-  """x / (||x||_2 + eps), the SCAN/SGRAF/VSE++ ``l2norm`` (eps added to the norm)."""
-  return x / (jnp.sqrt(jnp.sum(x * x, axis=axis, keepdims=True)) + eps)
+  """x / (||x||_2 + eps), the SCAN/SGRAF/VSE++ ``l2norm`` (eps added to the norm).
+
+  Same values as the official ``X / (sqrt(sum X^2) + eps)``, but the gradient at an all-zero
+  vector is finite (zero) where the official one is 0 * inf = NaN: a region whose backbone
+  features are all zero (a flat black grid cell after ReLU6) maps to fc's zero initial bias,
+  and one such region made the first step's gradient NaN. The square root is taken of ones
+  there instead (the "double where"), so its infinite slope at 0 is never formed.
+  """
+  sq = jnp.sum(x * x, axis=axis, keepdims=True)
+  positive = sq > 0
+  norm = jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
+  return x / (norm + eps)
 
 
 def masked_mean(x: jax.Array, mask: jax.Array, axis: int = -2) -> jax.Array:

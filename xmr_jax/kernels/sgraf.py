@@ -48,7 +48,7 @@ def t2v_attention(regions: jax.Array, region_mask: jax.Array, words: jax.Array,
   s = matmul(regions.reshape(n_i * r, d), words.reshape(n_t * l, d).T,
              dtype).reshape(n_i, r, n_t, l)
   s = leaky_relu(s) * word_mask[None, None].astype(s.dtype)
-  s = s / (jnp.sqrt(jnp.sum(s * s, axis=-1, keepdims=True)) + EPS)
+  s = l2norm(s)     # over the words; finite gradient for a region whose scores are all 0
   p = masked_softmax(smooth * s, region_mask[:, :, None, None], axis=1)
   # Batched over images: (n_t L, R) @ (R, D) for each image.
   ctx = einsum("irtl,ird->itld", p, regions, dtype=dtype)
