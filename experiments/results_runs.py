@@ -98,6 +98,10 @@ def _git(*args: str) -> str:
 def _test_metrics(workdir: str) -> Optional[Dict]:
   """The test split's recalls, rsum and PMRP from ``W/eval/results.json`` (None if absent)."""
   path = os.path.join(workdir, "eval", "results.json")
+  sweep = os.path.join(workdir, "sweep_results.json")
+  if not os.path.exists(path) and os.path.exists(sweep):    # --mode=sweep: rsum per variant
+    with open(sweep) as f:
+      return {"sweep": {r["name"]: (r.get("results") or {}).get("rsum") for r in json.load(f)}}
   if not os.path.exists(path):
     return None
   with open(path) as f:
