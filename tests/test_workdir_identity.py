@@ -196,16 +196,20 @@ def test_cli_workdir_without_its_tokenizer(trained, tmp_path):
 def test_cli_ensemble_overrides_and_members(trained, tmp_path):
   c, w, _ = trained
   config_file = _config_file(tmp_path, c)
-  out = _cli("--mode=eval", f"--ensemble={w},{w}", f"--workdir={w}")
+  twin = str(tmp_path / "twin")
+  shutil.copytree(w, twin)               # an equal second member
+  out = _cli("--mode=eval", f"--ensemble={w},{w}", f"--workdir={tmp_path / 'ens'}")
+  _assert_one_message(out, "more than once")
+  out = _cli("--mode=eval", f"--ensemble={w},{twin}", f"--workdir={w}")
   _assert_one_message(out, "is also an ensemble member")
   out = _cli(f"--config={config_file}", "--config.train.num_steps=3", "--mode=eval",
-             f"--ensemble={w},{w}", f"--workdir={tmp_path / 'ens'}")
+             f"--ensemble={w},{twin}", f"--workdir={tmp_path / 'ens'}")
   _assert_one_message(out, "not --config.train.num_steps")
   assert "overrides apply" not in out.stderr          # the error is the only thing said
   assert not os.path.exists(tmp_path / "ens")
   out = _cli("--mode=eval", f"--workdir={w}", "--config.eval.split=dev")   # no --config
   _assert_one_message(out, "--config.<key> overrides need --config=FILE")
-  res = workdirs.evaluate_ensemble([w, w], str(tmp_path / "ens"),
+  res = workdirs.evaluate_ensemble([w, twin], str(tmp_path / "ens"),
                                    overrides={"eval.split": "dev"})
   assert res["split"] == "dev"
   on_dev = c.copy_and_resolve_references()

@@ -84,10 +84,15 @@ ENSEMBLE_KEYS = ("eval",)
 
 def check_ensemble(workdirs: Sequence[str], out_workdir: str,
                    overrides: Mapping[str, Any]) -> None:
-  """InputError for an output workdir that is one of the members (its own results would be
-  overwritten) or a ``--config.<key>`` override an ensemble does not read (only ``eval.*``:
+  """InputError for a member listed twice, an output workdir that is one of the members (its
+  own results would be overwritten) or a ``--config.<key>`` override an ensemble does not read (only ``eval.*``:
   every member is evaluated with its own ``config.json`` and the retrieval evaluator)."""
   out = os.path.realpath(out_workdir)
+  real = [os.path.realpath(w) for w in workdirs]
+  twice = sorted({w for w, r in zip(workdirs, real) if real.count(r) > 1})
+  if twice:     # the mean would silently weight that member double
+    raise InputError(f"--ensemble lists {', '.join(twice)} more than once; each member "
+                     f"counts once in the mean of the scores. List every workdir once")
   for w in workdirs:
     if os.path.realpath(w) == out:
       raise InputError(f"--workdir={out_workdir} is also an ensemble member; its own "
