@@ -90,9 +90,7 @@ class TowerWords(nn.Module):
     x = nn.Dense(self.embed_dim, kernel_init=nn.initializers.xavier_uniform(), name="fc",
                  **dense_kwargs(self.dtype))(hidden)
     if self.normalize:
-      # A padded position is fc's bias, zero at init: the norm's gradient there would be
-      # 0 * inf = NaN. Padding is masked out below, so normalise ones there instead.
-      x = l2norm(jnp.where(token_mask[..., None].astype(bool), x, 1.0))
+      x = l2norm(x)    # finite gradient at padding's zero vectors (fc's zero initial bias)
     return x * token_mask[..., None].astype(x.dtype)
 
 
