@@ -25,13 +25,15 @@ Flickr8K: global only, fragment only, bigram/word fragments all below the full m
 On SCAN bottom-up precomp features (36 regions, 2048-d) the numbers are not comparable.
 """
 from xmr_jax.common.errors import ConfigError
-from xmr_jax.config_utils import base_config, parse_arg, photo_folder, text_tower
+from xmr_jax.config_utils import (base_config, parse_arg, photo_folder, photo_input,
+                                  photos_arg, text_tower)
 
 
 def get_config(arg=None):
   a = parse_arg(arg, runlocal=False, data="synthetic", objective="full", fragments="dependency",
                 mil=True, shared_relation_matrix=False, whole_image="mean", variant="paper",
                 text="")
+  photos = photos_arg(a)   # data=photos: the data=images preset + the backbone inside
   c = base_config("defrag")
   c.evals = ("retrieval", "retrieval_examples", "alignments")   # + fragment alignments (fig. 4)
   m = c.model
@@ -77,6 +79,8 @@ def get_config(arg=None):
     c.train.lr_decay_epochs = 2
     c.train.log_every_steps = 10
     m.mil_start_epoch = 1.0
+  if photos:
+    photo_input(c)
   return c
 
 

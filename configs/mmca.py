@@ -26,12 +26,14 @@ SCAN/VSE++ conventions MMCA builds on (Adam 2e-4, ×0.1 after 15 of 30 epochs, b
 clip 2), each marked "assumed": check them against the paper before reporting numbers.
 """
 from xmr_jax.common.errors import ConfigError
-from xmr_jax.config_utils import base_config, parse_arg, photo_folder, text_tower
+from xmr_jax.config_utils import (base_config, parse_arg, photo_folder, photo_input,
+                                  photos_arg, text_tower)
 
 
 def get_config(arg=None):
   a = parse_arg(arg, runlocal=False, data="synthetic", alpha=-1.0, cross_input="fragments",
                 share_weights=False, text="")
+  photos = photos_arg(a)   # data=photos: the data=images preset + the backbone inside
   c = base_config("mmca")
   m = c.model
   m.embed_dim = 1024          # joint space / Transformer width D (assumed)
@@ -114,6 +116,8 @@ def get_config(arg=None):
     c.eval.dev_max_images = 100
     c.train.batch_size = 64
     c.train.log_every_steps = 5
+  if photos:
+    photo_input(c)
   return c
 
 

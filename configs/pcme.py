@@ -20,12 +20,14 @@ fine-tune), so it is the "pretrain" phase of the official recipe followed by a s
 0.1x the learning rate; numbers will differ from the paper's CNN-based ones.
 """
 from xmr_jax.common.errors import ConfigError
-from xmr_jax.config_utils import base_config, parse_arg, photo_folder, text_tower
+from xmr_jax.config_utils import (base_config, parse_arg, photo_folder, photo_input,
+                                  photos_arg, text_tower)
 
 
 def get_config(arg=None):
   a = parse_arg(arg, runlocal=False, data="synthetic", image_input="regions", score="mc",
                 official=False, text="")
+  photos = photos_arg(a)   # data=photos: the data=images preset + the backbone inside
   c = base_config("pcme")
   c.evals = ("retrieval", "retrieval_examples", "uncertainty")   # + recall by uncertainty (fig. 5)
   m = c.model
@@ -116,4 +118,6 @@ def get_config(arg=None):
     c.train.lr_decay_epochs = 1
     c.train.batch_size = 64
     c.train.log_every_steps = 5
+  if photos:
+    photo_input(c)
   return c

@@ -21,7 +21,8 @@ Paper numbers it targets (Table 1, R@1/5/10, as we recall them; check against th
     t2i 61.8/89.4/95.3; SGRAF i2t 79.6/96.2/98.5, t2i 63.2/90.7/96.1.
 """
 from xmr_jax.common.errors import ConfigError
-from xmr_jax.config_utils import base_config, parse_arg, photo_folder, text_tower
+from xmr_jax.config_utils import (base_config, parse_arg, photo_folder, photo_input,
+                                  photos_arg, text_tower)
 
 # Official train commands (README): epochs and lr_update (x0.1 every lr_update epochs).
 _SCHEDULES = {("f30k", "sgr"): (40, 30), ("f30k", "saf"): (30, 20),
@@ -30,6 +31,7 @@ _SCHEDULES = {("f30k", "sgr"): (40, 30), ("f30k", "saf"): (30, 20),
 
 def get_config(arg=None):
   a = parse_arg(arg, runlocal=False, data="synthetic", variant="sgr", text="")
+  photos = photos_arg(a)   # data=photos: the data=images preset + the backbone inside
   if a.variant not in ("sgr", "saf"):
     raise ConfigError(f"configs/sgraf.py: unknown variant={a.variant!r} (sgr|saf)")
   c = base_config("sgraf")
@@ -79,6 +81,8 @@ def get_config(arg=None):
     c.train.lr_decay_epochs = 1
     c.train.log_every_steps = 10
     c.hparams.hardneg_warmup_epochs = 1.0
+  if photos:
+    photo_input(c)
   return c
 
 

@@ -17,12 +17,14 @@ averaged-region VSE++ baseline is weaker than with fine-tuned CNNs; VSE∞ repor
 F30K i2t with better pooling, which we do not implement here.
 """
 from xmr_jax.common.errors import ConfigError
-from xmr_jax.config_utils import base_config, parse_arg, photo_folder, text_tower
+from xmr_jax.config_utils import (base_config, parse_arg, photo_folder, photo_input,
+                                  photos_arg, text_tower)
 
 
 def get_config(arg=None):
   a = parse_arg(arg, runlocal=False, data="synthetic", max_violation=None, image_input="regions",
                 text="")
+  photos = photos_arg(a)   # data=photos: the data=images preset + the backbone inside
   c = base_config("vsepp")
   c.model.word_dim = 300
   c.model.embed_dim = 1024
@@ -63,6 +65,8 @@ def get_config(arg=None):
     c.hparams.hardneg_warmup_epochs = 1.0
     c.train.batch_size = 64
     c.train.log_every_steps = 5
+  if photos:
+    photo_input(c)
   return c
 
 

@@ -129,9 +129,30 @@ def bench_train(config, ds, method, tx, hparams, state, steps: int) -> dict:
     box["state"], m = fn(box["state"], batch, hparams)
     return m["loss"]
   per_step = _median_time(run, steps)
-  return {"batch_size": config.train.batch_size, "seconds_per_step": per_step,
-          "steps_per_sec": 1.0 / per_step, "compile_seconds": compile_s,
-          "memory": _memory(compiled)}
+  out = {"batch_size": config.train.batch_size, "seconds_per_step": per_step,
+         "steps_per_sec": 1.0 / per_step,
+         "images_per_sec": config.train.batch_size / per_step, "compile_seconds": compile_s,
+         "memory": _memory(compiled)}
+  if "photos" in method.inputs:
+    out["augment"] = _augment_rate(ds, config.train.batch_size, steps)
+  return out
+
+
+def _augment_rate(ds, batch_size: int, repeats: int) -> dict:
+  """Training photo augmentation alone (random resized crop + flip, one thread, as each
+  grain reader thread runs it): photos/s over the batch of stored photos."""
+  from xmr_jax.data import photos as photos_lib
+  split = ds.split(ds.data_config.train_split)
+  index = np.arange(min(batch_size, split.num_images))
+  stored = np.asarray(split.photos[index])
+  step = [0]
+
+  def run():
+    step[0] += 1
+    return photos_lib.augment(stored, index, seed=0, step=step[0])
+  per_batch = _median_time(run, repeats)
+  return {"photos": len(index), "photo_side": int(stored.shape[1]),
+          "seconds_per_batch": per_batch, "photos_per_sec": len(index) / per_batch}
 
 
 def bench_loop(config, steps: int) -> dict:
@@ -542,6 +563,9 @@ def main(argv):
     json.dump(result, f, indent=2, default=str)
   summary = {k: result["train"][k] for k in ("seconds_per_step", "steps_per_sec")}
   summary["model_dtype"] = result["model_dtype"]
+  summary["train_images_per_sec"] = result["train"]["images_per_sec"]
+  if "augment" in result["train"]:
+    summary["augment_photos_per_sec"] = result["train"]["augment"]["photos_per_sec"]
   summary["score_pairs_per_sec"] = result["eval"]["score"]["pairs_per_sec"]
   summary["encode_images_per_sec"] = result["eval"]["encode"]["image"]["items_per_sec"]
   summary["encode_captions_per_sec"] = result["eval"]["encode"]["text"]["items_per_sec"]

@@ -55,7 +55,7 @@ def test_needs_decide_the_optional_inputs(tiny_data_dir):
 
 @pytest.mark.parametrize("needs, match", [
     ({"pixel"}, r"unknown \['pixel'\]; the optional batch inputs are \['boxes', 'deps', "
-                r"'pixels'\]"),
+                r"'photos', 'pixels'\]"),
     ("pixels", r"needs is a set of names"),
 ])
 def test_unknown_needs_are_value_errors(tiny_data_dir, needs, match):

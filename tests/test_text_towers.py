@@ -65,8 +65,7 @@ def test_every_method_trains_and_evaluates_on_minilm(tiny_data_dir, tmp_path, me
 def test_state_starts_from_the_pretrained_weights_and_frozen_never_moves(tiny_data_dir):
   config = minilm_config("vsepp", tiny_data_dir, text_frozen=True)
   ds, method, tx, hparams, state = loop.setup(config)
-  assert method.pretrained == ((("text_tower",), "minilm"),)
-  assert method.pretrained_lr_scale == 0.0
+  assert method.pretrained == ((("text_tower",), "minilm", 0.0),)
   want = minilm.load_params()
   got = state["params"]["text_tower"]
   np.testing.assert_array_equal(got["layer_3"]["ffn_in"]["kernel"],
@@ -93,15 +92,25 @@ def test_tower_learning_rate_is_scaled_through_multi_transform():
   params = {"text_tower": {"w": jnp.ones(3)}, "head": {"w": jnp.ones(3)}}
   grads = {"text_tower": {"w": jnp.full(3, 0.5)}, "head": {"w": jnp.full(3, 0.5)}}
   train = ml_collections.ConfigDict(dict(grad_clip=0.0, optimizer="sgd", momentum=0.0))
-  tx = state_lib.make_optimizer(train, pretrained=(("text_tower",),), pretrained_lr_scale=0.1)
+  tx = state_lib.make_optimizer(train, pretrained=((("text_tower",), 0.1),))
   opt = state_lib.with_learning_rate(tx.init(params), jnp.float32(2.0))
   updates, _ = tx.update(grads, opt, params)
   np.testing.assert_allclose(updates["head"]["w"], -1.0)          # -lr * g
   np.testing.assert_allclose(updates["text_tower"]["w"], -0.1)    # scaled by 0.1
-  frozen = state_lib.make_optimizer(train, pretrained=(("text_tower",),), pretrained_lr_scale=0)
+  frozen = state_lib.make_optimizer(train, pretrained=((("text_tower",), 0.0),))
   updates, _ = frozen.update(grads, state_lib.with_learning_rate(frozen.init(params), 2.0),
                              params)
   np.testing.assert_array_equal(updates["text_tower"]["w"], 0.0)
+  # Two towers at two scales (a text tower and a fine-tuned backbone): one group each.
+  params["image_tower"] = {"net": {"w": jnp.ones(3)}}
+  grads["image_tower"] = {"net": {"w": jnp.full(3, 0.5)}}
+  both = state_lib.make_optimizer(train, pretrained=((("text_tower",), 0.0),
+                                                     (("image_tower", "net"), 0.5)))
+  updates, _ = both.update(grads, state_lib.with_learning_rate(both.init(params), 2.0), params)
+  np.testing.assert_array_equal(updates["text_tower"]["w"], 0.0)
+  np.testing.assert_allclose(updates["image_tower"]["net"]["w"], -0.5)
+  np.testing.assert_allclose(updates["head"]["w"], -1.0)
+  del params["image_tower"], grads["image_tower"]
   # Without a tower the chain is unchanged: its last element is the injected optimiser.
   plain = state_lib.make_optimizer(train)
   assert "learning_rate" in plain.init(params)[-1].hyperparams

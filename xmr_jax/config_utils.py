@@ -109,6 +109,27 @@ def photo_folder(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return c
 
 
+def photos_arg(a: ml_collections.ConfigDict) -> bool:
+  """``data=photos`` of a method file's argument: True, and ``a.data`` becomes "images" (the
+  preset is the photo-folder one, then :func:`photo_input`); False for any other data."""
+  if a.data != "photos":
+    return False
+  a.data = "images"
+  return True
+
+
+def photo_input(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The ``data=photos`` presets: the photo-folder preset with the backbone inside the model
+  (``model.image_input=photos``, models/image_tower.py), fine-tuned at a tenth of the
+  learning rate (``train.backbone_lr_scale=0.1``, VSE-infinity's backbone factor for grid
+  features; assumed for the others), photos encoded 64 at a time at evaluation (each goes
+  through the backbone). Returns ``c``."""
+  c.model.image_input = "photos"
+  c.train.backbone_lr_scale = 0.1
+  c.eval.encode_batch_size = 64
+  return c
+
+
 # The ``text=`` config argument of the method files: which text tower a preset trains.
 TEXT_TOWERS = ("gru", "glove", "minilm")
 
@@ -151,6 +172,10 @@ def base_config(method: str) -> ml_collections.ConfigDict:
   c.model.text_encoder = "gru"
   c.model.text_frozen = False
   c.model.text_lr_scale = 1.0
+  # The image input (xmr_jax/models/image_tower.py): "regions" (the data's frozen features) |
+  # "photos" (the backbone that extracted them runs inside the model and is fine-tuned with
+  # train.backbone_lr_scale; data.name=images) | "pixels" (VSE++/PCME's small pixel CNN).
+  c.model.image_input = "regions"
   # Swept scalars: everything here becomes an array in the hparams pytree (docs/architecture.md, "Rules").
   c.hparams = ml_collections.ConfigDict(dict(learning_rate=2e-4, margin=0.2))
   c.train = ml_collections.ConfigDict(dict(
@@ -169,6 +194,7 @@ def base_config(method: str) -> ml_collections.ConfigDict:
       checkpoint_every_steps=500,
       max_to_keep=2,
       num_devices=0,           # devices of the data mesh; 0 = all visible devices
+      backbone_lr_scale=1.0,   # model.image_input=photos: the backbone's lr / learning_rate
   ))
   c.eval = ml_collections.ConfigDict(dict(
       split="test",

@@ -9,6 +9,8 @@ regions        (B, R, F) f32   precomputed region features (SCAN layout: R = 36)
 region_mask    (B, R) bool     True for real regions (all True for bottom-up features)
 boxes          (B, R, 4) f32   optional, region boxes (x0, y0, x1, y1) in [0, 1]
 pixels         (B, H, W, 3) u8 optional, rendered image (synthetic benchmark ``--pixels``)
+photos         (B, S, S, 3) u8 optional, photos at the backbone's input size, augmented in
+                               training (``model.image_input=photos``, data/photos.py)
 tokens         (B, L) int32    caption token ids, 0 = padding
 token_mask     (B, L) bool     True for real tokens
 deps           (B, T, 3) int32 optional, dependency triples [relation id, head word id,
@@ -31,10 +33,10 @@ Array = jax.Array
 PyTree = Any
 Batch = Dict[str, Any]
 
-IMAGE_KEYS = ("regions", "region_mask", "boxes", "pixels")
+IMAGE_KEYS = ("regions", "region_mask", "boxes", "pixels", "photos")
 TEXT_KEYS = ("tokens", "token_mask", "deps", "deps_mask")
 # Inputs a method may ask the data for (``Method.inputs``); regions and captions always come.
-OPTIONAL_INPUTS = ("pixels", "deps", "boxes")
+OPTIONAL_INPUTS = ("pixels", "deps", "boxes", "photos")
 
 
 def image_inputs(batch: Mapping[str, Any]) -> Dict[str, Any]:
@@ -58,3 +60,5 @@ class DataInfo:
   image_size: Optional[Tuple[int, int]] = None   # (H, W) of rendered pixels, if any
   word_vectors: Optional[Any] = None  # (vocab_size, word_dim) float32 init, if given
   max_text_len: int = 0            # longest padded caption (tokens) of any split; 0 = unknown
+  backbone: str = ""               # the extracting backbone (data.name=images), "" unknown
+  photo_size: int = 0              # S of the stored photos (needs "photos"), 0 = none

@@ -61,13 +61,28 @@ def preprocess(pil_image, size: int, resize: str = "squash_bilinear",
   Raises:
     BackboneError: not a PIL image, a bad size, or an unknown policy name.
   """
+  if normalise not in NORMALISE:
+    raise BackboneError(f"preprocess: unknown policy normalise={normalise!r}; known "
+                        f"{sorted(NORMALISE)}")
+  return NORMALISE[normalise](resized(pil_image, size, resize).astype(np.float32))
+
+
+def resized(pil_image, size: int, resize: str = "squash_bilinear") -> np.ndarray:
+  """A photo resized as a network sees it, before normalisation: (size, size, 3) uint8 RGB.
+
+  :func:`preprocess` is this followed by the normalisation; models that run the backbone
+  themselves (``model.image_input=photos``) store this and normalise on the device.
+
+  Raises:
+    BackboneError: not a PIL image, a bad size, or an unknown ``resize`` policy.
+  """
   from PIL import Image, ImageOps
   if not isinstance(pil_image, Image.Image):
     raise BackboneError(f"preprocess(pil_image): expected a PIL.Image.Image, got "
                         f"{type(pil_image).__name__}")
   check_size(size, "preprocess(size)")
-  if resize not in RESIZE or normalise not in NORMALISE:
-    raise BackboneError(f"preprocess: unknown policy resize={resize!r} / normalise="
-                        f"{normalise!r}; known {sorted(RESIZE)} / {sorted(NORMALISE)}")
+  if resize not in RESIZE:
+    raise BackboneError(f"preprocess: unknown policy resize={resize!r}; known "
+                        f"{sorted(RESIZE)}")
   rgb = ImageOps.exif_transpose(pil_image).convert("RGB")
-  return NORMALISE[normalise](np.asarray(RESIZE[resize](rgb, size), np.float32))
+  return np.asarray(RESIZE[resize](rgb, size), np.uint8)

@@ -100,6 +100,28 @@ class Backbone:
     entry's resize and normalisation); S = ``size`` or the default. Raises BackboneError."""
     return preprocessing.preprocess(pil_image, self.size(size), self.resize, self.normalise)
 
+  def resized(self, pil_image, size: int = 0) -> np.ndarray:
+    """(S, S, 3) uint8 photo as this entry resizes it, before normalisation
+    (``preprocessing.resized``); what ``model.image_input=photos`` stores."""
+    return preprocessing.resized(pil_image, self.size(size), self.resize)
+
+  def normalise_pixels(self, pixels):
+    """Network input of (..., 3) pixels in [0, 255] (float32 numpy or jax array), by this
+    entry's normalisation policy (inception: ``x / 255 * 2 - 1``)."""
+    return preprocessing.NORMALISE[self.normalise](pixels)
+
+  def flax_network(self) -> Any:
+    """The Flax module whose ``feature_map(images)`` gives (B, h, w, feature_dim) (eval-mode
+    BatchNorm: its statistics are read, never updated)."""
+    return NETWORKS[self.network].EfficientNetLite(width=self.width, depth=self.depth)
+
+  def feature_variables(self, cache_dir=None) -> Dict[str, Any]:
+    """:meth:`load_weights` without the ImageNet classifier (``fc``), which features never
+    use: ``{"params", "batch_stats"}`` of :meth:`flax_network`'s ``feature_map``."""
+    v = self.load_weights(cache_dir)
+    return {"params": {k: x for k, x in v["params"].items() if k != "fc"},
+            "batch_stats": v["batch_stats"]}
+
   def features(self, variables, images) -> jax.Array:
     """(B, S, S, 3) float32 inputs -> (B, cells^2, feature_dim) float32 region features, row-major
     over the grid (``efficientnet_lite.features``). Jitted. Raises BackboneError."""

@@ -37,7 +37,7 @@ from xmr_jax.data import embeddings, pipeline, precomp, synthetic, tokenizers
 
 # Optional batch inputs a method may need: rendered ``pixels``, dependency triples ``deps``
 # (DeFrag), region ``boxes``. A needed input missing from the data is a DataError up front.
-NEEDS = frozenset({"pixels", "deps", "boxes"})
+NEEDS = frozenset({"pixels", "deps", "boxes", "photos"})
 DATA_NAMES = ("synthetic", "precomp", "images")
 
 _MISSING = {
@@ -49,6 +49,9 @@ _MISSING = {
                            "dependent] triples per caption"),
     "boxes": ("boxes.npy", "the method reads region boxes: write (N, R, 4) float32 boxes "
                            "x0, y0, x1, y1 in [0, 1]"),
+    "photos": ("photos.npy", "the model runs the backbone on photos (model.image_input="
+                             "'photos'): train on a photo folder (data.name=images, which "
+                             "writes them) or use model.image_input='regions'"),
 }
 
 
@@ -204,6 +207,7 @@ class Dataset:
     if "deps" in self.needs:
       self.deps_vocab = deps_vocab or pipeline.DepsVocab.build(train.deps)
     self.with_pixels = "pixels" in self.needs
+    self.with_photos = "photos" in self.needs
     self.with_boxes = train.boxes is not None   # needed boxes were checked by _require
     # Every split is tokenised once (and cached on disk by tokenizer and captions); batches
     # only gather and pad these ids.
@@ -220,7 +224,8 @@ class Dataset:
                                          seed=seed)
     # Models with learned positions check it before anything trains (MMCA's max_len).
     self.info = dataclasses.replace(info, word_vectors=vectors,
-                                    max_text_len=int(self.max_text_len))
+                                    max_text_len=int(self.max_text_len),
+                                    backbone=_backbone_of(data_dir))
 
   def _make_tokenizer(self, train: precomp.PrecompSplit):
     d = self.data_config
@@ -295,7 +300,8 @@ class Dataset:
   def _batch_kwargs(self) -> Dict[str, Any]:
     return dict(len_buckets=self.len_buckets, with_boxes=self.with_boxes,
                 tokens=self._tokens[self.data_config.train_split],
-                with_pixels=self.with_pixels, deps_vocab=self.deps_vocab,
+                with_pixels=self.with_pixels, with_photos=self.with_photos,
+                deps_vocab=self.deps_vocab,
                 max_caption_len=self.max_caption_len,
                 **({"deps_buckets": self.deps_buckets} if self.deps_buckets else {}))
 
@@ -333,7 +339,8 @@ class Dataset:
       deps_bucket = {"deps_buckets": (tokenizers.choose_bucket(longest_deps,
                                                                self.deps_buckets),)}
     images = functools.partial(pipeline.eval_image_batches, s, batch_size,
-                               with_boxes=self.with_boxes, with_pixels=self.with_pixels)
+                               with_boxes=self.with_boxes, with_pixels=self.with_pixels,
+                               with_photos=self.with_photos)
     flat, offsets = self._tokens[split]
     texts = functools.partial(
         pipeline.eval_text_batches, s, self.tokenizer, batch_size,
@@ -394,7 +401,8 @@ def _head(s: precomp.PrecompSplit, n: int) -> precomp.PrecompSplit:
   return dataclasses.replace(
       s, images=s.images[:n], captions=s.captions[:n * s.k], num_images=n,
       labels=cut(s.labels, n), cap_labels=cut(s.cap_labels, n * s.k), boxes=cut(s.boxes, n),
-      pixels=cut(s.pixels, n), deps=cut(s.deps, n * s.k), region_mask=cut(s.region_mask, n))
+      pixels=cut(s.pixels, n), photos=cut(s.photos, n), deps=cut(s.deps, n * s.k),
+      region_mask=cut(s.region_mask, n))
 
 
 def _writable_cache_dir(data_dir: str) -> str:
@@ -423,9 +431,16 @@ def _precomp_dir(d) -> str:
   return d.dir
 
 
-def _images_dir(d) -> str:
+def _images_dir(d, needs=frozenset()) -> str:
   from xmr_jax.data import images_cache   # the backbone only for photo folders
-  return images_cache.dataset_dir(d)
+  return images_cache.dataset_dir(d, photos="photos" in needs)
+
+
+def _backbone_of(data_dir: str) -> str:
+  """The backbone that extracted ``data_dir`` (its ``meta.json``), "" for other folders."""
+  from xmr_jax.data import extract   # reads meta.json only; the backbone is not loaded
+  settings = extract.settings_of_folder(data_dir)
+  return settings.backbone if settings is not None else ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -471,12 +486,15 @@ def unread_keys(data_config) -> Dict[str, str]:
   return out
 
 
-def resolve_data_dir(data_config) -> str:
+def resolve_data_dir(data_config, needs=frozenset()) -> str:
   """The dataset directory for ``data_config``: the synthetic benchmark (generated once), a
-  precomp directory, or a folder of photos + captions (extracted once, ``images_cache``);
-  see :data:`DATA_SOURCES`."""
+  precomp directory, or a folder of photos + captions (extracted once, ``images_cache``,
+  with its resized photos when ``needs`` has "photos"); see :data:`DATA_SOURCES`."""
   name = check_name(data_config.name)
-  return next(s for s in DATA_SOURCES if s.name == name).resolve(data_config)
+  source = next(s for s in DATA_SOURCES if s.name == name)
+  if source.name == "images":
+    return source.resolve(data_config, needs)
+  return source.resolve(data_config)
 
 
 def open_dataset(data_config, *, needs=frozenset(), seed: int = 0, tokenizer=None,
@@ -505,7 +523,7 @@ def open_dataset(data_config, *, needs=frozenset(), seed: int = 0, tokenizer=Non
   needs = check_needs(needs)
   check_name(data_config.name)
   tokenizer_kind(data_config)
-  return Dataset(data_config, resolve_data_dir(data_config), needs=needs, seed=seed,
+  return Dataset(data_config, resolve_data_dir(data_config, needs), needs=needs, seed=seed,
                  tokenizer=tokenizer, deps_vocab=deps_vocab)
 
 

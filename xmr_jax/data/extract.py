@@ -151,7 +151,8 @@ def _region_layout(settings: Settings, n_boxes: np.ndarray, norm_boxes: np.ndarr
 
 
 def _photo_inputs(settings: Settings, images_dir: str, item: captions_lib.CaptionedImage):
-  """(input (S, S, 3) float32, thumbnail, map-unit boxes, [0,1] boxes, region count)."""
+  """(input (S, S, 3) float32, thumbnail, map-unit boxes, [0,1] boxes, region count, the
+  resized photo (S, S, 3) uint8 the input is normalised from)."""
   photo = captions_lib.load_photo(os.path.join(images_dir, item.file))
   width, height = photo.size
   thumb = np.asarray(photo.resize((settings.thumbnail,) * 2, resample=2), np.uint8)  # bilinear
@@ -161,7 +162,9 @@ def _photo_inputs(settings: Settings, images_dir: str, item: captions_lib.Captio
   map_boxes = np.asarray(roi_align.photo_boxes_to_map(px, (width, height), settings.size,
                                                       backbone.stride))
   norm = np.clip(px / np.array([width, height, width, height], np.float32), 0.0, 1.0)
-  return backbone.preprocess(photo, settings.size), thumb, map_boxes, norm, n
+  resized = backbone.resized(photo, settings.size)
+  return (backbone.normalise_pixels(resized.astype(np.float32)), thumb, map_boxes, norm, n,
+          resized)
 
 
 def _decoded(settings: Settings, images_dir: str, items, rows, dropped: list) -> list:
@@ -188,12 +191,14 @@ class PhotoBatch:
     pixels: (n, T, T, 3) uint8 thumbnails (T = ``Settings.thumbnail``).
     boxes: (n, R, 4) float32 region boxes x0, y0, x1, y1 in [0, 1].
     masks: (n, R) bool real regions.
+    photos: (n, S, S, 3) uint8 the resized photos (``model.image_input=photos`` reads them).
   """
   rows: List[int]
   regions: np.ndarray
   pixels: np.ndarray
   boxes: np.ndarray
   masks: np.ndarray
+  photos: np.ndarray
 
 
 @functools.lru_cache(maxsize=2)
@@ -224,7 +229,7 @@ def photo_batches(settings: Settings, images_dir: str, items, fn, dropped: list,
     layouts = [_region_layout(settings, p[4], p[3]) for p in parts]
     yield PhotoBatch([i for i, _ in decoded], out[:len(parts)],
                      np.stack([p[1] for p in parts]), np.stack([l[0] for l in layouts]),
-                     np.stack([l[1] for l in layouts]))
+                     np.stack([l[1] for l in layouts]), np.stack([p[5] for p in parts]))
 
 
 def settings_of_folder(data_dir: str) -> Optional[Settings]:

@@ -99,8 +99,9 @@ def _check_split_sizes(data_config, captions_path: str) -> None:
                       f"--config.data.split_sizes='(50, 50)'")
 
 
-def dataset_dir(data_config) -> str:
-  """The precomp directory for ``data_config`` (``data.name='images'``), extracted if needed.
+def dataset_dir(data_config, photos: bool = False) -> str:
+  """The precomp directory for ``data_config`` (``data.name='images'``), extracted if needed;
+  with ``photos``, also its ``{split}_photos.npy`` (``xmr_jax.data.photos``), written once.
 
   Raises:
     ConfigError: ``data.dir`` is not a folder with ``images/`` and one caption file.
@@ -128,4 +129,7 @@ def dataset_dir(data_config) -> str:
     if not os.path.isdir(out):
       from xmr_jax.data import extract
       extract.extract(images_dir, captions_path, out, settings, instances)
+    if photos:
+      from xmr_jax.data import photos as photos_lib
+      photos_lib.ensure_photos(out, images_dir, settings.backbone, settings.size)
   return out

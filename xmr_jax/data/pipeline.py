@@ -35,7 +35,7 @@ import numpy as np
 
 from xmr_jax import types
 from xmr_jax.common.io import atomic_write_bytes
-from xmr_jax.data import precomp
+from xmr_jax.data import photos as photos_lib, precomp
 from xmr_jax.data.errors import DataError
 from xmr_jax.data.precomp import PrecompSplit
 from xmr_jax.common.errors import ConfigError
@@ -165,10 +165,15 @@ class _Reader:
   def __init__(self, split: PrecompSplit, tokenizer=None, *,
                len_buckets: Sequence[int] = DEFAULT_BUCKETS,
                with_boxes: bool = False, with_pixels: bool = False,
+               with_photos: bool = False, augment_seed: Optional[int] = None,
                deps_vocab: Optional[DepsVocab] = None,
                deps_buckets: Sequence[int] = DEFAULT_DEPS_BUCKETS,
                max_caption_len: int = 0, tokens=None):
     self.split = split
+    # Photos (model.image_input=photos) are augmented in training (data/photos.py) with
+    # draws keyed by (augment_seed, step, image); evaluation (None) reads them as stored.
+    self.with_photos = with_photos and split.photos is not None
+    self.augment_seed = augment_seed
     self.len_buckets = tuple(len_buckets)
     self.deps_buckets = tuple(deps_buckets)
     self.with_boxes = with_boxes and split.boxes is not None
@@ -189,8 +194,9 @@ class _Reader:
             "JSON list of [relation, head, dependent] triples per caption.")
       self.deps = deps_vocab.encode_ragged(split.deps)
 
-  def images(self, image_index: np.ndarray) -> Batch:
-    """Image-side arrays for these image rows (checked for NaN/Inf)."""
+  def images(self, image_index: np.ndarray, step: int = 0) -> Batch:
+    """Image-side arrays for these image rows (checked for NaN/Inf); ``step`` keys the
+    augmentation of training photos."""
     regions = _gather(self.split.images, image_index)
     precomp.check_finite(regions, image_index, self.split.images_path)
     out = {"regions": regions.astype(np.float32, copy=False),
@@ -202,6 +208,11 @@ class _Reader:
           np.float32, copy=False)
     if self.with_pixels:
       out["pixels"] = _gather(self.split.pixels, image_index)
+    if self.with_photos:
+      out["photos"] = _gather(self.split.photos, image_index)
+      if self.augment_seed is not None:
+        out["photos"] = photos_lib.augment(out["photos"], image_index,
+                                           seed=self.augment_seed, step=step)
     return out
 
   def texts(self, caption_index: np.ndarray) -> Batch:
@@ -271,6 +282,7 @@ def train_dataset(split: PrecompSplit, tokenizer, batch_size: int, *,
                   seed: int = 0, shard_index: int = 0, shard_count: int = 1,
                   len_buckets: Sequence[int] = DEFAULT_BUCKETS,
                   with_boxes: bool = False, with_pixels: bool = False,
+                  with_photos: bool = False,
                   deps_vocab: Optional[DepsVocab] = None,
                   deps_buckets: Sequence[int] = DEFAULT_DEPS_BUCKETS,
                   max_caption_len: int = 0, tokens=None) -> grain.MapDataset:
@@ -286,7 +298,8 @@ def train_dataset(split: PrecompSplit, tokenizer, batch_size: int, *,
       of every global batch (``jax.process_index()``/``process_count()``).
     len_buckets, deps_buckets: padded lengths allowed for tokens / triples; a
       longer caption (triple list) is a ValueError when its batch is made, never cut.
-    with_boxes, with_pixels: add those keys when the split has them.
+    with_boxes, with_pixels, with_photos: add those keys when the split has them; photos
+      are augmented (random resized crop + flip, keyed by ``(seed, i, image)``).
     deps_vocab: add ``deps``/``deps_mask`` encoded with it.
     max_caption_len: > 0 cuts longer captions to this many tokens, keeping the end
       token last (:func:`~xmr_jax.data.tokenizers.cap_ragged`); 0 = no cap.
@@ -300,6 +313,7 @@ def train_dataset(split: PrecompSplit, tokenizer, batch_size: int, *,
   plan = EpochPlan(split.num_images, split.k, batch_size, seed)
   reader = _Reader(split, tokenizer, len_buckets=len_buckets,
                    with_boxes=with_boxes, with_pixels=with_pixels,
+                   with_photos=with_photos, augment_seed=seed,
                    deps_vocab=deps_vocab, deps_buckets=deps_buckets,
                    max_caption_len=max_caption_len, tokens=tokens)
   per_shard = batch_size // shard_count
@@ -310,7 +324,7 @@ def train_dataset(split: PrecompSplit, tokenizer, batch_size: int, *,
     # Order inside a batch carries no meaning and file order reads fastest;
     # sorting the global batch keeps shards a partition of it.
     order = np.argsort(images)[rows]
-    return {**reader.images(images[order]), **reader.texts(captions[order])}
+    return {**reader.images(images[order], step), **reader.texts(captions[order])}
 
   return (grain.MapDataset.range(plan.steps_per_epoch).repeat(None)
           .map_with_index(make_batch))
@@ -340,10 +354,12 @@ def _padded_ranges(n: int, batch_size: int) -> Iterator[Tuple[np.ndarray, np.nda
 
 
 def eval_image_batches(split: PrecompSplit, batch_size: int, *,
-                       with_boxes: bool = False,
-                       with_pixels: bool = False) -> Iterator[Batch]:
-  """Every image once, in file order, in full batches with a ``valid`` mask."""
-  reader = _Reader(split, None, with_boxes=with_boxes, with_pixels=with_pixels)
+                       with_boxes: bool = False, with_pixels: bool = False,
+                       with_photos: bool = False) -> Iterator[Batch]:
+  """Every image once, in file order, in full batches with a ``valid`` mask (photos as
+  stored: no augmentation)."""
+  reader = _Reader(split, None, with_boxes=with_boxes, with_pixels=with_pixels,
+                   with_photos=with_photos)
   for index, valid in _padded_ranges(split.num_images, batch_size):
     yield {**reader.images(index), "valid": valid}
 
@@ -378,4 +394,5 @@ def data_info(split: PrecompSplit, tokenizer,
       word_vocab_size=deps_vocab.word_vocab_size if deps_vocab else 0,
       num_relations=deps_vocab.num_relations if deps_vocab else 0,
       image_size=(tuple(int(s) for s in split.pixels.shape[1:3])
-                  if split.pixels is not None else None))
+                  if split.pixels is not None else None),
+      photo_size=int(split.photos.shape[1]) if split.photos is not None else 0)

@@ -16,6 +16,8 @@ Optional extras (written by the synthetic benchmark):
   triples per caption line;
 * ``{split}_boxes.npy``      (N, R, 4) float32 region boxes;
 * ``{split}_pixels.npy``     (N, H, W, 3) uint8 rendered images.
+* ``{split}_photos.npy``     (N, S, S, 3) uint8 photos at the backbone's input size
+  (``model.image_input=photos``; ``xmr_jax.data.photos``).
 
 Feature files are memory-mapped (``np.load(mmap_mode="r", allow_pickle=False)``)
 and never read whole at load time. Every problem the reader can detect is
@@ -55,6 +57,7 @@ class PrecompSplit:
   deps: Optional[List[List[Triple]]] = None  # kN lists of triples
   boxes: Optional[np.ndarray] = None        # (N, R, 4)
   pixels: Optional[np.ndarray] = None       # (N, H, W, 3) uint8
+  photos: Optional[np.ndarray] = None       # (N, S, S, 3) uint8 backbone-sized photos
   region_mask: Optional[np.ndarray] = None  # (N, R) bool: real regions (variable counts)
 
   @property
@@ -299,6 +302,18 @@ def _check_rows(path: str, array: np.ndarray, rows: int, what: str,
                     f"{what}), got shape {array.shape}.")
 
 
+def _rgb_rows(path: str, n: int, what: str) -> Optional[np.ndarray]:
+  """The (N, H, W, 3) uint8 file at ``path`` memory-mapped, None when absent; DataError
+  naming ``what`` was expected for another row count, shape or dtype."""
+  if not os.path.isfile(path):
+    return None
+  array = open_npy(path)
+  _check_rows(path, array, n, "image", 4)
+  if array.shape[-1] != 3 or array.dtype != np.uint8:
+    raise DataError(f"{path}: expected {what}, got {array.shape} {array.dtype}.")
+  return array
+
+
 def _load_extras(split_obj: PrecompSplit) -> None:
   """Loads and shape-checks whichever optional extras exist."""
   d, s, n = split_obj.data_dir, split_obj.split, split_obj.num_images
@@ -317,13 +332,8 @@ def _load_extras(split_obj: PrecompSplit) -> None:
     if split_obj.boxes.shape[1:] != (split_obj.images.shape[1], 4):
       raise DataError(f"{p}: expected shape (N, {split_obj.images.shape[1]}, "
                       f"4), got {split_obj.boxes.shape}.")
-  p = _path(d, s, "pixels.npy")
-  if os.path.isfile(p):
-    split_obj.pixels = open_npy(p)
-    _check_rows(p, split_obj.pixels, n, "image", 4)
-    if split_obj.pixels.shape[-1] != 3 or split_obj.pixels.dtype != np.uint8:
-      raise DataError(f"{p}: expected (N, H, W, 3) uint8 pixels, got "
-                      f"{split_obj.pixels.shape} {split_obj.pixels.dtype}.")
+  split_obj.pixels = _rgb_rows(_path(d, s, "pixels.npy"), n, "(N, H, W, 3) uint8 pixels")
+  split_obj.photos = _rgb_rows(_path(d, s, "photos.npy"), n, "(N, S, S, 3) uint8 photos")
   p = _path(d, s, "deps.jsonl")
   if os.path.isfile(p):
     split_obj.deps = read_deps(p, split_obj.num_captions)
@@ -389,7 +399,8 @@ def find_splits(data_dir: str) -> List[str]:
 # Optional per-split files (attribute of PrecompSplit -> file suffix). Present in one split,
 # they must be present in all: a model sized or evaluated on one split reads them on another.
 EXTRAS = {"labels": "labels.npy", "cap_labels": "cap_labels.npy", "boxes": "boxes.npy",
-          "pixels": "pixels.npy", "deps": "deps.jsonl", "region_mask": "region_mask.npy"}
+          "pixels": "pixels.npy", "photos": "photos.npy", "deps": "deps.jsonl",
+          "region_mask": "region_mask.npy"}
 
 
 def _agreement(split: PrecompSplit):
@@ -406,6 +417,8 @@ def _agreement(split: PrecompSplit):
       yield EXTRAS[name], "class count", int(getattr(split, name).shape[1])
   if split.pixels is not None:
     yield "pixels.npy", "image size (H, W)", tuple(int(x) for x in split.pixels.shape[1:3])
+  if split.photos is not None:
+    yield "photos.npy", "photo size (S, S)", tuple(int(x) for x in split.photos.shape[1:3])
 
 
 def check_agreement(reference: PrecompSplit, split: PrecompSplit) -> None:

@@ -37,6 +37,7 @@ from xmr_jax.common.errors import ConfigError
 from xmr_jax.kernels import fragments as K
 from xmr_jax.kernels.common import compute_dtype, einsum, masked_mean, matmul
 from xmr_jax.losses.defrag import make_loss
+from xmr_jax.models.image_tower import photo_regions
 from xmr_jax.models.base import RetrievalModel
 from xmr_jax.models.encoders import word_embedding_init
 from xmr_jax.models.precision import dense_kwargs, read_dtype
@@ -69,6 +70,8 @@ class DeFrag(RetrievalModel):
   dtype: str = "float32"          # model.dtype: matmul operands (models/precision.py)
   text_tower: Any = None          # pretrained tower (models/text_tower.py) instead of W_e
   text_frozen: bool = False
+  image_tower: Any = None           # backbone inside the model (models/image_tower.py)
+  image_frozen: bool = False
 
   def setup(self):
     if self.fragments not in FRAGMENTS:
@@ -98,6 +101,7 @@ class DeFrag(RetrievalModel):
     """Image fragments v = W_m x + b_m (paper eq. 2) of ``regions`` (N, R, F) / ``region_mask``
     (N, R): ``{"frags": (N, K, D) float32, padding zeroed, "mask": (N, K) bool}``, K = the kept
     regions plus the whole-image fragment last (none with ``whole_image='none'``)."""
+    images = photo_regions(self.image_tower, images, frozen=self.image_frozen)
     regions = images["regions"].astype(jnp.float32)
     mask = images["region_mask"].astype(bool)
     if self.max_regions:

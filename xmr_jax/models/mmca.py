@@ -57,6 +57,7 @@ from xmr_jax.common.errors import ConfigError
 from xmr_jax.kernels import cross_attention as ca
 from xmr_jax.kernels.common import compute_dtype, l2norm, masked_mean, matmul
 from xmr_jax.losses import triplet_objective
+from xmr_jax.models.image_tower import photo_regions
 from xmr_jax.models.base import RetrievalModel
 from xmr_jax.models.encoders import RegionEncoder, word_embedding_init
 from xmr_jax.models.precision import dense_kwargs, read_dtype
@@ -175,6 +176,8 @@ class MMCA(RetrievalModel):
   dtype: str = "float32"             # model.dtype: matmul operands (models/precision.py)
   text_tower: Any = None             # pretrained tower (models/text_tower.py): the paper's BERT
   text_frozen: bool = False
+  image_tower: Any = None           # backbone inside the model (models/image_tower.py)
+  image_frozen: bool = False
 
   def setup(self):
     if self.cross_input not in ("fragments", "self_attended"):
@@ -203,6 +206,7 @@ class MMCA(RetrievalModel):
     """From ``regions`` (N, R, F) / ``region_mask`` (N, R) (paper §3.1): ``{"emb": (N, D)
     float32 i0 (l2-normalised if ``normalize``)}``, plus with alpha != 0 the cross-module
     inputs ``"frag"`` (N, R, D) float32 (per ``cross_input``) and ``"mask"`` (N, R) bool."""
+    images = photo_regions(self.image_tower, images, frozen=self.image_frozen)
     mask = images["region_mask"].astype(bool)
     frag = self.region_fc(images["regions"], mask)
     x = frag

@@ -35,6 +35,7 @@ from xmr_jax.common.errors import ConfigError
 from xmr_jax.kernels import pcme as K
 from xmr_jax.kernels.common import compute_dtype, einsum, l2norm, masked_mean, masked_softmax
 from xmr_jax.losses.pcme import make_loss_fn
+from xmr_jax.models.image_tower import photo_regions
 from xmr_jax.models.base import RetrievalModel
 from xmr_jax.models.encoders import PixelCNN, last_valid, word_embedding_init
 from xmr_jax.models.precision import dense_kwargs, gru_cell, read_dtype
@@ -136,7 +137,7 @@ class PCME(RetrievalModel):
   word_dim: int = 300
   embed_dim: int = 1024
   num_samples: int = 7
-  image_input: str = "regions"       # regions | pixels
+  image_input: str = "regions"       # regions | pixels | photos (models/image_tower.py)
   pixel_dim: int = 128               # channels of the PixelCNN grid (the "cnn_dim")
   init_negative_scale: float = 15.0  # a
   init_shift: float = 15.0           # b
@@ -150,6 +151,8 @@ class PCME(RetrievalModel):
   dtype: str = "float32"             # model.dtype: matmul operands (models/precision.py)
   text_tower: Any = None             # pretrained tower (models/text_tower.py) instead of GRUs
   text_frozen: bool = False
+  image_tower: Any = None           # backbone inside the model (models/image_tower.py)
+  image_frozen: bool = False
 
   def setup(self):
     if self.embed_dim % 2:
@@ -158,8 +161,9 @@ class PCME(RetrievalModel):
       raise ConfigError(f"PCME: unknown score {self.score_method!r}; choose one of {SCORES}")
     if self.image_input == "pixels":
       self.pixel_cnn = PixelCNN(self.pixel_dim, dtype=self.dtype)
-    elif self.image_input != "regions":
-      raise ConfigError(f"PCME: image_input={self.image_input!r}; use 'regions' or 'pixels'")
+    elif self.image_input not in ("regions", "photos"):   # photos: regions from image_tower
+      raise ConfigError(f"PCME: image_input={self.image_input!r}; use 'regions', 'photos' "
+                        f"or 'pixels'")
     feat_dim = self.pixel_dim if self.image_input == "pixels" else self.region_dim
     self.img_pie, self.img_uncertain = self._heads(feat_dim)
     tower = self.text_tower is not None
@@ -197,6 +201,7 @@ class PCME(RetrievalModel):
     """Image Gaussians from ``regions`` (N, R, F) / ``region_mask`` (N, R) or ``pixels``:
     ``{"mu": (N, D) l2-normalised, "logsigma": (N, D), "samples": (N, J, D)}`` float32, J =
     ``num_samples`` drawn from the ``'sampling'`` rng (paper eq. 2; official ``EncoderImage``)."""
+    images = photo_regions(self.image_tower, images, frozen=self.image_frozen)
     if self.image_input == "pixels":
       x = self.pixel_cnn(images["pixels"])
       mask = jnp.ones(x.shape[:2], bool)

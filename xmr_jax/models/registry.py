@@ -59,11 +59,13 @@ class Method:
       ``alignments`` evaluator.
     samples_at_eval: the encoders draw random numbers at evaluation (PCME's J samples); the
       engine then keys every item's draws by its index in the split.
-    pretrained: ``((params path, tower name), ...)``: subtrees the trainer fills with
-      pretrained weights at initialisation (``model.text_encoder=minilm``: ``(("text_tower",),
-      "minilm")``, models/text_tower.py); empty for models trained from scratch.
-    pretrained_lr_scale: the learning-rate factor of those subtrees (``model.text_lr_scale``;
-      0 = frozen, ``model.text_frozen``), applied by the optimiser (``optax.multi_transform``).
+    pretrained: ``((params path, tower name, lr scale), ...)``: subtrees the trainer fills
+      with pretrained weights (and BatchNorm statistics) at initialisation, and the factor
+      of the learning rate the optimiser gives them (``optax.multi_transform``; 0 = frozen):
+      ``model.text_encoder=minilm`` adds ``(("text_tower",), "minilm", model.text_lr_scale)``
+      (models/text_tower.py), ``model.image_input=photos`` adds ``(("image_tower", "net"),
+      <backbone>, train.backbone_lr_scale)`` (models/image_tower.py); empty for models
+      trained from scratch.
     embedding: the repr key whose dot product is the score, when there is one:
       ``score(img, txt) == img[embedding] @ txt[embedding].T`` with (N, D) and (M, D) leaves
       (VSE++: ``"emb"``); a photo collection is then searched with a matrix product and a
@@ -85,8 +87,7 @@ class Method:
   uncertainty: Optional[Callable[[Any], np.ndarray]] = None
   alignments: Optional[str] = None
   samples_at_eval: bool = False
-  pretrained: Tuple[Tuple[Tuple[str, ...], str], ...] = ()
-  pretrained_lr_scale: float = 1.0
+  pretrained: Tuple[Tuple[Tuple[str, ...], str, float], ...] = ()
   embedding: Optional[str] = None
   key: str = ""
 
@@ -124,7 +125,8 @@ def _module(name: str):
 
 def method_inputs(config) -> FrozenSet[str]:
   """The optional batch inputs ``config``'s method reads (before any data is opened)."""
-  needs = frozenset(_module(config.method).inputs(config.model))
+  from xmr_jax.models import image_tower
+  needs = frozenset(_module(config.method).inputs(config.model)) | image_tower.inputs(config.model)
   unknown = needs - set(OPTIONAL_INPUTS)
   assert not unknown, f"{config.method}.inputs returned unknown inputs {sorted(unknown)}"
   return needs
@@ -139,6 +141,7 @@ def unread_model_keys(config) -> Dict[str, str]:
 def get_method(config, info: DataInfo) -> Method:
   """Builds the method named by ``config.method``; ConfigError for an unknown name."""
   method = _module(config.method).build_method(config.model, info)
-  from xmr_jax.models import text_tower   # the seam is the same for every method
-  return dataclasses.replace(method, inputs=method_inputs(config),
-                             **text_tower.method_fields(config.model))
+  from xmr_jax.models import image_tower, text_tower   # the seams are the same for every method
+  method = dataclasses.replace(method, inputs=method_inputs(config))
+  method = text_tower.with_tower(method, config.model)
+  return image_tower.with_tower(method, config, info)

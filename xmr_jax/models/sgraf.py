@@ -57,6 +57,7 @@ from xmr_jax.common.errors import ConfigError
 from xmr_jax.kernels import sgraf as K
 from xmr_jax.kernels.common import compute_dtype, masked_mean, matmul
 from xmr_jax.losses import triplet_objective
+from xmr_jax.models.image_tower import photo_regions
 from xmr_jax.models.base import RetrievalModel
 from xmr_jax.models.encoders import GRUTextEncoder, RegionEncoder
 from xmr_jax.models.precision import read_dtype
@@ -345,6 +346,8 @@ class SGRAF(RetrievalModel):
   dtype: str = "float32"            # model.dtype: matmul operands (models/precision.py)
   text_tower: Any = None            # pretrained tower (models/text_tower.py) instead of the GRU
   text_frozen: bool = False
+  image_tower: Any = None           # backbone inside the model (models/image_tower.py)
+  image_frozen: bool = False
   # Set through ``Method.for_mesh`` under a data mesh (the trainer's hook): VisualSA's train-mode BatchNorm then
   # reduces its statistics over all devices. SAF's per-caption statistics need nothing: each
   # device scores its captions against the gathered images of the whole batch.
@@ -366,6 +369,7 @@ class SGRAF(RetrievalModel):
     """From ``regions`` (N, R, F) / ``region_mask`` (N, R): ``{"local": (N, R, D) float32,
     l2-normalised per region, "mask": (N, R) bool, "glo": (N, D) float32}`` (``image_global``).
     Raises ValueError if R != ``num_regions``."""
+    images = photo_regions(self.image_tower, images, frozen=self.image_frozen)
     mask = images["region_mask"].astype(bool)
     local = self.img_enc(images["regions"], mask)
     # VisualSA depends on the image only: computed once per image (train-mode BatchNorm sees

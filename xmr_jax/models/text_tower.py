@@ -16,6 +16,7 @@ with ``model.text_frozen`` (MMCA's paper setting), in which case the model also 
 gradient. The tower reads WordPiece ids: ``data.tokenizer=wordpiece`` (checked here through
 the vocabulary size).
 """
+import dataclasses
 from typing import Any, Dict
 
 import flax.linen as nn
@@ -100,19 +101,19 @@ def pooled(hidden: jax.Array, token_mask: jax.Array) -> jax.Array:
   return jnp.sum(hidden * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)
 
 
-def method_fields(model_config) -> Dict:
-  """The :class:`~xmr_jax.models.registry.Method` fields of the seam: ``pretrained`` ((path,
-  tower name),) and ``pretrained_lr_scale`` (0 when frozen). ConfigError for a negative
-  ``text_lr_scale``."""
+def with_tower(method, model_config):
+  """``method`` with the seam's :class:`~xmr_jax.models.registry.Method` fields added
+  (``pretrained``: (path, tower name, lr scale; 0 when frozen)); unchanged for "gru".
+  ConfigError for a negative ``text_lr_scale``."""
   if not uses_tower(model_config):
-    return {}
+    return method
   scale = float(model_config.get("text_lr_scale", 1.0))
   if scale < 0:
     raise ConfigError(f"config.model.text_lr_scale={scale} must be >= 0 (0 freezes the "
                       f"tower's weights, as model.text_frozen)")
   frozen = bool(model_config.get("text_frozen", False))
-  return {"pretrained": ((TOWER_PATH, text_encoder(model_config)),),
-          "pretrained_lr_scale": 0.0 if frozen else scale}
+  entry = (TOWER_PATH, text_encoder(model_config), 0.0 if frozen else scale)
+  return dataclasses.replace(method, pretrained=method.pretrained + (entry,))
 
 
 def unread(model_config, gru_only: Dict[str, str]) -> Dict[str, str]:

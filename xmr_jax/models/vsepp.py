@@ -23,6 +23,7 @@ import jax.numpy as jnp
 
 from xmr_jax.kernels.common import compute_dtype, l2norm, masked_mean, matmul
 from xmr_jax.losses import triplet_objective
+from xmr_jax.models.image_tower import photo_regions
 from xmr_jax.models.base import RetrievalModel
 from xmr_jax.models.encoders import GRUTextEncoder, PixelCNN, last_valid
 from xmr_jax.models.precision import dense_kwargs, read_dtype
@@ -42,11 +43,13 @@ class VSEPP(RetrievalModel):
   word_dim: int = 300
   embed_dim: int = 1024
   num_layers: int = 1
-  image_input: str = "regions"   # regions | pixels
+  image_input: str = "regions"   # regions | pixels | photos (models/image_tower.py)
   word_vectors: Any = None
   dtype: str = "float32"            # model.dtype: matmul operands (models/precision.py)
   text_tower: Any = None            # pretrained tower (models/text_tower.py) instead of the GRU
   text_frozen: bool = False
+  image_tower: Any = None           # backbone inside the model (models/image_tower.py)
+  image_frozen: bool = False
 
   def setup(self):
     self.img_fc = nn.Dense(self.embed_dim, kernel_init=nn.initializers.xavier_uniform(),
@@ -65,6 +68,7 @@ class VSEPP(RetrievalModel):
   def encode_images(self, images, *, train: bool) -> Dict[str, jax.Array]:
     """``{"emb": (N, embed_dim) float32, l2-normalised}`` from ``regions`` (N, R, F) and
     ``region_mask`` (N, R), or from ``pixels`` (N, H, W, 3) uint8 with ``image_input='pixels'``."""
+    images = photo_regions(self.image_tower, images, frozen=self.image_frozen)
     if self.image_input == "pixels":
       grid = self.cnn(images["pixels"])
       pooled = jnp.mean(grid, axis=1)

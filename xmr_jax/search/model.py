@@ -108,6 +108,8 @@ def _image_batch(model: SearchModel, photos: extract.PhotoBatch, first: int):
     batch["boxes"] = photos.boxes
   if "pixels" in model.method.inputs:
     batch["pixels"] = photos.pixels
+  if "photos" in model.method.inputs:      # the workdir's fine-tuned backbone reads these
+    batch["photos"] = photos.photos
   batch = engine.pad_rows(batch, model.settings.batch_size)
   batch["valid"] = np.arange(len(batch["image_index"])) < n
   return batch

@@ -11,7 +11,7 @@ from typing import Any, Dict, Mapping
 
 from xmr_jax.common.errors import ConfigError
 from xmr_jax.data import datasets
-from xmr_jax.models import registry
+from xmr_jax.models import image_tower, registry
 
 # File paths a config may name: each must exist when set (data.dir is checked by the data room,
 # since the synthetic benchmark uses it as a cache directory that may not exist yet).
@@ -89,6 +89,7 @@ def unread_keys(config) -> Dict[str, str]:
     out["train.num_epochs"] = f"train.num_steps={t.num_steps} sets the length instead"
   for key, why in registry.unread_model_keys(config).items():
     out[f"model.{key}"] = why
+  out.update(image_tower.unread(config))
   return out
 
 

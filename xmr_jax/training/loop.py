@@ -74,8 +74,7 @@ def setup(config, vocabularies=None):
   method = get_method(config, ds.info)
   evaluation.check_evals(config.evals, method)
   tx = state_lib.make_optimizer(config.train, method.unclipped_params,
-                                pretrained=tuple(p for p, _ in method.pretrained),
-                                pretrained_lr_scale=method.pretrained_lr_scale)
+                                pretrained=tuple((p, s) for p, _, s in method.pretrained))
   hparams = state_lib.hparams_from_config(config, method)
   sample = ds.sample_batch(config.train.batch_size)
   state = state_lib.init_state(method, sample, tx, config.seed)

@@ -19,15 +19,28 @@ from xmr_jax.types import image_inputs, text_inputs
 State = Dict[str, Any]
 
 
-def _path_labels(paths, inside: str, outside: str):
-  """A label function for ``optax.multi_transform``: ``inside`` for leaves under any of
-  ``paths`` (tuples of parameter names), ``outside`` for the rest."""
+def _path_labels(groups: Mapping[str, Tuple[Tuple[str, ...], ...]], outside: str):
+  """A label function for ``optax.multi_transform``: label ``g`` for leaves under any of
+  ``groups[g]`` (tuples of parameter names), ``outside`` for the rest."""
   def label(params):
     def one(path, _):
       names = tuple(getattr(k, "key", getattr(k, "name", k)) for k in path)
-      return inside if any(names[:len(p)] == tuple(p) for p in paths) else outside
+      return next((g for g, paths in groups.items()
+                   if any(names[:len(p)] == tuple(p) for p in paths)), outside)
     return jax.tree_util.tree_map_with_path(one, params)
   return label
+
+
+def _scale_groups(pretrained) -> Dict[str, Tuple[float, Tuple[Tuple[str, ...], ...]]]:
+  """{label: (lr scale, paths)} of the pretrained subtrees whose scale is not 1, grouped by
+  scale in order of appearance: "tower", then "tower_1", ... (one tower keeps the label it
+  has always had, so its optimiser state's tree is unchanged)."""
+  by_scale: Dict[float, list] = {}
+  for path, scale in pretrained:
+    if float(scale) != 1.0:
+      by_scale.setdefault(float(scale), []).append(tuple(path))
+  return {("tower" if i == 0 else f"tower_{i}"): (scale, tuple(paths))
+          for i, (scale, paths) in enumerate(by_scale.items())}
 
 
 def _base_optimizer(t) -> optax.GradientTransformation:
@@ -41,8 +54,8 @@ def _base_optimizer(t) -> optax.GradientTransformation:
 
 
 def make_optimizer(train_config, unclipped: Tuple[str, ...] = (), *,
-                   pretrained: Tuple[Tuple[str, ...], ...] = (),
-                   pretrained_lr_scale: float = 1.0) -> optax.GradientTransformation:
+                   pretrained: Tuple[Tuple[Tuple[str, ...], float], ...] = ()
+                   ) -> optax.GradientTransformation:
   """Global-norm clipping, optional L2 weight decay, then Adam or SGD with momentum.
 
   Official VSE++/SCAN/SGRAF/PCME: ``clip_grad_norm_`` then Adam (``train.optimizer='adam'``);
@@ -52,17 +65,16 @@ def make_optimizer(train_config, unclipped: Tuple[str, ...] = (), *,
   times the step-decay factor (``learning_rate_at``), so a sweep can vmap over it.
   ``unclipped``: top-level parameter names left out of the clipping (and of its global norm).
 
-  ``pretrained``: parameter paths of a pretrained tower (``Method.pretrained``), updated with
-  ``pretrained_lr_scale`` times the learning rate through ``optax.multi_transform`` (the
-  optimiser's update, then ``optax.scale``); with scale 0 (frozen) they get
-  ``optax.set_to_zero`` (no optimiser state) and are left out of the clipping. Without
-  ``pretrained`` (or with scale 1) the chain is exactly the one above.
+  ``pretrained``: ``((parameter path, lr scale), ...)`` of pretrained towers
+  (``Method.pretrained``): each updated with its scale times the learning rate through
+  ``optax.multi_transform`` (the optimiser's update, then ``optax.scale``); with scale 0
+  (frozen) they get ``optax.set_to_zero`` (no optimiser state) and are left out of the
+  clipping. Without ``pretrained`` (or with every scale 1) the chain is exactly the one above.
   """
   t = train_config
-  frozen = bool(pretrained) and pretrained_lr_scale == 0
-  if frozen:
-    tops = tuple(p[0] for p in pretrained)
-    unclipped = tuple(unclipped) + tuple(k for k in tops if k not in unclipped)
+  groups = _scale_groups(pretrained)
+  tops = tuple(p[0] for scale, paths in groups.values() if scale == 0 for p in paths)
+  unclipped = tuple(unclipped) + tuple(k for k in tops if k not in unclipped)
   parts = []
   if t.grad_clip and t.grad_clip > 0:
     clip = optax.clip_by_global_norm(t.grad_clip)
@@ -74,12 +86,14 @@ def make_optimizer(train_config, unclipped: Tuple[str, ...] = (), *,
   if t.get("weight_decay", 0.0):
     parts.append(optax.add_decayed_weights(2.0 * t.weight_decay))
   base = _base_optimizer(t)
-  if not pretrained or pretrained_lr_scale == 1:
+  if not groups:
     return optax.chain(*parts, base)
-  tower = (optax.set_to_zero() if frozen
-           else optax.chain(_base_optimizer(t), optax.scale(pretrained_lr_scale)))
+  transforms = {label: (optax.set_to_zero() if scale == 0
+                        else optax.chain(_base_optimizer(t), optax.scale(scale)))
+                for label, (scale, _) in groups.items()}
   return optax.chain(*parts, optax.multi_transform(
-      {"model": base, "tower": tower}, _path_labels(pretrained, "tower", "model")))
+      {"model": base, **transforms},
+      _path_labels({label: paths for label, (_, paths) in groups.items()}, "model")))
 
 
 def with_learning_rate(opt_state, lr: jax.Array):
@@ -119,20 +133,36 @@ def stack_hparams(base: Mapping[str, jax.Array], variants) -> Dict[str, jax.Arra
   return {k: jnp.asarray([r[k] for r in rows], jnp.float32) for k in base}
 
 
-def pretrained_params(method: Method) -> Dict[Tuple[str, ...], Any]:
-  """{params path: pretrained weights (nested float32 numpy)} of ``method.pretrained``,
-  read from the towers' pip packages (``xmr_jax.backbones``)."""
-  from xmr_jax.backbones import minilm
-  loaders = {"minilm": minilm.load_params}
-  return {tuple(path): loaders[name]() for path, name in method.pretrained}
+@functools.lru_cache(maxsize=4)   # params and batch_stats are filled from one read
+def _load_pretrained(name: str) -> Dict[str, Any]:
+  """The variables ``{collection: nested float32 arrays}`` of a pretrained tower by name:
+  a text tower (``params`` only) or an image backbone of ``backbones.registry`` (``params``
+  and its eval-mode BatchNorm ``batch_stats``, without the ImageNet classifier)."""
+  from xmr_jax.backbones import minilm, registry
+  if name == minilm.ENTRY.name:
+    variables = {"params": minilm.load_params()}
+  else:
+    variables = registry.get(name).feature_variables()
+  # numpy, so each state gets buffers of its own: the train step donates the state's.
+  return jax.tree.map(np.asarray, variables)
 
 
-def with_pretrained(params, method: Method, stacked: int = 0):
-  """``params`` with each ``method.pretrained`` subtree replaced by the pretrained weights
-  (tiled over a leading axis of ``stacked`` variants when > 0). Raises ConfigError when a
-  weight's shape differs from the model's."""
+def pretrained_variables(method: Method) -> Dict[Tuple[str, ...], Dict[str, Any]]:
+  """{subtree path: {collection: pretrained weights}} of ``method.pretrained``, read from the
+  towers' pip packages (``xmr_jax.backbones``)."""
+  return {tuple(path): _load_pretrained(name) for path, name, _ in method.pretrained}
+
+
+def with_pretrained(params, method: Method, stacked: int = 0, collection: str = "params"):
+  """``params`` (the ``collection`` of a state: "params" or "batch_stats") with each
+  ``method.pretrained`` subtree replaced by the pretrained weights (tiled over a leading axis
+  of ``stacked`` variants when > 0). Raises ConfigError when a weight's shape differs from
+  the model's."""
   params = dict(params)
-  for path, weights in pretrained_params(method).items():
+  for path, variables in pretrained_variables(method).items():
+    if collection not in variables:
+      continue
+    weights = variables[collection]
     node = params
     for name in path[:-1]:
       node[name] = dict(node[name])
@@ -163,7 +193,8 @@ def init_state(method: Method, sample_batch: Mapping[str, Any], tx: optax.Gradie
     seed = jax.random.key_data(jax.random.key(seed))
   state = _compiled_init(method, tx)(seed, sample_batch)
   if pretrained and method.pretrained:
-    state["params"] = with_pretrained(state["params"], method)
+    for collection in ("params", "batch_stats"):
+      state[collection] = with_pretrained(state[collection], method, collection=collection)
   return state
 
 
@@ -204,7 +235,9 @@ def init_states(method: Method, sample_batch: Mapping[str, Any],
   states = [init(jax.random.key_data(jax.random.key(int(s))), sample_batch) for s in seeds]
   stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
   if method.pretrained:
-    stacked["params"] = with_pretrained(stacked["params"], method, stacked=len(seeds))
+    for collection in ("params", "batch_stats"):
+      stacked[collection] = with_pretrained(stacked[collection], method, stacked=len(seeds),
+                                            collection=collection)
   return stacked
 
 

