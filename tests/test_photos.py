@@ -265,3 +265,4 @@ def test_data_photos_preset_of_every_method():
     c = load_config(f"configs/{method}.py", "data=photos")
     assert (c.data.name, c.model.image_input, c.train.backbone_lr_scale) == (
         "images", "photos", 0.1), method
+    assert c.train.batch_size == 32, method     # every data=images preset batches >= 32

@@ -122,9 +122,11 @@ def photo_input(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The ``data=photos`` presets: the photo-folder preset with the backbone inside the model
   (``model.image_input=photos``, models/image_tower.py), fine-tuned at a tenth of the
   learning rate (``train.backbone_lr_scale=0.1``, VSE-infinity's backbone factor for grid
-  features; assumed for the others), photos encoded 64 at a time at evaluation (each goes
-  through the backbone). Returns ``c``."""
+  features; assumed for the others), batches of at most 32 photos (PCME's 128 through
+  EfficientNet-Lite0's backward pass held over 18 GB on a CPU and was killed), photos encoded
+  64 at a time at evaluation (each goes through the backbone). Returns ``c``."""
   c.model.image_input = "photos"
+  c.train.batch_size = min(c.train.batch_size, 32)
   c.train.backbone_lr_scale = 0.1
   c.eval.encode_batch_size = 64
   return c
