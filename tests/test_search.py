@@ -286,16 +286,28 @@ def _initial_workdir(method, data_dir, workdir, **model):
   loop.close(run)
 
 
-def test_a_method_scored_exactly_ranks_as_the_engine(tiny, tmp_path):
+@pytest.fixture(scope="module")
+def scored(tiny, tmp_path_factory):
+  """SGRAF (SAF) and MMCA workdirs at initialisation, each with an index of the photos and
+  the caption lines: methods whose score is no dot product (MMCA's has a global term)."""
+  root = tmp_path_factory.mktemp("scored")
+  out = {}
+  for method, model in (("sgraf", dict(variant="saf", word_dim=16, embed_dim=32, sim_dim=16)),
+                        ("mmca", dict(word_dim=16, embed_dim=32))):
+    w, idx = str(root / f"w_{method}"), str(root / f"idx_{method}")
+    _initial_workdir(method, str(tiny.root / "data"), w, **model)
+    m = model_lib.load(w)
+    build.build_index(w, str(tiny.root / "photos"), idx,
+                      build.read_captions(str(tiny.root / "lines.txt"), "lines"),
+                      progress=False, model=m)
+    out[method] = types.SimpleNamespace(w=w, idx=idx, model=m, index=store.open_index(idx))
+  return out
+
+
+def test_a_method_scored_exactly_ranks_as_the_engine(tiny, scored):
   """SGRAF's score is no dot product: its index stores every repr leaf and a query is
   scored by the engine against all of them; the ranking equals score_all's."""
-  w = str(tmp_path / "w_sgraf")
-  _initial_workdir("sgraf", str(tiny.root / "data"), w, variant="saf", word_dim=16,
-                   embed_dim=32, sim_dim=16)
-  out = str(tmp_path / "idx")
-  m = model_lib.load(w)
-  build.build_index(w, str(tiny.root / "photos"), out, progress=False, model=m)
-  index = store.open_index(out)
+  m, index = scored["sgraf"].model, scored["sgraf"].index
   assert index.identity["embedding"] is None and set(index.leaves("images")) == {
       "local", "mask", "glo"}
   results = query.search_texts(m, index, QUERIES, k=5)
@@ -303,3 +315,80 @@ def test_a_method_scored_exactly_ranks_as_the_engine(tiny, tmp_path):
   for q, result in enumerate(results):
     assert [index.files[r] for r in result.rows] == _ranked(files, scores[:, q])[:5]
     np.testing.assert_allclose(result.scores, np.sort(scores[:, q])[::-1][:5], atol=1e-5)
+
+
+def _shortlisted(model, index, first_rows, k):
+  """The reference of two-stage search: the exact scores of every row (the exact path),
+  the first stage's rows re-sorted by them (ties by the lower row), the best ``k``."""
+  exact = query.search_texts(model, index, QUERIES, k=N_PHOTOS)
+  out = []
+  for result, rows in zip(exact, first_rows):
+    score = dict(zip(result.rows.tolist(), result.scores.tolist()))
+    out.append(sorted(rows, key=lambda r: (-score[r], r))[:k])
+  return out
+
+
+def test_two_stage_search_scores_the_shortlist_alone(tiny, scored, monkeypatch):
+  sgraf, vsepp = scored["sgraf"], store.open_index(tiny.idx)
+  other = query.open_shortlist(sgraf.index, tiny.idx, photo=False)
+  # K = every photo: the exact ranking, rows and scores.
+  every = query.make_shortlist(sgraf.model, sgraf.index, other, tiny.idx, N_PHOTOS)
+  exact = query.search_texts(sgraf.model, sgraf.index, QUERIES, k=5)
+  for got, want in zip(query.search_texts(sgraf.model, sgraf.index, QUERIES, 5, every), exact):
+    np.testing.assert_array_equal(got.rows, want.rows)
+    np.testing.assert_allclose(got.scores, want.scores, atol=1e-5)
+  # K = 4 of 12: VSE++'s 4 best photos in SGRAF's order; 4 pairs scored per query.
+  scored_pairs = []
+  real = query.engine.score_pairs
+  monkeypatch.setattr(query.engine, "score_pairs", lambda *a, **kw: scored_pairs.append(
+      a[4].shape) or real(*a, **kw))
+  four = query.make_shortlist(sgraf.model, sgraf.index, other, tiny.idx, 4)
+  got = query.search_texts(sgraf.model, sgraf.index, QUERIES, 3, four)
+  assert scored_pairs == [(len(QUERIES), 4)]
+  first = [r.rows.tolist() for r in query.search_texts(tiny.model, vsepp, QUERIES, k=4)]
+  assert [r.rows.tolist() for r in got] == _shortlisted(sgraf.model, sgraf.index, first, 3)
+  # A photo query ranks the shortlisted captions.
+  photo = str(tiny.root / "photos" / "p04.jpg")
+  full = query.search_photo(sgraf.model, sgraf.index, photo, k=5)
+  two = query.search_photo(sgraf.model, sgraf.index, photo, 5, query.make_shortlist(
+      sgraf.model, sgraf.index, query.open_shortlist(sgraf.index, tiny.idx, photo=True),
+      tiny.idx, len(tiny.captions)))
+  np.testing.assert_array_equal(two.rows, full.rows)
+
+
+def test_two_stage_search_with_the_methods_own_global_term(scored):
+  mmca = scored["mmca"]
+  own = query.make_shortlist(mmca.model, mmca.index, None, "own", N_PHOTOS)
+  assert own.key == "emb"
+  got = query.search_texts(mmca.model, mmca.index, QUERIES, 5, own)
+  for g, want in zip(got, query.search_texts(mmca.model, mmca.index, QUERIES, k=5)):
+    np.testing.assert_array_equal(g.rows, want.rows)
+    np.testing.assert_allclose(g.scores, want.scores, atol=1e-5)
+
+
+def test_two_stage_search_bad_input(tiny, scored, tmp_path, capsys):
+  sgraf, mmca = scored["sgraf"], scored["mmca"]
+  q = ["query", "x", "--index"]
+  assert_one_message(_cli(capsys, *q, sgraf.idx, "--rerank-k", "5"),
+                     "--rerank-k 5 goes with --shortlist")
+  assert_one_message(_cli(capsys, *q, mmca.idx, "--shortlist", "own", "--k", "20",
+                          "--rerank-k", "5"), "--k 20 is more than --rerank-k 5")
+  assert_one_message(_cli(capsys, *q, mmca.idx, "--shortlist", "own", "--rerank-k", "0"),
+                     "--rerank-k 0")
+  assert_one_message(_cli(capsys, *q, tiny.idx, "--shortlist", "own"),
+                     "ranks by a dot product already")
+  assert_one_message(_cli(capsys, *q, sgraf.idx, "--shortlist", str(tmp_path / "nowhere")),
+                     "no search index there")
+  assert_one_message(_cli(capsys, *q, sgraf.idx, "--shortlist", "own"),
+                     "sgraf has no dot-product global term stored")
+  few = tmp_path / "few"
+  few.mkdir()
+  shutil.copy(tiny.root / "photos" / "p00.jpg", few)
+  small = str(tmp_path / "small")
+  build.build_index(tiny.w, str(few), small, progress=False, model=tiny.model)
+  assert_one_message(_cli(capsys, *q, sgraf.idx, "--shortlist", small),
+                     "does not hold the photos of", "1 photos of")
+  assert_one_message(_cli(capsys, "query", "--index", sgraf.idx, "--image",
+                          str(tiny.root / "photos" / "p01.jpg"), "--shortlist", str(few.parent
+                          / "small")), "does not hold the photos of")
+  assert store.open_index(sgraf.idx).files == sgraf.index.files       # left as it was

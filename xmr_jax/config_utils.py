@@ -209,6 +209,12 @@ def base_config(method: str) -> ml_collections.ConfigDict:
       length_groups=4,
       encode_batch_size=256,
       dev_max_images=1000,     # dev evaluation during training uses at most this many images
+      # Two-stage ranking after training and in --mode=eval (xmr_jax/evaluation/rerank.py):
+      # rerank_k = K > 0 scores only each query's top K by a dot-product shortlist, "own"
+      # (the method's global term: MMCA, PCME) or a trained workdir of an embedding method
+      # on the same data (VSE++, PCME). 0 = every pair (dev evaluation is always exact).
+      rerank_k=0,
+      shortlist="",
   ))
   # Evaluators run after training, in order (xmr_jax/evaluation/__init__.py): ``retrieval``
   # first (R@K, rsum, PMRP; the others read its scores), then pictures and analyses. Method

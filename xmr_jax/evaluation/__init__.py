@@ -4,12 +4,13 @@ An evaluator is a plain module with ``check(method) -> Optional[str]`` (why it c
 this method, or None) and ``run(ctx: EvalContext)`` (computes, writes under ``ctx.workdir``,
 returns its results). A config lists the evaluators to run after training in ``config.evals``
 (big_vision's ``config.evals`` idea); ``retrieval`` comes first, the others read its scores.
-Ensembles of trained workdirs are ``evaluation.ensemble``.
+Ensembles of trained workdirs are ``evaluation.ensemble``; two-stage ranking
+(``eval.rerank_k``: a dot-product shortlist, then the exact score on it) is ``evaluation.rerank``.
 """
 from typing import Dict, Sequence
 
 from xmr_jax.common.errors import ConfigError
-from xmr_jax.evaluation import alignments, examples, retrieval, uncertainty
+from xmr_jax.evaluation import alignments, examples, rerank, retrieval, uncertainty
 from xmr_jax.evaluation.context import EvalContext
 
 EVALUATORS = {
@@ -40,6 +41,14 @@ def check_evals(names: Sequence[str], method) -> None:
 
 
 def run_evals(names: Sequence[str], ctx: EvalContext) -> Dict[str, object]:
-  """Runs the evaluators in order on one context; returns {name: its result}."""
+  """Runs the evaluators in order on one context; returns {name: its result}.
+
+  With ``eval.rerank_k`` > 0 (``ctx.settings``) ``retrieval`` is two-stage ranking
+  (``rerank.run``) and the evaluators that read the full score matrix are left out, said on
+  stderr.
+  """
   check_evals(names, ctx.method)
+  if rerank.enabled(ctx.settings):
+    rerank.announce_skipped(names)
+    return {"retrieval": rerank.run(ctx)}
   return {name: EVALUATORS[name].run(ctx) for name in names}

@@ -1,8 +1,10 @@
 """What every evaluator receives: :class:`EvalContext`."""
 import dataclasses
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
+
+from xmr_jax.common.errors import InputError
 
 
 @dataclasses.dataclass
@@ -22,6 +24,9 @@ class EvalContext:
     scores: (n_img, n_txt) float32, filled by the ``retrieval`` evaluator.
     data: the split's ``EvalData``, filled by ``retrieval``.
     results: the results dict (docs/architecture.md; schema in the README), filled by ``retrieval``.
+    shortlist: two-stage ranking's first stage when ``eval.shortlist`` names a workdir: its
+      own context (method, variables, dataset, the same split), restored by ``training/``;
+      None otherwise.
   """
   method: Any
   variables: Any
@@ -34,3 +39,21 @@ class EvalContext:
   scores: Optional[np.ndarray] = None
   data: Any = None
   results: Optional[Dict[str, Any]] = None
+  shortlist: Optional["EvalContext"] = None
+
+
+def check_same_data(ctx: EvalContext, ref: EvalContext, what: str, ref_what: str, why: str,
+                    ignore: Sequence[str] = ()) -> None:
+  """InputError unless ``ctx`` evaluates the data ``ref`` evaluates.
+
+  Compares ``dataset.fingerprint(split)`` of both (location, split, sizes, caption and
+  feature hashes; keys in ``ignore`` left out); the message names ``what`` and ``ref_what``,
+  every difference, and ends with ``why`` they must agree.
+  """
+  want = ref.dataset.fingerprint(ref.split)
+  got = ctx.dataset.fingerprint(ctx.split)
+  diff = [f"{k}: {got.get(k)} ({ref_what} {want[k]})" for k in want
+          if k not in ignore and got.get(k) != want[k]]
+  if diff:
+    raise InputError(f"{what} does not evaluate the data of {ref_what}: " + "; ".join(diff)
+                     + f". {why}")

@@ -6,6 +6,10 @@ the caption tiles are sharded over the devices of a ``"data"`` mesh (a one-devic
 device: the same code path) and each device ``lax.map``s its tiles. It compiles once per tile
 shape and peak device memory is bounded by a tile row (tile_images x N_txt scores plus one
 tile's intermediates per device), not by N.
+
+``score_pairs`` scores given pairs only (each query against its own K gallery items, for
+two-stage ranking): the gallery is placed on every device, queries are sharded, and each
+group of queries gathers its candidates and ``vmap``s the same ``score`` over them.
 """
 import collections
 from typing import Any, Callable, Iterable, List, Mapping, Optional, Tuple
@@ -187,6 +191,75 @@ def _row_scorer(method, mesh: jax.sharding.Mesh) -> Callable:
     return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), axis), out_specs=axis))
   devices = tuple(d.id for d in mesh.devices.flat)
   return _cached((method.key, "score", devices), make)
+
+
+def score_pairs(method, variables, queries: PyTree, gallery: PyTree, candidates: np.ndarray,
+                *, query_side: str, tile_queries: int = 128, pairs_per_step: int = 512,
+                mesh: Optional[jax.sharding.Mesh] = None, progress: bool = False) -> np.ndarray:
+  """Exact scores of each query against its own K gallery items: (Q, K) float32.
+
+  ``query_side`` ``"image"``: ``queries`` are Q encoded images and ``gallery`` N encoded
+  captions; ``"text"``: the reverse. ``candidates`` (Q, K) int: gallery rows, so ``out[q, j]``
+  is the method's ``score`` of the pair (query q, gallery ``candidates[q, j]``), the number
+  :func:`score_all` gives for it (up to float rounding of other tile shapes). Only these
+  Q x K pairs are scored (two-stage ranking, ``evaluation/rerank.py``).
+
+  One jitted call per tile of ``tile_queries`` queries (the last padded by repeating a row);
+  the gallery is placed on every device once, a tile's queries are sharded over the mesh's
+  devices, and each device ``lax.map``s over groups of ``max(1, pairs_per_step // K)``
+  queries: a group gathers its (group, K) candidates from the gallery and scores them by
+  ``vmap``ping ``score`` over its queries, (1, K) per query. Compiles once per shape.
+  """
+  if query_side not in ("image", "text"):
+    raise ValueError(f"score_pairs: query_side must be 'image' or 'text', got {query_side!r}")
+  mesh = mesh or mesh_lib.local_mesh()
+  candidates = np.asarray(candidates)
+  n_q, k = candidates.shape
+  if n_q == 0 or k == 0:
+    return np.zeros((n_q, k), np.float32)
+  n_dev = mesh.shape[mesh_lib.DATA_AXIS]
+  group = max(1, pairs_per_step // k)
+  per_device = -(-min(tile_queries, n_q) // n_dev)
+  tile = -(-per_device // group) * group * n_dev        # whole groups on every device
+  queries, candidates = pad_rows((queries, candidates), tile)
+  shard = NamedSharding(mesh, P(mesh_lib.DATA_AXIS))
+  fn = _pair_scorer(method, mesh, query_side, group)
+  variables, gallery = mesh_lib.replicate((variables, gallery), mesh)
+  out = []
+  for start in tqdm(range(0, len(candidates), tile), desc="score pairs", disable=not progress,
+                    leave=False):
+    part = jax.device_put(jax.tree.map(lambda x: x[start:start + tile],
+                                       (queries, candidates)), shard)
+    out.append(np.asarray(fn(variables, gallery, *part)))
+  return np.concatenate(out, 0)[:n_q]
+
+
+def _pair_scorer(method, mesh: jax.sharding.Mesh, query_side: str, group: int) -> Callable:
+  model = method.model
+
+  def one(variables, query, items):
+    """One query (a repr without its item axis) against its K gathered items: (K,)."""
+    query = jax.tree.map(lambda a: a[None], query)
+    if query_side == "image":
+      return model.apply(variables, query, items, train=False, method="score")[0]
+    return model.apply(variables, items, query, train=False, method="score")[:, 0]
+
+  def make():
+    def local(variables, gallery, queries, candidates):
+      n = candidates.shape[0]
+      grouped = lambda x: x.reshape((n // group, group) + x.shape[1:])
+
+      def step(part):
+        q, c = part
+        items = jax.tree.map(lambda g: g[c], gallery)            # (group, K, ...)
+        return jax.vmap(one, in_axes=(None, 0, 0))(variables, q, items)
+      out = jax.lax.map(step, jax.tree.map(grouped, (queries, candidates)))
+      return out.reshape(n, -1)
+    axis = P(mesh_lib.DATA_AXIS)
+    return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), axis, axis),
+                                 out_specs=axis))
+  devices = tuple(d.id for d in mesh.devices.flat)
+  return _cached((method.key, "pairs", query_side, group, devices), make)
 
 
 def score_untiled(method, variables, img: PyTree, txt: PyTree) -> np.ndarray:

@@ -8,10 +8,9 @@ import dataclasses
 import os
 from typing import Any, Dict, Sequence
 
-from xmr_jax.common.errors import InputError
 from xmr_jax.common.io import atomic_write_json
 from xmr_jax.evaluation import retrieval
-from xmr_jax.evaluation.context import EvalContext
+from xmr_jax.evaluation.context import EvalContext, check_same_data
 
 
 @dataclasses.dataclass
@@ -25,15 +24,11 @@ class Member:
 def check_compatible(members: Sequence[Member]) -> None:
   """InputError unless every member evaluates the same data as the first (``fingerprint``)."""
   first = members[0]
-  ref = first.ctx.dataset.fingerprint(first.ctx.split)
   for m in members[1:]:
-    got = m.ctx.dataset.fingerprint(m.ctx.split)
-    diff = [f"{k}: {got[k]} (first member {ref[k]})" for k in ref if got[k] != ref[k]]
-    if diff:
-      raise InputError(f"ensemble member {m.workdir} does not evaluate the data of the first "
-                       f"member {first.workdir}: " + "; ".join(diff) + ". Members' score "
-                       "matrices are averaged pair by pair, so they must share the dataset, "
-                       "the split and the caption order")
+    check_same_data(m.ctx, first.ctx, f"ensemble member {m.workdir}",
+                    f"the first member {first.workdir}",
+                    "Members' score matrices are averaged pair by pair, so they must share "
+                    "the dataset, the split and the caption order")
 
 
 def evaluate_ensemble(members: Sequence[Member], out_workdir: str,

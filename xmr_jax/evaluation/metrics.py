@@ -146,7 +146,7 @@ def _recall_metrics(scores: np.ndarray, k: int,
   return {"i2t": i2t_m, "t2i": t2i_m, "rsum": rsum(i2t_m, t2i_m)}
 
 
-def _average_folds(folds: list[dict[str, Any]]) -> dict[str, Any]:
+def average_folds(folds: list[dict[str, Any]]) -> dict[str, Any]:
   """Per-metric mean over folds; rsum recomputed from the mean recalls.
 
   Averaging recalls then summing equals the mean of the per-fold rsums (the
@@ -194,30 +194,89 @@ def evaluate(scores: Any, k: int = 5, protocol: str = "default", *,
     ``"pmrp": {"i2t": float, "t2i": float}`` when img_labels is given.
   """
   scores = _check_scores(scores, k)
-  if protocol not in PROTOCOLS:
-    raise ValueError(f"unknown protocol {protocol!r}; expected one of "
-                     f"{PROTOCOLS}.")
-  n_img = scores.shape[0]
-  if protocol in ("coco1k", "coco5k") and n_img != num_folds * fold_size:
-    raise ValueError(
-        f"protocol {protocol!r} needs exactly {num_folds} x {fold_size} = "
-        f"{num_folds * fold_size} images (the COCO 5K test split) but scores "
-        f"has {n_img}; use protocol='default' for other splits.")
   if protocol == "coco1k":
     folds = []
-    for f in range(num_folds):
-      im = slice(f * fold_size, (f + 1) * fold_size)
-      tx = slice(k * im.start, k * im.stop)
+    for im, tx in protocol_folds(scores.shape[0], k, protocol, fold_size=fold_size,
+                                 num_folds=num_folds):
       folds.append(evaluate(
           scores[im, tx], k, "default",
           img_labels=None if img_labels is None else np.asarray(img_labels)[im],
           cap_labels=None if cap_labels is None else np.asarray(cap_labels)[tx],
           zetas=zetas, return_ranks=return_ranks))
-    return _average_folds(folds)
+    return average_folds(folds)
+  protocol_folds(scores.shape[0], k, protocol, fold_size=fold_size, num_folds=num_folds)
   out = _recall_metrics(scores, k, return_ranks)
   if img_labels is not None:
     out["pmrp"] = pmrp(scores, img_labels, cap_labels, zetas, k=k)
   return out
+
+
+def protocol_folds(n_img: int, k: int, protocol: str, *, fold_size: int = 1000,
+                   num_folds: int = 5) -> list[tuple[slice, slice]]:
+  """(image rows, caption columns) of each part a protocol evaluates alone.
+
+  ``"default"`` and ``"coco5k"``: one part, everything; ``"coco1k"``: ``num_folds``
+  sequential folds of ``fold_size`` images and their ``k * fold_size`` captions. Raises
+  ValueError for an unknown protocol, or a COCO protocol on a split that is not
+  ``num_folds * fold_size`` images.
+  """
+  if protocol not in PROTOCOLS:
+    raise ValueError(f"unknown protocol {protocol!r}; expected one of "
+                     f"{PROTOCOLS}.")
+  if protocol in ("coco1k", "coco5k") and n_img != num_folds * fold_size:
+    raise ValueError(
+        f"protocol {protocol!r} needs exactly {num_folds} x {fold_size} = "
+        f"{num_folds * fold_size} images (the COCO 5K test split) but scores "
+        f"has {n_img}; use protocol='default' for other splits.")
+  if protocol != "coco1k":
+    return [(slice(0, n_img), slice(0, k * n_img))]
+  return [(slice(f * fold_size, (f + 1) * fold_size),
+           slice(k * f * fold_size, k * (f + 1) * fold_size)) for f in range(num_folds)]
+
+
+def summarize_ranks(i2t_ranks_: np.ndarray, t2i_ranks_: np.ndarray) -> dict[str, Any]:
+  """``{"i2t": {r1, r5, r10, medr, meanr}, "t2i": {...}, "rsum"}`` of 1-based ranks."""
+  i2t_m = _summarize(np.asarray(i2t_ranks_), False)
+  t2i_m = _summarize(np.asarray(t2i_ranks_), False)
+  return {"i2t": i2t_m, "t2i": t2i_m, "rsum": rsum(i2t_m, t2i_m)}
+
+
+def two_stage_ranks(candidates: Any, exact: Any, targets: Any,
+                    first_ranks: Any) -> np.ndarray:
+  """Per query, the 1-based rank of its best-ranked target under two-stage ranking.
+
+  The ranking of a query is its shortlist (``candidates``, the top K gallery items of a
+  first-stage score) in the order of the ``exact`` score (ties: lower gallery index first,
+  this module's rule), followed by every other item in first-stage order. A target in the
+  shortlist therefore has rank ``1 + #{j in shortlist: exact_j > exact_t, or equal with
+  j < t}`` (at most K); a target outside it keeps its first-stage rank (more than K, since
+  the shortlist is the first stage's top K under the same tie rule).
+
+  Args:
+    candidates: (Q, K) int gallery indices of each query's shortlist.
+    exact: (Q, K) the exact scores of those pairs.
+    targets: (Q, T) int gallery indices of each query's true matches (T = captions per
+      image for image queries, 1 for caption queries).
+    first_ranks: (Q, T) their 1-based ranks under the first-stage score over the whole
+      gallery (same tie rule).
+
+  Returns (Q,) int64, the minimum over a query's targets (as ``i2t_ranks`` / ``t2i_ranks``).
+  With K = the gallery size this equals the exact ranks. Raises ValueError on NaN exact
+  scores, or a target outside the shortlist whose first-stage rank is K or less (the
+  shortlist was not that score's top K).
+  """
+  cand, exact = np.asarray(candidates), np.asarray(exact)
+  targets, first_ranks = np.asarray(targets), np.asarray(first_ranks)
+  _check_finite(exact)
+  hit = cand[:, None, :] == targets[:, :, None]                       # (Q, T, K)
+  found = hit.any(-1)
+  own = np.take_along_axis(exact, hit.argmax(-1), 1)[..., None]       # (Q, T, 1)
+  ahead = (exact[:, None, :] > own) | ((exact[:, None, :] == own)
+                                       & (cand[:, None, :] < targets[..., None]))
+  if np.any(~found & (first_ranks <= cand.shape[1])):
+    raise ValueError("two_stage_ranks: a target outside the shortlist has a first-stage "
+                     "rank within K; candidates must be the first stage's top K")
+  return np.where(found, 1 + ahead.sum(-1), first_ranks).min(1).astype(np.int64)
 
 
 # ---------------------------------------------------------------------------

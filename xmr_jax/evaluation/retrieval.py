@@ -25,10 +25,7 @@ def score_split(ctx: EvalContext, *, max_images: Optional[int] = None,
   s = ctx.settings
   data = ctx.dataset.eval_data(ctx.split, s.encode_batch_size, max_images=max_images)
   t0 = time.time()
-  img = engine.encode_all(ctx.method, ctx.variables, data.image_batches(), "image",
-                          seed=ctx.seed, progress=progress, desc=f"encode {ctx.split} images")
-  txt = engine.encode_all(ctx.method, ctx.variables, data.text_batches(), "text",
-                          seed=ctx.seed, progress=progress, desc=f"encode {ctx.split} captions")
+  img, txt = encode_split(ctx, data, progress)
   t1 = time.time()
   scores = engine.score_all(ctx.method, ctx.variables, img, txt, tile_images=s.tile_images,
                             tile_texts=s.tile_texts, mesh=ctx.mesh,
@@ -37,6 +34,15 @@ def score_split(ctx: EvalContext, *, max_images: Optional[int] = None,
   if not np.all(np.isfinite(scores)):
     raise FloatingPointError(f"{ctx.method.name}: non-finite scores on split {ctx.split!r}")
   return scores, data, {"encode": t1 - t0, "score": t2 - t1}
+
+
+def encode_split(ctx: EvalContext, data, progress: bool = False) -> Tuple[Any, Any]:
+  """(image reprs, caption reprs) of a split's ``EvalData`` (``engine.encode_all``)."""
+  img = engine.encode_all(ctx.method, ctx.variables, data.image_batches(), "image",
+                          seed=ctx.seed, progress=progress, desc=f"encode {ctx.split} images")
+  txt = engine.encode_all(ctx.method, ctx.variables, data.text_batches(), "text",
+                          seed=ctx.seed, progress=progress, desc=f"encode {ctx.split} captions")
+  return img, txt
 
 
 def results_from_scores(scores: np.ndarray, data, *, method: str, split: str,

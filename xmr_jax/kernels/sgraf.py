@@ -235,10 +235,13 @@ def largest_divisor(n: int, limit: int) -> int:
 
 
 def auto_blocks(n_img: int, n_txt: int, n_words: int, dim: int, *, max_images: int = 2,
-                budget_bytes: int = 8 << 20) -> Tuple[int, int]:
+                budget_bytes: int = 8 << 20, widen: bool = False) -> Tuple[int, int]:
   """(image block, caption block) for ``chunked_pair_scores``: at most ``max_images`` images
   (a divisor of ``n_img``), then the largest caption block (a divisor of ``n_txt``) whose
-  (images, captions, L, D) float32 attended-region tensor fits ``budget_bytes``.
+  (images, captions, L, D) float32 attended-region tensor fits ``budget_bytes``. ``widen``:
+  when that block holds every caption (few captions, e.g. one caption against its K
+  shortlisted images in two-stage ranking), the image block grows to fill the budget too,
+  instead of ``n_img / max_images`` sequential blocks of a few pairs.
 
   Small blocks keep each block's per-pair intermediates in cache while the caption axis keeps
   the region-word GEMM wide. Measured on this project's 2-core AMD EPYC (fp32 GEMM peak ~115
@@ -248,7 +251,11 @@ def auto_blocks(n_img: int, n_txt: int, n_words: int, dim: int, *, max_images: i
   """
   ci = largest_divisor(n_img, max_images)
   per_caption = max(ci * n_words * dim * 4, 1)
-  return ci, largest_divisor(n_txt, max(budget_bytes // per_caption, 1))
+  ct = largest_divisor(n_txt, max(budget_bytes // per_caption, 1))
+  if widen and ct == n_txt:
+    per_image = max(n_txt * n_words * dim * 4, 1)
+    ci = largest_divisor(n_img, max(ci, budget_bytes // per_image))
+  return ci, ct
 
 
 def chunked_pair_scores(img: Mapping[str, jax.Array], txt: Mapping[str, jax.Array],

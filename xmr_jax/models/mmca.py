@@ -323,4 +323,4 @@ def build_method(model_config, info: DataInfo) -> Method:
   # The cross term's cost grows with the padded caption length and padding never changes a
   # score (tests/test_mmca.py), so evaluation trims it per length group.
   return Method("mmca", model, loss_fn, hparam_names=("margin", "hardneg_warmup_epochs"),
-                text_padding=("mask", ("frag",)))
+                text_padding=("mask", ("frag",)), global_embedding="emb")

@@ -303,4 +303,4 @@ def build_method(model_config, info: DataInfo) -> Method:
   return Method(name="pcme", model=model, loss_fn=loss_fn,
                 hparam_names=("vib_beta", "uniform_lambda"), unclipped_params=UNCLIPPED_PARAMS,
                 train_score="match_log_odds", uncertainty=uncertainty_of(m.official_kl),
-                samples_at_eval=True)
+                samples_at_eval=True, global_embedding="mu")

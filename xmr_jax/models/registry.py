@@ -71,6 +71,12 @@ class Method:
       (VSE++: ``"emb"``); a photo collection is then searched with a matrix product and a
       top-k over a stored (N, D) matrix (``xmr_jax.search``). None: the score needs the
       model (cross attention, similarity graphs, sampling), and search scores exactly.
+    global_embedding: the repr key whose dot product is a cheap global term of the score,
+      when there is one: (N, D) and (M, D) leaves of the encoded images and captions (MMCA:
+      ``"emb"``, the <i0, c0> term of its score; PCME: ``"mu"``, the mean cosine beside its
+      match probability). Two-stage ranking shortlists with it (``eval.shortlist=own``; a
+      workdir named by ``eval.shortlist`` serves with its own). Defaults to ``embedding``
+      (a dot-product score is its own global term); None: the method has none.
     key: a fingerprint of what determines the compiled programs (the model's class and
       fields, array fields by content; ``model_fingerprint``): compiled encoders and scorers
       are cached under it. Filled in when left empty.
@@ -89,9 +95,12 @@ class Method:
   samples_at_eval: bool = False
   pretrained: Tuple[Tuple[Tuple[str, ...], str, float], ...] = ()
   embedding: Optional[str] = None
+  global_embedding: Optional[str] = None
   key: str = ""
 
   def __post_init__(self):
+    if self.global_embedding is None and self.embedding is not None:
+      object.__setattr__(self, "global_embedding", self.embedding)
     if not self.key:
       object.__setattr__(self, "key", model_fingerprint(self.model))
 

@@ -225,7 +225,8 @@ class SGRAFHead(nn.Module):
 
   ``image_chunk`` x ``caption_chunk``: the block of pairs computed as one fused computation
   (``kernels.sgraf.chunked_pair_scores``). 0 = auto (at most 2 images, then the largest
-  caption block whose attended-region tensor fits 8 MiB: ``kernels.sgraf.auto_blocks``);
+  caption block whose attended-region tensor fits 8 MiB, at evaluation more images when that
+  block holds every caption: ``kernels.sgraf.auto_blocks``);
   ``image_chunk=-1`` = every image of the tile in each block; ``caption_chunk=-1`` = the whole
   tile in one block. ``remat``
   recomputes each block in the backward pass (less memory, ~1/3 more FLOPs).
@@ -292,7 +293,8 @@ class SGRAFHead(nn.Module):
     # Train-mode SAF statistics pool over every image of a caption: no image blocks.
     all_images = self.image_chunk < 0 or (train and self.variant == "saf")
     ci, ct = K.auto_blocks(n_i, n_t, n_w, d,
-                           max_images=n_i if all_images else (self.image_chunk or 2))
+                           max_images=n_i if all_images else (self.image_chunk or 2),
+                           widen=not train and not self.image_chunk)
     if self.caption_chunk < 0 or (self.variant == "saf" and saf_mode == "pooled"):
       ci, ct = n_i, n_t
     elif self.caption_chunk > 0:

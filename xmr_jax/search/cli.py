@@ -4,7 +4,8 @@
       [--captions FILE [--format auto|coco|flickr|karpathy|csv] | --caption-lines FILE] \\
       [--dtype float32|bfloat16]
   python -m xmr_jax.search query --index IDX "a man riding a wave" [--k 10] \\
-      [--queries FILE] [--image PHOTO] [--json] [--html OUT.html] [--workdir W]
+      [--queries FILE] [--image PHOTO] [--json] [--html OUT.html] [--workdir W] \
+      [--shortlist own|IDX2 [--rerank-k 128]]
 
 Bad input (a missing or half-written index, an index another model made, an empty query, an
 unreadable photo, ...) is one line on stderr, ``xmr_jax: error: ...``, and exit status 2.
@@ -18,6 +19,9 @@ from xmr_jax.common import io
 from xmr_jax.common.errors import InputError
 from xmr_jax.data import captions as captions_lib
 from xmr_jax.search import build, model as model_lib, page, query as query_lib, store
+
+
+RERANK_K = 128    # --rerank-k: rows scored exactly per query in two-stage search
 
 
 class _Parser(argparse.ArgumentParser):
@@ -52,6 +56,11 @@ def _parser() -> argparse.ArgumentParser:
   q.add_argument("--json", action="store_true", help="one JSON object per result line")
   q.add_argument("--html", help="also write a self-contained HTML page of the results")
   q.add_argument("--workdir", help="the workdir, if it moved since the index was built")
+  q.add_argument("--shortlist", help="two-stage search: 'own' (the method's dot-product global "
+                 "term) or IDX2, an index of a VSE++ or PCME workdir over the same photos; the "
+                 "method then scores only each query's --rerank-k best by it")
+  q.add_argument("--rerank-k", type=int, default=None,
+                 help=f"with --shortlist: how many to score exactly (default {RERANK_K})")
   return p
 
 
@@ -77,18 +86,35 @@ def _query_texts(a) -> List[str]:
   return texts
 
 
+def _check_rerank(a) -> None:
+  """--shortlist / --rerank-k / --k consistency (before anything is opened)."""
+  if a.rerank_k is not None and a.shortlist is None:
+    raise InputError(f"--rerank-k {a.rerank_k} goes with --shortlist own|IDX2 (two-stage "
+                     f"search); give --shortlist, or leave --rerank-k out")
+  a.rerank_k = RERANK_K if a.rerank_k is None else a.rerank_k
+  if a.shortlist is not None and a.rerank_k < 1:
+    raise InputError(f"--rerank-k {a.rerank_k}: give how many to score exactly, at least 1")
+  if a.shortlist is not None and a.k > a.rerank_k:
+    raise InputError(f"--k {a.k} is more than --rerank-k {a.rerank_k}: two-stage search ranks "
+                     f"only the shortlist; raise --rerank-k to at least {a.k}")
+
+
 def _checked(a):
-  """(index, text queries or None, photo or None), every check that needs no model done."""
+  """(index, text queries or None, photo or None, shortlist index or None), every check that
+  needs no model done."""
   if a.k < 1:
     raise InputError(f"--k {a.k}: give the number of results, at least 1")
+  _check_rerank(a)
   index = store.open_index(a.index)
+  other = (None if a.shortlist is None else
+           query_lib.open_shortlist(index, a.shortlist, photo=a.image is not None))
   if a.image is None:
-    return index, query_lib.clean_queries(_query_texts(a)), None
+    return index, query_lib.clean_queries(_query_texts(a)), None, other
   if a.text is not None or a.queries:
     raise InputError("--image ranks captions for a photo; give it without a text query")
   query_lib.check_captions(index)
   captions_lib.load_photo(a.image)      # unreadable: one message before the model loads
-  return index, None, a.image
+  return index, None, a.image, other
 
 
 def _print(index: store.Index, results: Sequence[query_lib.Result], photo: bool,
@@ -107,13 +133,27 @@ def _print(index: store.Index, results: Sequence[query_lib.Result], photo: bool,
         print(f"{rank:>4}  {score:>9.4f}  {item}" + (f"  ({of})" if of else ""))
 
 
+def _shortlist(a, model, index, other) -> Optional[query_lib.Shortlist]:
+  """The two-stage shortlist of ``--shortlist`` (None without), announced on stderr."""
+  if a.shortlist is None:
+    return None
+  shortlist = query_lib.make_shortlist(model, index, other, a.shortlist, a.rerank_k)
+  side = "captions" if a.image else "photos"
+  n = len(index.captions if a.image else index.files)
+  print(f"xmr_jax search: two-stage: the {min(a.rerank_k, n)} best {side} of {n} by "
+        f"{a.shortlist} ({shortlist.model.method.name}), then {model.method.name}'s own score "
+        f"on those alone", file=sys.stderr)
+  return shortlist
+
+
 def _query(a) -> int:
-  index, texts, photo = _checked(a)
+  index, texts, photo, other = _checked(a)
   model = model_lib.load(query_lib.model_workdir(index, a.workdir))
+  shortlist = _shortlist(a, model, index, other)
   if photo is None:
-    results = query_lib.search_texts(model, index, texts, a.k)
+    results = query_lib.search_texts(model, index, texts, a.k, shortlist)
   else:
-    results = [query_lib.search_photo(model, index, photo, a.k)]
+    results = [query_lib.search_photo(model, index, photo, a.k, shortlist)]
   _print(index, results, photo is not None, a.json)
   if a.html:
     page.write_page(a.html, index, results, photo_query=photo is not None)

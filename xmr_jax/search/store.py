@@ -100,16 +100,18 @@ class Index:
     """The (rows, D) memmap of the dot-product leaf of ``side``, as stored."""
     return self.leaves(side)[self.identity["embedding"]]
 
-  def reprs(self, side: str) -> Dict[str, Any]:
+  def reprs(self, side: str, rows: Optional[np.ndarray] = None) -> Dict[str, Any]:
     """``side``'s representation as ``engine.encode_all`` returned it (nested dicts of
-    arrays, bfloat16 leaves read back as float32): the input of ``engine.score_all``."""
+    arrays, bfloat16 leaves read back as float32): the input of ``engine.score_all``.
+    ``rows``: only these rows (sorted ints), read from the memory maps; None: every row."""
     out: Dict[str, Any] = {}
     for name, array in self.leaves(side).items():
       node = out
       *parents, last = name.split(".")
       for key in parents:
         node = node.setdefault(key, {})
-      node[last] = decode(array, self.identity[side]["leaves"][name]["dtype"])
+      node[last] = decode(array if rows is None else array[rows],
+                          self.identity[side]["leaves"][name]["dtype"])
     return out
 
 

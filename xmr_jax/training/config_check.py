@@ -12,6 +12,7 @@ from typing import Any, Dict, Mapping
 from xmr_jax.common.errors import ConfigError
 from xmr_jax.data import datasets
 from xmr_jax.models import image_tower, registry
+from xmr_jax.training import identity
 
 # File paths a config may name: each must exist when set (data.dir is checked by the data room,
 # since the synthetic benchmark uses it as a cache directory that may not exist yet).
@@ -72,11 +73,39 @@ def _check_paths(config) -> None:
                         f"it empty")
 
 
+def _check_rerank(settings) -> None:
+  """``eval.rerank_k`` / ``eval.shortlist`` (two-stage ranking, evaluation/rerank.py)."""
+  k, shortlist = settings.get("rerank_k", 0), settings.get("shortlist", "")
+  if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+    raise ConfigError(f"config.eval.rerank_k={k!r} must be an integer >= 0 (0: score every "
+                      f"pair; K > 0: two-stage ranking, the exact score on each query's top K)")
+  if k == 0:
+    if shortlist:
+      raise ConfigError(f"config.eval.shortlist={shortlist!r} is set but config.eval.rerank_k"
+                        f"=0 scores every pair and reads no shortlist; set "
+                        f"--config.eval.rerank_k=K (e.g. 128) or leave the shortlist empty")
+    return
+  if not shortlist:
+    raise ConfigError(f"config.eval.rerank_k={k} needs config.eval.shortlist: 'own' (the "
+                      f"method's own dot-product global term, where it has one) or a trained "
+                      f"workdir of an embedding method on the same data, e.g. "
+                      f"--config.eval.shortlist=W_vsepp")
+  if shortlist != "own" and not os.path.isfile(os.path.join(shortlist, "config.json")):
+    raise ConfigError(f"config.eval.shortlist={shortlist!r}: not a trained xmr_jax workdir (no "
+                      f"config.json there); give 'own' or the workdir of a VSE++ or PCME model "
+                      f"trained on the same data")
+  if shortlist != "own" and not identity.has_checkpoint(shortlist):
+    raise ConfigError(f"config.eval.shortlist={shortlist!r} holds no checkpoint; train it "
+                      f"first")
+
+
 def check_config(config) -> None:
-  """ConfigError naming the key for a non-finite or out-of-range value or a missing file."""
+  """ConfigError naming the key for a non-finite or out-of-range value, a missing file, or
+  an inconsistent two-stage ranking setting (``eval.rerank_k`` / ``eval.shortlist``)."""
   check_hparams(config.hparams)
   _check_train(config.train)
   _check_paths(config)
+  _check_rerank(config.eval)
 
 
 def unread_keys(config) -> Dict[str, str]:

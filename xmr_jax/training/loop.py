@@ -73,6 +73,7 @@ def setup(config, vocabularies=None):
       deps_vocab=deps_vocab), "dataset")
   method = get_method(config, ds.info)
   evaluation.check_evals(config.evals, method)
+  evaluation.rerank.check(config.eval, method)
   tx = state_lib.make_optimizer(config.train, method.unclipped_params,
                                 pretrained=tuple((p, s) for p, _, s in method.pretrained))
   hparams = state_lib.hparams_from_config(config, method)
@@ -381,9 +382,11 @@ def train_and_evaluate(config, workdir: str,
     train(run)
     if run.preempted:
       return {"preempted": run.step}
+    from xmr_jax.training import workdirs   # it imports this module
     ctx = evaluation.EvalContext(run.method, best_variables(run), run.ds, config.eval.split,
                                  config.eval, seed=config.seed,
-                                 workdir=workdir if primary else None)
+                                 workdir=workdir if primary else None,
+                                 shortlist=workdirs.shortlist_context(config))
     evaluation.run_evals(config.evals if primary else config.evals[:1], ctx)
   finally:
     close(run)

@@ -153,7 +153,14 @@ def format_sweep_table(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def run_sweep(config, workdir: str) -> List[Dict[str, Any]]:
-  """``--mode=sweep``: every group of ``config.sweep``; results JSON, table and bar plot."""
+  """``--mode=sweep``: every group of ``config.sweep``; results JSON, table and bar plot.
+
+  Raises ConfigError for ``eval.rerank_k`` > 0: every variant is evaluated exactly.
+  """
+  if config.eval.get("rerank_k", 0):
+    raise ConfigError(f"config.eval.rerank_k={config.eval.rerank_k}: a sweep evaluates every "
+                      f"variant on every pair; two-stage ranking is for --mode=train or "
+                      f"--mode=eval of one workdir. Remove it")
   identity.check_config(config, workdir, "train")
   os.makedirs(workdir, exist_ok=True)
   atomic_write_json(os.path.join(workdir, "config.json"), config.to_dict())

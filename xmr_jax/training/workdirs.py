@@ -15,7 +15,7 @@ import jax
 
 from xmr_jax import evaluation
 from xmr_jax.common.errors import InputError, WorkdirError
-from xmr_jax.evaluation import ensemble
+from xmr_jax.evaluation import ensemble, rerank
 from xmr_jax.training import checkpoints, identity, loop, state as state_lib
 
 
@@ -73,9 +73,27 @@ def evaluate_workdir(config, workdir: str, rebuild_tokenizer: bool = False) -> D
   ds, method, variables = restore_variables(config, workdir, rebuild_tokenizer)
   identity.announce_data(workdir, ds, config.eval.split)
   ctx = evaluation.EvalContext(method, variables, ds, config.eval.split, config.eval,
-                               seed=config.seed, workdir=workdir)
+                               seed=config.seed, workdir=workdir,
+                               shortlist=shortlist_context(config))
   evaluation.run_evals(config.evals, ctx)
   return ctx.results
+
+
+def shortlist_context(config) -> Optional[evaluation.EvalContext]:
+  """Two-stage ranking's first stage when ``config.eval.shortlist`` names a workdir: that
+  workdir restored with its own ``config.json`` (best checkpoint), as a context on
+  ``config.eval.split``; None for exact scoring or ``shortlist='own'``. Whether it can
+  serve (a global embedding, the same data) is checked by ``evaluation.rerank``.
+
+  Raises WorkdirError / ConfigError as :func:`restore_variables`.
+  """
+  path = config.eval.get("shortlist", "")
+  if not rerank.enabled(config.eval) or path == rerank.OWN:
+    return None
+  stored = config_from_workdir(path)
+  ds, method, variables = restore_variables(stored, path)
+  return evaluation.EvalContext(method, variables, ds, config.eval.split, stored.eval,
+                                seed=stored.seed)
 
 
 # What an ensemble reads of a config beyond each member's own: the evaluation settings.
@@ -98,6 +116,11 @@ def check_ensemble(workdirs: Sequence[str], out_workdir: str,
       raise InputError(f"--workdir={out_workdir} is also an ensemble member; its own "
                        f"eval/results.json would be overwritten. Give the ensemble a workdir "
                        f"of its own")
+  two_stage = sorted(k for k in overrides if k in ("eval.rerank_k", "eval.shortlist"))
+  if two_stage:
+    raise InputError(f"--ensemble averages every pair's score of its members; two-stage "
+                     f"ranking ({', '.join('--config.' + k for k in two_stage)}) is for one "
+                     f"workdir at a time. Remove it")
   unread = sorted(k for k in overrides if not any(k.startswith(p + ".") for p in ENSEMBLE_KEYS))
   if unread:
     raise InputError(f"--ensemble reads each member's own config.json; of --config it applies "
