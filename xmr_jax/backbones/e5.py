@@ -23,9 +23,10 @@ intfloat/multilingual-e5-small rounded to 4 bits; nothing else of the model chan
 
 The network is :class:`~xmr_jax.backbones.bert.BertEncoder` at these sizes (``forward_batch``
 of the engine: embeddings + LayerNorm, 12 post-LN layers, exact erf GELU). Two facts of the
-file decide its inputs. Positions: XLM-R numbers positions from padding_idx + 1 = 2; the
-file's table has 512 rows and the engine gives token t row t, so it holds the rows XLM-R's ids
-2..513 select, and this module does the same. Ids: the file numbers ``<s>`` 0 and ``<pad>``
+file decide its inputs. Positions: XLM-R numbers positions from padding_idx + 1 = 2 in a
+514-row table; the file's table has 512 rows and the engine gives token t row t, so (the
+converter is not in the package) it holds the rows XLM-R's position ids 2..513 select, and this
+module reads it as the engine does. Ids: the file numbers ``<s>`` 0 and ``<pad>``
 1, while padding is id 0 everywhere in xmr_jax; the tokenizer and the word table here swap
 ids 0 and 1 (0 = ``<pad>``, 1 = ``<s>``, 2 = ``</s>``, 3 = ``<unk>``), which changes no
 output. The sentence vector is the mean of all real tokens' last states (``<s>``/``</s>``
@@ -35,7 +36,8 @@ What the engine does differently: before each of the 6 matrix products of a laye
 the activations to int8 per block of 32 (``quantize_acts``, scale max|x| / 127) and multiplies
 integers (``matmul_q4q8``). This module keeps activations in float32 (or bfloat16 operands with
 ``model.dtype``), i.e. it computes the network on the dequantised weights exactly; the
-engine's rounding moves its sentence vectors by up to about 1e-2 per component from that
+engine's rounding moves its last hidden states by up to about 2e-2 and its sentence vectors
+by about 3e-3 from that, as much as two builds of the engine differ from each other
 (docs/methods.md, "Text towers", gives the measured numbers).
 
 Tokenizer (:class:`Tokenizer`): the file's per-code-point normalisation table applied with
@@ -46,7 +48,9 @@ starts with a space, spaces replaced by ``▁`` (Metaspace), the Viterbi unigram
 over the file's pieces and scores with an unknown character scored min score - 10 (``Unigram``),
 and ``<s> ... </s>`` around (``tok_content`` + ``embed_n``). The ``tokenizers`` Unigram fuses a
 run of unknown characters into one ``<unk>``; the engine gives one per character, so runs are
-split back by their character offsets. Each caption gets the prefix ``query: `` first (e5's
+split back by their character offsets. (The engine keeps a lone ``▁`` for an empty text, which
+Metaspace drops; with the prefix no text is empty.) Each caption gets the prefix ``query: ``
+first (e5's
 model card: "query: " for symmetric tasks and for embeddings used as features; captions here
 are both the query and the retrieved item, and a head is trained on the features). Ids equal
 the engine's on every line of the uitviic captions (tests/test_e5.py, on the fixture).

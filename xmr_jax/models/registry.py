@@ -61,7 +61,8 @@ class Method:
       engine then keys every item's draws by its index in the split.
     pretrained: ``((params path, tower name), ...)``: subtrees the trainer fills with
       pretrained weights at initialisation (``model.text_encoder=minilm``: ``(("text_tower",),
-      "minilm")``, models/text_tower.py); empty for models trained from scratch.
+      "minilm")``; the tower names of ``backbones.text_towers.TEXT_TOWERS``,
+      models/text_tower.py); empty for models trained from scratch.
     pretrained_lr_scale: the learning-rate factor of those subtrees (``model.text_lr_scale``;
       0 = frozen, ``model.text_frozen``), applied by the optimiser (``optax.multi_transform``).
     embedding: the repr key whose dot product is the score, when there is one:

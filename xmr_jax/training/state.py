@@ -121,10 +121,9 @@ def stack_hparams(base: Mapping[str, jax.Array], variants) -> Dict[str, jax.Arra
 
 def pretrained_params(method: Method) -> Dict[Tuple[str, ...], Any]:
   """{params path: pretrained weights (nested float32 numpy)} of ``method.pretrained``,
-  read from the towers' pip packages (``xmr_jax.backbones``)."""
-  from xmr_jax.backbones import minilm
-  loaders = {"minilm": minilm.load_params}
-  return {tuple(path): loaders[name]() for path, name in method.pretrained}
+  read from the towers' pip packages (``xmr_jax.backbones.text_towers.TEXT_TOWERS``)."""
+  from xmr_jax.backbones.text_towers import text_tower
+  return {tuple(path): text_tower(name).load_params() for path, name in method.pretrained}
 
 
 def with_pretrained(params, method: Method, stacked: int = 0):
