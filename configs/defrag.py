@@ -15,8 +15,8 @@ Launch:
 Arguments: runlocal, data=synthetic|f30k|images, objective=full|global_only|fragment_only,
   fragments=dependency|bigram|word, mil=true|false, shared_relation_matrix=true|false,
   whole_image=mean|pixels|none, variant=paper|matlab (S_kl normalisation and accumulation).
-  text=gru|glove|minilm (text tower, docs/methods.md#text-towers; minilm needs
-  fragments=bigram|word).
+  text=gru|glove|minilm|e5_small (text tower, docs/methods.md#text-towers; a pretrained
+  tower needs fragments=bigram|word).
 
 Paper numbers it targets (Flickr30K, 1000 test images, R-CNN fc7 features, table 2, "Our model:
 DeFrag + Finetune CNN"): i2t R@1 16.4, R@5 40.2, R@10 54.7; t2i R@1 10.3, R@5 31.4, R@10 44.5

@@ -9,8 +9,8 @@ Launch:
   python -m xmr_jax.main --config=configs/mmca.py:data=images --workdir=W \
       --config.data.dir=../shared/real/uitviic        # photos + captions (README, real data)
 Arguments: runlocal, data=synthetic|f30k|coco|images, alpha=<float> (0 = self-attention only),
-  cross_input=fragments|self_attended, share_weights=true|false, text=gru|glove|minilm
-  (data=images: minilm, frozen, the nearest packaged stand-in for the paper's BERT).
+  cross_input=fragments|self_attended, share_weights=true|false,
+  text=gru|glove|minilm|e5_small (data=images: minilm, frozen, the nearest packaged stand-in for the paper's BERT).
 
 Paper numbers it targets (MMCA, Table 1/2, BERT text encoder): F30K 1K test i2t R@1 74.2,
 t2i R@1 54.8; COCO 1K i2t R@1 74.8, t2i R@1 61.6. Our default text encoder is a small

@@ -7,8 +7,8 @@ Launch:
       --config.data.dir=/path/to/coco_precomp
   python -m xmr_jax.main --config=configs/pcme.py:data=cub,official --workdir=W \
       --config.data.dir=/path/to/cub_precomp     # from `python -m xmr_jax.data.cub_export`
-Arguments: runlocal, data=synthetic|coco|cub|images, text=gru|glove|minilm (images: glove),
-  image_input=regions|pixels,
+Arguments: runlocal, data=synthetic|coco|cub|images,
+  text=gru|glove|minilm|e5_small (images: glove), image_input=regions|pixels,
   score=mc|mc_log_odds|csd|mean_cosine, official (the official criterion's quirks:
   sigmoid(2s), logsigma as log-variance in the KL with the sample mean; see
   xmr_jax/kernels/pcme.py).
@@ -78,7 +78,8 @@ def get_config(arg=None):
     c.train.num_epochs = 10         # 5 x (2424 // 128) = 90 steps an epoch on uitviic
     c.train.lr_decay_epochs = 8
     # The paper initialises the words from GloVe (840B, 300-d); the nearest packaged vectors
-    # are GloVe 6B 50-d (docs/methods.md). English only: for uitviic pass text=gru or minilm.
+    # are GloVe 6B 50-d (docs/methods.md). English only: for uitviic pass text=gru, minilm or
+    # e5_small.
     text_tower(c, a.text or "glove")
   elif a.data == "coco":
     # config/coco/pcme_coco.yaml: 30 pretrain + 30 finetune epochs, lr 2e-4, finetune x0.1.

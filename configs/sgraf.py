@@ -10,8 +10,8 @@ Launch:
       --config.data.dir=/path/to/f30k_precomp
   python -m xmr_jax.main --config=configs/sgraf.py:data=images,variant=saf --workdir=W \\
       --config.data.dir=../shared/real/uitviic        # photos + captions (README, real data)
-Arguments: runlocal, data=synthetic|f30k|coco|images, variant=sgr|saf, text=gru|glove|minilm
-  (text tower; docs/methods.md#text-towers).
+Arguments: runlocal, data=synthetic|f30k|coco|images, variant=sgr|saf,
+  text=gru|glove|minilm|e5_small (text tower; docs/methods.md#text-towers).
 
 Paper numbers it targets (Table 1, R@1/5/10, as we recall them; check against the paper):
   Flickr30K 1K test: SGR i2t 75.2/93.3/96.6, t2i 56.2/81.0/86.5; SAF i2t 73.7/93.3/96.3,

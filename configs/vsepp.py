@@ -8,8 +8,8 @@ Launch:
   python -m xmr_jax.main --config=configs/vsepp.py:data=images --workdir=W \
       --config.data.dir=../shared/real/uitviic        # photos + captions (README, real data)
 Arguments: runlocal, data=synthetic|f30k|coco|images, max_violation=true|false (VSE0 when false;
-  default true, false with data=images), image_input=regions|pixels, text=gru|glove|minilm (text tower;
-  docs/methods.md#text-towers).
+  default true, false with data=images), image_input=regions|pixels,
+  text=gru|glove|minilm|e5_small (text tower; docs/methods.md#text-towers).
 
 Paper numbers it targets (VSE++ table, ResNet152 fine-tuned, 1K test): COCO i2t R@1 64.6,
 t2i R@1 52.0; F30K i2t R@1 52.9, t2i R@1 39.6. On precomputed bottom-up region features the

@@ -16,7 +16,8 @@ the date, the CPU model and flags (``xmr_jax.common.hardware``), the JAX version
 
 Groups: ``synthetic`` (the README's first command, every method's ``runlocal`` preset, the
 DeFrag ablation, a vmapped sweep), ``coco_mini`` and ``uitviic`` (every method x text
-tower on the photo folders of ../shared/real with one backbone; see ``GROUPS``).
+tower on the photo folders of ../shared/real with one backbone, pretrained towers frozen; see
+``GROUPS``).
 """
 import argparse
 import json
@@ -34,6 +35,7 @@ from xmr_jax.common.hardware import cpu_bf16_flags  # noqa: E402
 
 MAIN = [sys.executable, "-m", "xmr_jax.main"]
 METHODS = ("vsepp", "pcme", "defrag", "sgraf", "mmca")
+PRETRAINED = ("minilm", "e5_small")      # the text towers trained frozen here
 
 
 def _photo_runs(folder: str, extra: List[str], towers: Dict[str, List[str]],
@@ -45,17 +47,18 @@ def _photo_runs(folder: str, extra: List[str], towers: Dict[str, List[str]],
       if method not in methods:
         continue
       arg = f"data=images,text={tower}"
-      if method == "defrag":   # no Vietnamese parser, and MiniLM has no word-level triples
+      if method == "defrag":   # no Vietnamese parser, and the towers have no word triples
         arg += ",fragments=bigram"
-      # MiniLM frozen (MMCA's paper setting): a few hundred captions cannot fine-tune
-      # 22M weights, and its backward pass would triple the step time on a CPU.
-      frozen = ["--config.model.text_frozen=true"] if tower == "minilm" else []
+      # Pretrained towers frozen (MMCA's paper setting): a few hundred captions cannot
+      # fine-tune 22M (MiniLM) or 118M (e5_small) weights, and the backward pass would
+      # triple the step time on a CPU.
+      frozen = ["--config.model.text_frozen=true"] if tower in PRETRAINED else []
       runs[f"{method}_{tower}"] = MAIN + [f"--config=configs/{method}.py:{arg}",
                                           f"--config.data.dir={folder}"] + extra + frozen
   for tower in towers:             # SGRAF's preset is 2 epochs of uitviic (370 steps)
     if f"sgraf_{tower}" in runs and sgraf_extra:
       runs[f"sgraf_{tower}"] = runs[f"sgraf_{tower}"] + sgraf_extra
-  for tower in ("gru", "minilm"):
+  for tower in ("gru",) + PRETRAINED:
     if f"sgraf_{tower}" in runs:   # SAF beside SGR, then the paper's ensemble of both
       runs[f"sgraf_saf_{tower}"] = [a.replace("data=images,", "data=images,variant=saf,")
                                     for a in runs[f"sgraf_{tower}"]]
@@ -86,8 +89,9 @@ GROUPS = {
                              sgraf_extra=["--config.train.num_epochs=15",
                                           "--config.train.eval_every_epochs=5",
                                           "--config.data.len_buckets=(32,)"]),
-    # GloVe is English: not for the Vietnamese captions.
-    "uitviic": _photo_runs(UITVIIC, LITE1, {"gru": METHODS, "minilm": METHODS}),
+    # GloVe is English: not for the Vietnamese captions; e5_small is multilingual.
+    "uitviic": _photo_runs(UITVIIC, LITE1, {"gru": METHODS, "minilm": METHODS,
+                                            "e5_small": METHODS}),
 }
 
 

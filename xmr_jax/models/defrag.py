@@ -10,8 +10,8 @@ DriverSetParams.m, DeFragRun.m, initParams.m).
   Ablations (paper table 3): ``fragments='bigram'`` (consecutive token pairs, one "bigram"
   relation) and ``'word'`` (single words, s = ReLU(W [W_e w] + b)), both from ``tokens``.
   The paper keeps W_e fixed (pretrained 200-d vectors); ``freeze_word_embeddings`` does that.
-  With ``model.text_encoder=minilm`` (bigram/word fragments) W_e w is the pretrained tower's
-  contextual vector of each token (384-d; models/text_tower.py).
+  With a pretrained ``model.text_encoder`` (``minilm``, ``e5_small``; bigram/word fragments)
+  W_e w is the tower's contextual vector of each token (384-d; models/text_tower.py).
 * Image fragments (sec. 3.2): v = W_m x + b_m, a linear map of each region feature (paper: the
   top 19 R-CNN detections) plus one whole-image fragment: the masked mean of the region
   features (``whole_image='mean'``), or the small PixelCNN over rendered pixels, mean-pooled
@@ -83,7 +83,7 @@ class DeFrag(RetrievalModel):
     if self.text_tower is None:
       self.word_embed = nn.Embed(vocab, self.word_dim, embedding_init=word_embedding_init(
           self.word_vectors, nn.initializers.normal(0.1)))  # random W_e: N(0, 0.1)
-    word_dim = 384 if self.text_tower is not None else self.word_dim
+    word_dim = self.text_tower.dim if self.text_tower is not None else self.word_dim
     n_rel = self.num_relations if dep and not self.shared_relation_matrix else 1
     fan_in = word_dim * (1 if self.fragments == "word" else 2)
     # One (fan_in, D) matrix per relation type, W_R of eq. 1, stacked.
@@ -201,9 +201,9 @@ def build_method(model_config, info: DataInfo) -> Method:
   """
   m = model_config
   if tt.uses_tower(m) and m.fragments == "dependency":
-    raise ConfigError("model.text_encoder=minilm gives contextual vectors of caption tokens, "
-                      "but dependency fragments embed words of the dependency vocabulary; use "
-                      "model.fragments=bigram or word")
+    raise ConfigError(f"model.text_encoder={tt.text_encoder(m)} gives contextual vectors of "
+                      f"caption tokens, but dependency fragments embed words of the dependency "
+                      f"vocabulary; use model.fragments=bigram or word")
   if info.word_vectors is not None and m.fragments == "dependency":
     raise ConfigError("data.word_embeddings initialises the caption tokenizer's words, but "
                      "DeFrag's dependency fragments embed the words of the dependency "

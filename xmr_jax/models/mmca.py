@@ -8,7 +8,7 @@ Architecture (paper §3, our reading):
   padded regions zeroed). Words: the paper uses pretrained BERT (frozen). With
   ``model.text_encoder=minilm`` (models/text_tower.py; the ``data=images`` presets) X = FC of
   the pretrained all-MiniLM-L6-v2's token vectors (384-d), the nearest packaged stand-in for
-  BERT-base; ``model.text_frozen`` keeps it fixed as the paper does. Otherwise a trainable
+  BERT-base (or of multilingual-e5-small's with ``e5_small``); ``model.text_frozen`` keeps it fixed as the paper does. Otherwise a trainable
   stand-in, token embedding (``word_dim``) -> FC to D -> + learned positions -> LayerNorm ->
   ``num_text_layers`` Transformer units, giving X (B, L, D). ``DataInfo.word_vectors``
   initialises the embedding and ``replace_text_params`` loads a whole pretrained text-encoder

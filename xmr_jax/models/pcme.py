@@ -13,8 +13,8 @@ Each image and caption becomes a Gaussian N(mu, diag(sigma^2)) in R^D (naver-ai/
   mu = l2norm(LayerNorm(h + dropout(sigmoid(W_r attnpool(e)))));
   logsigma = W_s attnpool'(e) + h' with h' a second bi-GRU (``UncertaintyModuleText``).
 
-* text with ``model.text_encoder=minilm`` (models/text_tower.py): e = the pretrained tower's
-  token vectors (384-d), the local features of both attention branches; the two bi-GRU
+* text with a pretrained ``model.text_encoder`` (``minilm``, ``e5_small``;
+  models/text_tower.py): e = the tower's token vectors (384-d), the local features of both attention branches; the two bi-GRU
   terms h and h' become W_t mean(e) and W_t' mean(e), as the image side's W g and W_2 g.
 
 The shared ``GRUTextEncoder`` is not used: it owns its embedding table and averages the two
@@ -167,7 +167,8 @@ class PCME(RetrievalModel):
     feat_dim = self.pixel_dim if self.image_input == "pixels" else self.region_dim
     self.img_pie, self.img_uncertain = self._heads(feat_dim)
     tower = self.text_tower is not None
-    self.txt_pie, self.txt_uncertain = self._heads(384 if tower else self.word_dim)
+    self.txt_pie, self.txt_uncertain = self._heads(self.text_tower.dim if tower
+                                                   else self.word_dim)
     self.img_fc = nn.Dense(self.embed_dim, kernel_init=_torch_default,
                            **dense_kwargs(self.dtype))
     self.img_fc2 = nn.Dense(self.embed_dim, kernel_init=_torch_default,

@@ -63,7 +63,7 @@ class Method:
       with pretrained weights (and BatchNorm statistics) at initialisation, and the factor
       of the learning rate the optimiser gives them (``optax.multi_transform``; 0 = frozen):
       ``model.text_encoder=minilm`` adds ``(("text_tower",), "minilm", model.text_lr_scale)``
-      (models/text_tower.py), ``model.image_input=photos`` adds ``(("image_tower", "net"),
+      (the names of ``backbones.text_towers.TEXT_TOWERS``, models/text_tower.py), ``model.image_input=photos`` adds ``(("image_tower", "net"),
       <backbone>, train.backbone_lr_scale)`` (models/image_tower.py); empty for models
       trained from scratch.
     embedding: the repr key whose dot product is the score, when there is one:

@@ -1,20 +1,24 @@
-"""The text-tower seam: ``config.model.text_encoder`` = ``gru`` | ``minilm``.
+"""The text-tower seam: ``config.model.text_encoder`` = ``gru`` | a pretrained tower of
+``xmr_jax.backbones.text_towers.TEXT_TOWERS`` (``minilm``, ``e5_small``).
 
-``gru`` (the default) is each method's own text encoder, unchanged. ``minilm`` replaces the
-word embedding + recurrent/Transformer encoder by the pretrained all-MiniLM-L6-v2
-(``xmr_jax.backbones.minilm``: a 6-layer BERT, 384-d), held by every model as the top-level
-submodule ``text_tower`` (so its parameters are ``params["text_tower"]`` in every method,
+``gru`` (the default) is each method's own text encoder, unchanged. A pretrained tower
+replaces the word embedding + recurrent/Transformer encoder: ``minilm`` is all-MiniLM-L6-v2
+(``xmr_jax.backbones.minilm``: a 6-layer BERT, 384-d, English WordPiece), ``e5_small`` is
+multilingual-e5-small (``xmr_jax.backbones.e5``: a 12-layer XLM-R encoder, 384-d, 250k
+SentencePiece ids of about 100 languages). Every model holds it as the top-level submodule
+``text_tower`` (so its parameters are ``params["text_tower"]`` in every method,
 :data:`TOWER_PATH`). Methods that attend over words (SGRAF, MMCA, PCME's local attention,
-DeFrag's word/bigram fragments) read its per-token contextual vectors (B, L, 384); VSE++ and
-PCME's global terms read the mean of the real tokens' vectors (sentence-transformers' pooling).
-Each method maps 384 to its own width with a Dense layer it owns.
+DeFrag's word/bigram fragments) read its per-token contextual vectors (B, L, D); VSE++ and
+PCME's global terms read the mean of the real tokens' vectors (the towers' own pooling). Each
+method maps D (the tower's ``dim``) to its own width with a Dense layer it owns.
 
 Around the model: the trainer copies the pretrained weights into ``params["text_tower"]`` at
 initialisation (``Method.pretrained``) and the optimiser updates them with
 ``model.text_lr_scale`` times the learning rate (``optax.multi_transform``), or not at all
 with ``model.text_frozen`` (MMCA's paper setting), in which case the model also stops their
-gradient. The tower reads WordPiece ids: ``data.tokenizer=wordpiece`` (checked here through
-the vocabulary size).
+gradient and the optimiser holds no state for them. Each tower reads the ids of its own
+tokenizer (``data.tokenizer=wordpiece`` for minilm, ``e5_small`` for e5_small), checked here
+through the number of ids the data's tokenizer gives.
 """
 import dataclasses
 from typing import Any, Dict
@@ -23,13 +27,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from xmr_jax.backbones import minilm
+from xmr_jax.backbones.text_towers import TEXT_TOWERS, text_tower
 from xmr_jax.common.errors import ConfigError
 from xmr_jax.kernels.common import compute_dtype, l2norm
 from xmr_jax.models.precision import dense_kwargs
 from xmr_jax.types import DataInfo
 
-TEXT_ENCODERS = ("gru", "minilm")
+TEXT_ENCODERS = ("gru",) + tuple(TEXT_TOWERS)
 TOWER_PATH = ("text_tower",)
 # Keys of the seam itself: read only with a pretrained tower.
 TOWER_KEYS = ("text_frozen", "text_lr_scale")
@@ -50,21 +54,23 @@ def uses_tower(model_config) -> bool:
 
 
 def make_tower(model_config, info: DataInfo):
-  """The :class:`~xmr_jax.backbones.minilm.MiniLM` module for ``model.dtype``, or None for
-  "gru". Raises ConfigError when the data's vocabulary is not the tower's WordPiece one."""
+  """The pretrained tower's Flax encoder (``TEXT_TOWERS[model.text_encoder].network``) for
+  ``model.dtype``, or None for "gru". Raises ConfigError naming ``data.tokenizer`` and the
+  fix when the data's tokenizer does not give the tower's ids (another number of ids)."""
   if not uses_tower(model_config):
     return None
-  if info.vocab_size != minilm.ENTRY.vocab_size:
+  name = text_encoder(model_config)
+  tower = text_tower(name)
+  if info.vocab_size != tower.token_ids:
     raise ConfigError(
-        f"model.text_encoder=minilm reads all-MiniLM-L6-v2's WordPiece ids ("
-        f"{minilm.ENTRY.vocab_size}) but the data's tokenizer has {info.vocab_size}: set "
-        f"--config.data.tokenizer=wordpiece")
-  dtype = model_config.get("dtype", "float32")
-  return minilm.MiniLM(dtype=compute_dtype(dtype))
+        f"model.text_encoder={name} reads {tower.ids} ({tower.token_ids:,} ids) but the "
+        f"data's tokenizer gives {info.vocab_size:,}: set "
+        f"--config.data.tokenizer={tower.tokenizer}")
+  return tower.network(dtype=compute_dtype(model_config.get("dtype", "float32")))
 
 
 def tower_states(tower, texts, *, frozen: bool, train: bool) -> jax.Array:
-  """Contextual token vectors (M, L, 384) float32 of ``tokens`` / ``token_mask`` (M, L),
+  """Contextual token vectors (M, L, D) float32 of ``tokens`` / ``token_mask`` (M, L),
   padded positions zero; gradients stopped when ``frozen``."""
   mask = texts["token_mask"].astype(bool)
   hidden = tower(texts["tokens"], mask, train=train)
@@ -96,7 +102,7 @@ class TowerWords(nn.Module):
 
 
 def pooled(hidden: jax.Array, token_mask: jax.Array) -> jax.Array:
-  """(M, L, D), (M, L) -> (M, D): the mean of the real tokens' vectors ([CLS]/[SEP] in)."""
+  """(M, L, D), (M, L) -> (M, D): the mean of the real tokens' vectors (start/end tokens in)."""
   m = token_mask.astype(hidden.dtype)[..., None]
   return jnp.sum(hidden * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)
 

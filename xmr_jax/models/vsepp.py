@@ -7,8 +7,9 @@ Negatives", BMVC 2018); official code fartashf/vsepp ``model.py``.
   small ``PixelCNN`` grid is pooled the same way (stand-in for the fine-tuned CNN).
 * Text: word embedding (uniform ±0.1 init) -> unidirectional GRU -> the output at the last real
   word (official ``EncoderText``: ``out[i, lengths[i] - 1]``) -> l2 norm.
-* Text with ``model.text_encoder=minilm`` (models/text_tower.py): the mean of the pretrained
-  tower's token vectors (sentence-transformers' pooling) -> ``fc`` -> l2 norm.
+* Text with a pretrained ``model.text_encoder`` (``minilm``, ``e5_small``;
+  models/text_tower.py): the mean of the tower's token vectors (its own pooling) -> ``fc`` ->
+  l2 norm.
 * Score: cosine (dot product of l2-normalised vectors).
 * Loss: bidirectional hinge triplet loss, hardest negative (``max_violation``, VSE++ eq. 5) or
   the sum over negatives (VSE0, eq. 3), summed over the batch as the official ``ContrastiveLoss``

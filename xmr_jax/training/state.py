@@ -136,11 +136,11 @@ def stack_hparams(base: Mapping[str, jax.Array], variants) -> Dict[str, jax.Arra
 @functools.lru_cache(maxsize=4)   # params and batch_stats are filled from one read
 def _load_pretrained(name: str) -> Dict[str, Any]:
   """The variables ``{collection: nested float32 arrays}`` of a pretrained tower by name:
-  a text tower (``params`` only) or an image backbone of ``backbones.registry`` (``params``
+  a text tower of ``backbones.text_towers.TEXT_TOWERS`` (``params`` only) or an image backbone of ``backbones.registry`` (``params``
   and its eval-mode BatchNorm ``batch_stats``, without the ImageNet classifier)."""
-  from xmr_jax.backbones import minilm, registry
-  if name == minilm.ENTRY.name:
-    variables = {"params": minilm.load_params()}
+  from xmr_jax.backbones import registry, text_towers
+  if name in text_towers.TEXT_TOWERS:
+    variables = {"params": text_towers.text_tower(name).load_params()}
   else:
     variables = registry.get(name).feature_variables()
   # numpy, so each state gets buffers of its own: the train step donates the state's.
