@@ -159,28 +159,34 @@ def text_tower(c: ml_collections.ConfigDict, name: str) -> ml_collections.Config
   return c
 
 
+def _model_defaults() -> ml_collections.ConfigDict:
+  """The ``model`` keys every method has: compute dtype, text tower, image input."""
+  m = ml_collections.ConfigDict()
+  # Compute dtype of the matmuls / einsums / convs (xmr_jax/models/precision.py): "float32" |
+  # "bfloat16" (bfloat16 operands, float32 accumulation; params, losses and scores float32).
+  m.dtype = "float32"
+  # The text tower (xmr_jax/models/text_tower.py): "gru" (each method's own encoder, trained
+  # from scratch) | "minilm" (pretrained all-MiniLM-L6-v2; needs data.tokenizer=wordpiece and
+  # the text extra) | "e5_small" (pretrained multilingual-e5-small; needs
+  # data.tokenizer=e5_small and the e5 extra). text_frozen: never update the tower (MMCA's paper setting);
+  # text_lr_scale: its learning rate relative to hparams.learning_rate (0 = frozen).
+  m.text_encoder = "gru"
+  m.text_frozen = False
+  m.text_lr_scale = 1.0
+  # The image input (xmr_jax/models/image_tower.py): "regions" (the data's frozen features) |
+  # "photos" (the backbone that extracted them runs inside the model and is fine-tuned with
+  # train.backbone_lr_scale; data.name=images) | "pixels" (VSE++/PCME's small pixel CNN).
+  m.image_input = "regions"
+  return m
+
+
 def base_config(method: str) -> ml_collections.ConfigDict:
   """Fields every method's config has. Method files fill ``model`` and ``hparams``."""
   c = ml_collections.ConfigDict()
   c.method = method
   c.seed = 0
   c.data = data_config()
-  c.model = ml_collections.ConfigDict()
-  # Compute dtype of the matmuls / einsums / convs (xmr_jax/models/precision.py): "float32" |
-  # "bfloat16" (bfloat16 operands, float32 accumulation; params, losses and scores float32).
-  c.model.dtype = "float32"
-  # The text tower (xmr_jax/models/text_tower.py): "gru" (each method's own encoder, trained
-  # from scratch) | "minilm" (pretrained all-MiniLM-L6-v2; needs data.tokenizer=wordpiece and
-  # the text extra) | "e5_small" (pretrained multilingual-e5-small; needs
-  # data.tokenizer=e5_small and the e5 extra). text_frozen: never update the tower (MMCA's paper setting);
-  # text_lr_scale: its learning rate relative to hparams.learning_rate (0 = frozen).
-  c.model.text_encoder = "gru"
-  c.model.text_frozen = False
-  c.model.text_lr_scale = 1.0
-  # The image input (xmr_jax/models/image_tower.py): "regions" (the data's frozen features) |
-  # "photos" (the backbone that extracted them runs inside the model and is fine-tuned with
-  # train.backbone_lr_scale; data.name=images) | "pixels" (VSE++/PCME's small pixel CNN).
-  c.model.image_input = "regions"
+  c.model = _model_defaults()
   # Swept scalars: everything here becomes an array in the hparams pytree (docs/architecture.md, "Rules").
   c.hparams = ml_collections.ConfigDict(dict(learning_rate=2e-4, margin=0.2))
   c.train = ml_collections.ConfigDict(dict(
