@@ -118,8 +118,8 @@ def _two_stage_ctx(ctx, k, shortlist="own", first=None):
                      _settings(ctx, k, shortlist), seed=ctx.seed, shortlist=first)
 
 
-@pytest.mark.parametrize("group", [1, 14])
-def test_pair_scores_equal_the_all_pairs_grid(contexts, group):
+@pytest.mark.parametrize("group,length_groups", [(1, 1), (14, 3)])
+def test_pair_scores_equal_the_all_pairs_grid(contexts, group, length_groups):
   ctx = contexts["sgraf"]
   data = ctx.dataset.eval_data("test", 16)
   img = engine.encode_all(ctx.method, ctx.variables, data.image_batches(), "image")
@@ -129,7 +129,8 @@ def test_pair_scores_equal_the_all_pairs_grid(contexts, group):
   for side, queries, gallery, full in (("image", img, txt, grid), ("text", txt, img, grid.T)):
     cand = rng.integers(0, full.shape[1], (full.shape[0], 7))         # repeats allowed
     got = engine.score_pairs(ctx.method, ctx.variables, queries, gallery, cand,
-                             query_side=side, tile_queries=5, pairs_per_step=7 * group)
+                             query_side=side, tile_queries=5, pairs_per_step=7 * group,
+                             length_groups=length_groups)
     np.testing.assert_allclose(got, np.take_along_axis(full, cand, 1), rtol=1e-5, atol=1e-6)
 
 
