@@ -178,6 +178,23 @@ def test_own_global_term_shortlist(contexts, method):
     _same_recalls(rerank.evaluate(_two_stage_ctx(ctx, 3, "own")), exact)
 
 
+def test_coco1k_folds_shortlist_and_score_within_each_fold(contexts, monkeypatch):
+  """coco1k, shrunk to 2 folds of 6 images: each fold alone, averaged as metrics does."""
+  ctx = contexts["vsepp"]
+  _, scores = _exact(ctx)
+  want = metrics.evaluate(scores, k=5, protocol="coco1k", fold_size=6, num_folds=2)
+  real = metrics.protocol_folds
+  monkeypatch.setattr(metrics, "protocol_folds",
+                      lambda n, k, protocol: real(n, k, protocol, fold_size=6, num_folds=2))
+  settings = _settings(ctx, 30, "own")
+  settings.protocol = "coco1k"
+  res = rerank.evaluate(EvalContext(ctx.method, ctx.variables, ctx.dataset, ctx.split,
+                                    settings, seed=ctx.seed))
+  _same_recalls(res, want)
+  assert res["rerank"]["pairs_exact"] == 2 * 6 * 30
+  assert res["rerank"]["pairs_scored"] == 2 * (6 * 30 + 30 * 6)
+
+
 def test_a_shortlist_that_cannot_serve_is_one_clear_error(contexts, tiny_data_dir, tmp_path):
   sgraf, vsepp = contexts["sgraf"], contexts["vsepp"]
   with pytest.raises(ConfigError, match="sgraf has no dot-product global term"):
