@@ -118,8 +118,8 @@ def _two_stage_ctx(ctx, k, shortlist="own", first=None):
                      _settings(ctx, k, shortlist), seed=ctx.seed, shortlist=first)
 
 
-@pytest.mark.parametrize("group", [1, 14])
-def test_pair_scores_equal_the_all_pairs_grid(contexts, group):
+@pytest.mark.parametrize("group,length_groups", [(1, 1), (14, 3)])
+def test_pair_scores_equal_the_all_pairs_grid(contexts, group, length_groups):
   ctx = contexts["sgraf"]
   data = ctx.dataset.eval_data("test", 16)
   img = engine.encode_all(ctx.method, ctx.variables, data.image_batches(), "image")
@@ -129,7 +129,8 @@ def test_pair_scores_equal_the_all_pairs_grid(contexts, group):
   for side, queries, gallery, full in (("image", img, txt, grid), ("text", txt, img, grid.T)):
     cand = rng.integers(0, full.shape[1], (full.shape[0], 7))         # repeats allowed
     got = engine.score_pairs(ctx.method, ctx.variables, queries, gallery, cand,
-                             query_side=side, tile_queries=5, pairs_per_step=7 * group)
+                             query_side=side, tile_queries=5, pairs_per_step=7 * group,
+                             length_groups=length_groups)
     np.testing.assert_allclose(got, np.take_along_axis(full, cand, 1), rtol=1e-5, atol=1e-6)
 
 
@@ -175,6 +176,23 @@ def test_own_global_term_shortlist(contexts, method):
   _same_recalls(rerank.evaluate(_two_stage_ctx(ctx, scores.shape[1], "own")), exact)
   if method == "vsepp":    # the first stage is the score itself: exact ranks at any K
     _same_recalls(rerank.evaluate(_two_stage_ctx(ctx, 3, "own")), exact)
+
+
+def test_coco1k_folds_shortlist_and_score_within_each_fold(contexts, monkeypatch):
+  """coco1k, shrunk to 2 folds of 6 images: each fold alone, averaged as metrics does."""
+  ctx = contexts["vsepp"]
+  _, scores = _exact(ctx)
+  want = metrics.evaluate(scores, k=5, protocol="coco1k", fold_size=6, num_folds=2)
+  real = metrics.protocol_folds
+  monkeypatch.setattr(metrics, "protocol_folds",
+                      lambda n, k, protocol: real(n, k, protocol, fold_size=6, num_folds=2))
+  settings = _settings(ctx, 30, "own")
+  settings.protocol = "coco1k"
+  res = rerank.evaluate(EvalContext(ctx.method, ctx.variables, ctx.dataset, ctx.split,
+                                    settings, seed=ctx.seed))
+  _same_recalls(res, want)
+  assert res["rerank"]["pairs_exact"] == 2 * 6 * 30
+  assert res["rerank"]["pairs_scored"] == 2 * (6 * 30 + 30 * 6)
 
 
 def test_a_shortlist_that_cannot_serve_is_one_clear_error(contexts, tiny_data_dir, tmp_path):

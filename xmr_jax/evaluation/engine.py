@@ -195,7 +195,8 @@ def _row_scorer(method, mesh: jax.sharding.Mesh) -> Callable:
 
 def score_pairs(method, variables, queries: PyTree, gallery: PyTree, candidates: np.ndarray,
                 *, query_side: str, tile_queries: int = 128, pairs_per_step: int = 512,
-                mesh: Optional[jax.sharding.Mesh] = None, progress: bool = False) -> np.ndarray:
+                length_groups: int = 1, mesh: Optional[jax.sharding.Mesh] = None,
+                progress: bool = False) -> np.ndarray:
   """Exact scores of each query against its own K gallery items: (Q, K) float32.
 
   ``query_side`` ``"image"``: ``queries`` are Q encoded images and ``gallery`` N encoded
@@ -209,6 +210,8 @@ def score_pairs(method, variables, queries: PyTree, gallery: PyTree, candidates:
   devices, and each device ``lax.map``s over groups of ``max(1, pairs_per_step // K)``
   queries: a group gathers its (group, K) candidates from the gallery and scores them by
   ``vmap``ping ``score`` over its queries, (1, K) per query. Compiles once per shape.
+  ``length_groups`` > 1 with caption queries: the queries are scored in groups of similar
+  length with their padding trimmed (:func:`group_by_length`; same scores).
   """
   if query_side not in ("image", "text"):
     raise ValueError(f"score_pairs: query_side must be 'image' or 'text', got {query_side!r}")
@@ -217,6 +220,13 @@ def score_pairs(method, variables, queries: PyTree, gallery: PyTree, candidates:
   n_q, k = candidates.shape
   if n_q == 0 or k == 0:
     return np.zeros((n_q, k), np.float32)
+  if query_side == "text" and length_groups > 1:
+    out = np.zeros((n_q, k), np.float32)
+    for idx, sub in group_by_length(method, queries, length_groups):
+      out[idx] = score_pairs(method, variables, sub, gallery, candidates[idx], query_side="text",
+                             tile_queries=tile_queries, pairs_per_step=pairs_per_step,
+                             mesh=mesh, progress=progress)
+    return out
   n_dev = mesh.shape[mesh_lib.DATA_AXIS]
   group = max(1, pairs_per_step // k)
   per_device = -(-min(tile_queries, n_q) // n_dev)

@@ -135,7 +135,9 @@ def _direction(ctx: EvalContext, queries, gallery, q_vec, g_vec, targets, side: 
   t1 = time.time()
   exact = engine.score_pairs(ctx.method, ctx.variables, queries, gallery, candidates,
                              query_side=side, tile_queries=s.tile_images,
-                             pairs_per_step=s.tile_texts, mesh=ctx.mesh, progress=progress)
+                             pairs_per_step=s.tile_texts,
+                             length_groups=s.get("length_groups", 1), mesh=ctx.mesh,
+                             progress=progress)
   seconds["shortlist"] += t1 - t0
   seconds["score"] += time.time() - t1
   if not np.all(np.isfinite(exact)):
