@@ -37,6 +37,9 @@ With ``--search_n=100000`` it times one text query against an index of that many
 (``xmr_jax.search.topk``: chunked matrix product + ``lax.top_k`` over a memory-mapped .npy):
 random unit vectors of ``--search_dim`` (1024) float32 and bfloat16, milliseconds per query
 after compilation (median of ``--search_repeats``), checked against a full numpy sort.
+With a frozen pretrained text tower (``model.text_frozen``, ``model.text_cache``) the train
+step reads the tower's vectors from the data; ``train.text_cache`` then times the same step
+with the tower run inside it (``model.text_cache=false``) and gives the ratio.
 Absolute times on shared machines are noisy: compare ratios measured in one run.
 ``--config.model.dtype=bfloat16`` times mixed precision (bfloat16 matmul operands, float32
 accumulation); the JSON records ``model_dtype`` and the CPU's bfloat16 flags (``cpu``:
@@ -135,6 +138,17 @@ def bench_train(config, ds, method, tx, hparams, state, steps: int) -> dict:
          "memory": _memory(compiled)}
   if "photos" in method.inputs:
     out["augment"] = _augment_rate(ds, config.train.batch_size, steps)
+  if "text_states" in batch:    # a frozen text tower read from the data: time running it
+    bare = {k: v for k, v in batch.items() if k != "text_states"}
+    box["state"], _ = fn(box["state"], bare, hparams)   # compile + warm-up
+
+    def run_tower():
+      box["state"], m = fn(box["state"], bare, hparams)
+      return m["loss"]
+    every = _median_time(run_tower, steps)
+    out["text_cache"] = {"seconds_per_step_tower_every_step": every,
+                         "speedup": every / per_step,
+                         "tower": method.text_states[0], "caption_tokens": batch["tokens"].shape[1]}
   return out
 
 

@@ -170,9 +170,12 @@ def _model_defaults() -> ml_collections.ConfigDict:
   # the text extra) | "e5_small" (pretrained multilingual-e5-small; needs
   # data.tokenizer=e5_small and the e5 extra). text_frozen: never update the tower (MMCA's paper setting);
   # text_lr_scale: its learning rate relative to hparams.learning_rate (0 = frozen).
+  # text_cache: with the tower frozen, compute its token vectors once per caption (stored with
+  # the data's cache) instead of running it every step (same vectors; false runs it every step).
   m.text_encoder = "gru"
   m.text_frozen = False
   m.text_lr_scale = 1.0
+  m.text_cache = True
   # The image input (xmr_jax/models/image_tower.py): "regions" (the data's frozen features) |
   # "photos" (the backbone that extracted them runs inside the model and is fine-tuned with
   # train.backbone_lr_scale; data.name=images) | "pixels" (VSE++/PCME's small pixel CNN).

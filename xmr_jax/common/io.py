@@ -32,6 +32,23 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
     raise
 
 
+def atomic_save_npy(path: str, array: np.ndarray) -> None:
+  """``np.save(path, array)`` through a temporary file in the same directory + rename (as
+  :func:`atomic_write_bytes`, without holding a second copy of a large array in memory)."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npy")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      np.save(f, array, allow_pickle=False)
+    os.chmod(tmp, 0o666 & ~_umask())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
 def _umask() -> int:
   mask = os.umask(0)
   os.umask(mask)

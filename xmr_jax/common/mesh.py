@@ -111,7 +111,8 @@ def global_batch(local_batch: Mapping[str, Any], mesh: jax.sharding.Mesh) -> PyT
 
 
 def pad_text_to(batch: Mapping[str, Any], length: int) -> dict:
-  """Pads ``tokens``/``token_mask`` (B, L) to ``length`` columns (0 / False).
+  """Pads ``tokens``/``token_mask`` (B, L) (and ``text_states`` (B, L, D)) to ``length``
+  columns (0 / False).
 
   The pipeline pads each (local) batch to the smallest length bucket that fits; processes of a
   multi-host run may pick different buckets, so they all pad to the largest bucket instead.
@@ -121,6 +122,8 @@ def pad_text_to(batch: Mapping[str, Any], length: int) -> dict:
   if pad > 0:
     out["tokens"] = np.pad(out["tokens"], ((0, 0), (0, pad)))
     out["token_mask"] = np.pad(out["token_mask"], ((0, 0), (0, pad)))
+    if "text_states" in out:    # a frozen text tower's (B, L, D) vectors
+      out["text_states"] = np.pad(out["text_states"], ((0, 0), (0, pad), (0, 0)))
   return out
 
 

@@ -33,7 +33,7 @@ from xmr_jax.common.errors import ConfigError
 from xmr_jax.common.io import cache_root
 from xmr_jax.data.errors import DataError
 
-from xmr_jax.data import embeddings, pipeline, precomp, synthetic, tokenizers
+from xmr_jax.data import embeddings, pipeline, precomp, synthetic, text_states, tokenizers
 
 # Optional batch inputs a method may need: rendered ``pixels``, dependency triples ``deps``
 # (DeFrag), region ``boxes``. A needed input missing from the data is a DataError up front.
@@ -215,6 +215,7 @@ class Dataset:
     self._tokens = {name: tokenizers.encode_ragged_cached(self.tokenizer, s.captions, cache)
                     for name, s in self._splits.items()}
     self._lengths = {name: np.diff(t[1]) for name, t in self._tokens.items()}
+    self._text_states = {}    # {split: (T, D) float32} once use_text_states is called
     if tokenizer is None and not d.vocab_path:   # a vocabulary built from these captions
       check_known_words(self.tokenizer, self._tokens[d.train_split], f"{data_dir}/"
                         f"{d.train_split}_caps.txt")
@@ -226,6 +227,17 @@ class Dataset:
     self.info = dataclasses.replace(info, word_vectors=vectors,
                                     max_text_len=int(self.max_text_len),
                                     backbone=_backbone_of(data_dir))
+
+  def use_text_states(self, name: str, dtype: str) -> None:
+    """From now on every batch (training, sample, evaluation) also carries ``text_states``
+    (B, L, D) float32: the frozen pretrained text tower ``name``'s vectors of its tokens,
+    computed in ``dtype`` once per split and stored with the data's cache
+    (:mod:`xmr_jax.data.text_states`; ``Method.text_states`` says when a model reads them)."""
+    cache = _writable_cache_dir(self.data_dir)
+    for split, tokens in self._tokens.items():
+      if self.max_caption_len:    # the vectors of the ids the batches carry
+        tokens = tokenizers.cap_ragged(*tokens, self.max_caption_len)[:2]
+      self._text_states[split] = text_states.cached_states(cache, name, dtype, tokens)
 
   def _make_tokenizer(self, train: precomp.PrecompSplit):
     d = self.data_config
@@ -303,6 +315,7 @@ class Dataset:
                 with_pixels=self.with_pixels, with_photos=self.with_photos,
                 deps_vocab=self.deps_vocab,
                 max_caption_len=self.max_caption_len,
+                text_states=self._text_states.get(self.data_config.train_split),
                 **({"deps_buckets": self.deps_buckets} if self.deps_buckets else {}))
 
   def train_iterator(self, batch_size: int, *, seed: int, shard_index: int = 0,
@@ -344,7 +357,7 @@ class Dataset:
     flat, offsets = self._tokens[split]
     texts = functools.partial(
         pipeline.eval_text_batches, s, self.tokenizer, batch_size,
-        tokens=(flat, offsets[:s.num_captions + 1]),
+        tokens=(flat, offsets[:s.num_captions + 1]), text_states=self._text_states.get(split),
         len_buckets=(tokenizers.choose_bucket(longest, self.len_buckets),),
         deps_vocab=self.deps_vocab, max_caption_len=self.max_caption_len, **deps_bucket)
     return EvalData(k=s.k, captions=s.captions, image_batches=images, text_batches=texts,

@@ -168,7 +168,7 @@ class _Reader:
                with_photos: bool = False, augment_seed: Optional[int] = None,
                deps_vocab: Optional[DepsVocab] = None,
                deps_buckets: Sequence[int] = DEFAULT_DEPS_BUCKETS,
-               max_caption_len: int = 0, tokens=None):
+               max_caption_len: int = 0, tokens=None, text_states=None):
     self.split = split
     # Photos (model.image_input=photos) are augmented in training (data/photos.py) with
     # draws keyed by (augment_seed, step, image); evaluation (None) reads them as stored.
@@ -185,6 +185,8 @@ class _Reader:
     self.tokens = tokens
     if self.tokens is not None and max_caption_len:
       self.tokens = cap_ragged(*self.tokens, max_caption_len)[:2]
+    # A frozen text tower's (T, D) token vectors, row for row with the (cut) token ids.
+    self.text_states = text_states
     self.deps = None
     if deps_vocab is not None:
       if split.deps is None:
@@ -221,6 +223,9 @@ class _Reader:
     if self.tokens is not None:
       ids, mask = pad_ragged(*self.tokens, caption_index, self.len_buckets)
       out["tokens"], out["token_mask"] = ids.astype(np.int32), mask
+      if self.text_states is not None:
+        out["text_states"] = pad_ragged(self.text_states, self.tokens[1], caption_index,
+                                        self.len_buckets)[0]
     if self.deps is not None:
       deps, mask = pad_ragged(*self.deps, caption_index, self.deps_buckets)
       out["deps"], out["deps_mask"] = deps.astype(np.int32), mask
@@ -285,7 +290,8 @@ def train_dataset(split: PrecompSplit, tokenizer, batch_size: int, *,
                   with_photos: bool = False,
                   deps_vocab: Optional[DepsVocab] = None,
                   deps_buckets: Sequence[int] = DEFAULT_DEPS_BUCKETS,
-                  max_caption_len: int = 0, tokens=None) -> grain.MapDataset:
+                  max_caption_len: int = 0, tokens=None,
+                  text_states=None) -> grain.MapDataset:
   """Infinite training dataset; element i = this shard of global batch i.
 
   Args:
@@ -305,6 +311,9 @@ def train_dataset(split: PrecompSplit, tokenizer, batch_size: int, *,
       token last (:func:`~xmr_jax.data.tokenizers.cap_ragged`); 0 = no cap.
     tokens: the split's captions already encoded by ``tokenizer`` as (flat int32, offsets
       int64) (``Dataset`` encodes each split once); None encodes them here.
+    text_states: (T, D) float32 token vectors of a frozen text tower, row for row with the
+      ids after ``max_caption_len`` (``Dataset.use_text_states``): batches then carry
+      ``text_states`` (B, L, D), padding zero; None: no such key.
   """
   if batch_size % shard_count or not 0 <= shard_index < shard_count:
     raise ConfigError(f"batch_size {batch_size} must split evenly into "
@@ -315,7 +324,8 @@ def train_dataset(split: PrecompSplit, tokenizer, batch_size: int, *,
                    with_boxes=with_boxes, with_pixels=with_pixels,
                    with_photos=with_photos, augment_seed=seed,
                    deps_vocab=deps_vocab, deps_buckets=deps_buckets,
-                   max_caption_len=max_caption_len, tokens=tokens)
+                   max_caption_len=max_caption_len, tokens=tokens,
+                   text_states=text_states)
   per_shard = batch_size // shard_count
   rows = slice(shard_index * per_shard, (shard_index + 1) * per_shard)
 
@@ -368,15 +378,17 @@ def eval_text_batches(split: PrecompSplit, tokenizer, batch_size: int, *,
                       len_buckets: Sequence[int] = DEFAULT_BUCKETS,
                       deps_vocab: Optional[DepsVocab] = None,
                       deps_buckets: Sequence[int] = DEFAULT_DEPS_BUCKETS,
-                      max_caption_len: int = 0, tokens=None) -> Iterator[Batch]:
+                      max_caption_len: int = 0, tokens=None,
+                      text_states=None) -> Iterator[Batch]:
   """Every caption once, in file order, in full batches with ``valid``.
 
   ``image_index`` is the caption's image (caption // k). ``len_buckets``,
-  ``deps_buckets``, ``max_caption_len`` and ``tokens`` as in :func:`train_dataset`.
+  ``deps_buckets``, ``max_caption_len``, ``tokens`` and ``text_states`` as in
+  :func:`train_dataset`.
   """
   reader = _Reader(split, tokenizer, len_buckets=len_buckets,
                    deps_vocab=deps_vocab, deps_buckets=deps_buckets,
-                   max_caption_len=max_caption_len, tokens=tokens)
+                   max_caption_len=max_caption_len, tokens=tokens, text_states=text_states)
   for index, valid in _padded_ranges(split.num_captions, batch_size):
     batch = reader.texts(index)
     batch["image_index"] = (index // split.k).astype(np.int32)

@@ -226,7 +226,7 @@ class MMCA(RetrievalModel):
     if self.text_tower is None:
       x = self.text_encoder(texts["tokens"], mask)
     else:
-      x = self.text_encoder(texts["tokens"], mask, train=train)
+      x = self.text_encoder(texts, train=train)
     c0 = ca.ngram_embedding(self.text_cnn(), x, mask, self.windows, compute_dtype(self.dtype))
     out = {"emb": self._norm(c0)}
     if self.alpha != 0:

@@ -66,6 +66,10 @@ class Method:
       (the names of ``backbones.text_towers.TEXT_TOWERS``, models/text_tower.py), ``model.image_input=photos`` adds ``(("image_tower", "net"),
       <backbone>, train.backbone_lr_scale)`` (models/image_tower.py); empty for models
       trained from scratch.
+    text_states: ``(tower name, model.dtype)`` when a frozen pretrained text tower's token
+      vectors can be computed once by the data (``Dataset.use_text_states``; batches then
+      carry ``text_states`` and the model reads them instead of running the tower,
+      models/text_tower.py); None otherwise.
     embedding: the repr key whose dot product is the score, when there is one:
       ``score(img, txt) == img[embedding] @ txt[embedding].T`` with (N, D) and (M, D) leaves
       (VSE++: ``"emb"``); a photo collection is then searched with a matrix product and a
@@ -94,6 +98,7 @@ class Method:
   alignments: Optional[str] = None
   samples_at_eval: bool = False
   pretrained: Tuple[Tuple[Tuple[str, ...], str, float], ...] = ()
+  text_states: Optional[Tuple[str, str]] = None
   embedding: Optional[str] = None
   global_embedding: Optional[str] = None
   key: str = ""

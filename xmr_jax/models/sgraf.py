@@ -382,7 +382,10 @@ class SGRAF(RetrievalModel):
     """From ``tokens`` (M, L) int32 / ``token_mask`` (M, L): ``{"local": (M, L, D) float32,
     l2-normalised per word, "mask": (M, L) bool, "glo": (M, D) float32}`` (``text_global``)."""
     mask = texts["token_mask"].astype(bool)
-    local = self.txt_enc(texts["tokens"], mask, train=train)
+    if self.text_tower is None:
+      local = self.txt_enc(texts["tokens"], mask, train=train)
+    else:
+      local = self.txt_enc(texts, train=train)
     return dict(local=local, mask=mask, glo=self.sim_enc.text_global(local, mask, train=train))
 
   def score(self, img, txt, *, train: bool = False) -> jax.Array:

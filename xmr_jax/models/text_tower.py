@@ -16,7 +16,12 @@ Around the model: the trainer copies the pretrained weights into ``params["text_
 initialisation (``Method.pretrained``) and the optimiser updates them with
 ``model.text_lr_scale`` times the learning rate (``optax.multi_transform``), or not at all
 with ``model.text_frozen`` (MMCA's paper setting), in which case the model also stops their
-gradient and the optimiser holds no state for them. Each tower reads the ids of its own
+gradient and the optimiser holds no state for them. A frozen tower's token vectors depend on
+nothing that trains, so with ``model.text_cache`` (the default) the data computes them once
+per caption (``Dataset.use_text_states``, stored with the data's cache) and batches carry them
+as ``text_states``: the model then reads those instead of running the tower (the same vectors,
+computed once instead of every step; the tower's parameters stay in the model, which still
+encodes new sentences with them, e.g. for ``xmr_jax.search``). Each tower reads the ids of its own
 tokenizer (``data.tokenizer=wordpiece`` for minilm, ``e5_small`` for e5_small), checked here
 through the number of ids the data's tokenizer gives.
 """
@@ -36,7 +41,7 @@ from xmr_jax.types import DataInfo
 TEXT_ENCODERS = ("gru",) + tuple(TEXT_TOWERS)
 TOWER_PATH = ("text_tower",)
 # Keys of the seam itself: read only with a pretrained tower.
-TOWER_KEYS = ("text_frozen", "text_lr_scale")
+TOWER_KEYS = ("text_frozen", "text_lr_scale", "text_cache")
 
 
 def text_encoder(model_config) -> str:
@@ -71,19 +76,25 @@ def make_tower(model_config, info: DataInfo):
 
 def tower_states(tower, texts, *, frozen: bool, train: bool) -> jax.Array:
   """Contextual token vectors (M, L, D) float32 of ``tokens`` / ``token_mask`` (M, L),
-  padded positions zero; gradients stopped when ``frozen``."""
+  padded positions zero; gradients stopped when ``frozen``. A batch that carries the frozen
+  tower's vectors (``text_states`` (M, L, D), see the module doc) gives those instead of
+  running the tower (except at initialisation, which creates the tower's parameters)."""
   mask = texts["token_mask"].astype(bool)
-  hidden = tower(texts["tokens"], mask, train=train)
+  if "text_states" in texts and not tower.is_initializing():
+    hidden = texts["text_states"].astype(jnp.float32)
+  else:
+    hidden = tower(texts["tokens"], mask, train=train)
   if frozen:
     hidden = jax.lax.stop_gradient(hidden)
   return hidden * mask[..., None].astype(hidden.dtype)
 
 
 class TowerWords(nn.Module):
-  """Per-word vectors from a pretrained tower, a drop-in for ``GRUTextEncoder``: (M, L) ids,
-  (M, L) mask -> (M, L, embed_dim) float32, ``fc`` of the tower's token vectors, each
-  l2-normalised (``normalize``), padding zero. ``tower`` is shared with the parent model
-  (its parameters stay at ``params["text_tower"]``)."""
+  """Per-word vectors from a pretrained tower: the text batch (``tokens``, ``token_mask``
+  (M, L), and ``text_states`` when the data carries the frozen tower's vectors) ->
+  (M, L, embed_dim) float32, ``fc`` of the tower's token vectors, each l2-normalised
+  (``normalize``), padding zero. ``tower`` is shared with the parent model (its parameters
+  stay at ``params["text_tower"]``)."""
   embed_dim: int
   frozen: bool
   tower: Any
@@ -91,9 +102,9 @@ class TowerWords(nn.Module):
   normalize: bool = True
 
   @nn.compact
-  def __call__(self, tokens: jax.Array, token_mask: jax.Array, *, train: bool) -> jax.Array:
-    hidden = tower_states(self.tower, {"tokens": tokens, "token_mask": token_mask},
-                          frozen=self.frozen, train=train)
+  def __call__(self, texts, *, train: bool) -> jax.Array:
+    token_mask = texts["token_mask"]
+    hidden = tower_states(self.tower, texts, frozen=self.frozen, train=train)
     x = nn.Dense(self.embed_dim, kernel_init=nn.initializers.xavier_uniform(), name="fc",
                  **dense_kwargs(self.dtype))(hidden)
     if self.normalize:
@@ -109,7 +120,8 @@ def pooled(hidden: jax.Array, token_mask: jax.Array) -> jax.Array:
 
 def with_tower(method, model_config):
   """``method`` with the seam's :class:`~xmr_jax.models.registry.Method` fields added
-  (``pretrained``: (path, tower name, lr scale; 0 when frozen)); unchanged for "gru".
+  (``pretrained``: (path, tower name, lr scale; 0 when frozen); ``text_states``: (tower name,
+  model.dtype) when the tower is frozen and ``model.text_cache``); unchanged for "gru".
   ConfigError for a negative ``text_lr_scale``."""
   if not uses_tower(model_config):
     return method
@@ -117,9 +129,14 @@ def with_tower(method, model_config):
   if scale < 0:
     raise ConfigError(f"config.model.text_lr_scale={scale} must be >= 0 (0 freezes the "
                       f"tower's weights, as model.text_frozen)")
-  frozen = bool(model_config.get("text_frozen", False))
-  entry = (TOWER_PATH, text_encoder(model_config), 0.0 if frozen else scale)
-  return dataclasses.replace(method, pretrained=method.pretrained + (entry,))
+  frozen = bool(model_config.get("text_frozen", False)) or scale == 0
+  name = text_encoder(model_config)
+  entry = (TOWER_PATH, name, 0.0 if frozen else scale)
+  states = None
+  if frozen and model_config.get("text_cache", True):
+    states = (name, str(model_config.get("dtype", "float32")))
+  return dataclasses.replace(method, pretrained=method.pretrained + (entry,),
+                             text_states=states)
 
 
 def unread(model_config, gru_only: Dict[str, str]) -> Dict[str, str]:
@@ -129,4 +146,8 @@ def unread(model_config, gru_only: Dict[str, str]) -> Dict[str, str]:
   if name == "gru":
     return {k: "model.text_encoder='gru'; only a pretrained text tower reads it"
             for k in TOWER_KEYS}
-  return {k: f"model.text_encoder={name!r} replaces {what}" for k, what in gru_only.items()}
+  out = {k: f"model.text_encoder={name!r} replaces {what}" for k, what in gru_only.items()}
+  if not (model_config.get("text_frozen", False) or model_config.get("text_lr_scale", 1) == 0):
+    out["text_cache"] = ("the tower is fine-tuned (model.text_frozen=false), so its token "
+                         "vectors change every step and cannot be computed once")
+  return out

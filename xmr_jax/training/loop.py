@@ -72,6 +72,8 @@ def setup(config, vocabularies=None):
       config.data, needs=method_inputs(config), seed=config.seed, tokenizer=tokenizer,
       deps_vocab=deps_vocab), "dataset")
   method = get_method(config, ds.info)
+  if method.text_states is not None:    # a frozen text tower: its vectors once per caption
+    mesh_lib.primary_first(lambda: ds.use_text_states(*method.text_states), "text vectors")
   evaluation.check_evals(config.evals, method)
   evaluation.rerank.check(config.eval, method)
   tx = state_lib.make_optimizer(config.train, method.unclipped_params,

@@ -1,0 +1,90 @@
+"""A frozen text tower's token vectors computed once per caption (``model.text_cache``,
+xmr_jax/data/text_states.py): batches carry them as ``text_states`` and every kind of model
+reads them in place of running the tower with the same result; they equal the tower's own
+output token for token (after ``data.max_caption_len`` cuts); the file is written once and
+read back; fine-tuned towers and ``text_cache=false`` carry none; the multi-host pad pads
+them with the tokens."""
+import jax
+import numpy as np
+import pytest
+
+from test_text_towers import minilm_config, needs_tower
+from xmr_jax.backbones import text_towers
+from xmr_jax.common import mesh as mesh_lib
+from xmr_jax.common.errors import ConfigError
+from xmr_jax.data import text_states
+from xmr_jax.training import config_check, loop
+
+
+def _encode(method, state, batch):
+  variables = {"params": state["params"], **({"batch_stats": state["batch_stats"]}
+                                               if state.get("batch_stats") else {})}
+  return method.model.apply(variables, batch, train=False, method="encode_texts")
+
+
+@needs_tower
+@pytest.mark.parametrize("method", ["vsepp", "sgraf", "mmca"])
+def test_models_read_the_cached_vectors_as_if_they_ran_the_tower(tiny_data_dir, method):
+  # vsepp pools the tower's vectors; sgraf and mmca map each word (normalised or not).
+  config = minilm_config(method, tiny_data_dir, text_frozen=True)
+  ds, m, _, _, state = loop.setup(config)
+  assert m.text_states == ("minilm", "float32")
+  batch = ds.sample_batch(8)
+  assert batch["text_states"].shape == batch["tokens"].shape + (384,)
+  assert not np.any(batch["text_states"][~batch["token_mask"]])
+  cached = _encode(m, state, batch)
+  ran = _encode(m, state, {k: v for k, v in batch.items() if k != "text_states"})
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5), cached, ran)
+
+
+@needs_tower
+def test_vectors_equal_the_tower_after_the_cut_and_are_stored_once(tiny_data_dir,
+                                                                   monkeypatch):
+  config = minilm_config("vsepp", tiny_data_dir, text_frozen=True)
+  config.data.max_caption_len = 6
+  ds, m, _, _, state = loop.setup(config)
+  batch = ds.eval_data("test", 4).text_batches().__next__()
+  tower = m.model.text_tower
+  want = tower.apply({"params": state["params"]["text_tower"]}, batch["tokens"],
+                     batch["token_mask"])
+  mask = batch["token_mask"]
+  assert mask.sum(1).max() == 6     # cut: the vectors follow the cut ids
+  np.testing.assert_allclose(batch["text_states"][mask], np.asarray(want)[mask], atol=2e-5)
+
+  def fail(*args, **kwargs):
+    raise AssertionError("the stored vectors were computed again")
+  monkeypatch.setattr(text_towers, "token_states", fail)
+  ds.use_text_states("minilm", "float32")    # read back from the cache folder
+  again = ds.eval_data("test", 4).text_batches().__next__()
+  np.testing.assert_array_equal(again["text_states"], batch["text_states"])
+
+
+@needs_tower
+def test_fine_tuned_or_uncached_towers_carry_no_vectors(tiny_data_dir):
+  tuned = minilm_config("vsepp", tiny_data_dir, text_lr_scale=0.5)
+  with pytest.raises(ConfigError, match="text_cache is set but not used: the tower is fine"):
+    config_check.check_overrides(tuned, {"model.text_cache": False})
+  for config in (tuned, minilm_config("vsepp", tiny_data_dir, text_frozen=True,
+                                      text_cache=False)):
+    ds, m, _, _, _ = loop.setup(config)
+    assert m.text_states is None and "text_states" not in ds.sample_batch(8)
+  # text_lr_scale=0 freezes as text_frozen does, so the vectors can be cached.
+  ds, m, _, _, _ = loop.setup(minilm_config("vsepp", tiny_data_dir, text_lr_scale=0.0))
+  assert m.text_states == ("minilm", "float32")
+
+
+def test_the_store_is_keyed_by_tower_dtype_and_ids(tmp_path):
+  flat, offsets = np.array([101, 7, 102, 101, 102]), np.array([0, 3, 5])
+  path = text_states.states_path(str(tmp_path), "minilm", "float32", flat, offsets)
+  assert path != text_states.states_path(str(tmp_path), "minilm", "bfloat16", flat, offsets)
+  assert path != text_states.states_path(str(tmp_path), "e5_small", "float32", flat, offsets)
+  assert path != text_states.states_path(str(tmp_path), "minilm", "float32", flat,
+                                         np.array([0, 2, 5]))
+
+
+def test_multi_host_pad_pads_the_vectors_with_the_tokens():
+  batch = {"tokens": np.ones((2, 3), np.int32), "token_mask": np.ones((2, 3), bool),
+           "text_states": np.ones((2, 3, 4), np.float32)}
+  out = mesh_lib.pad_text_to(batch, 5)
+  assert out["text_states"].shape == (2, 5, 4)
+  assert not out["text_states"][:, 3:].any() and out["text_states"][:, :3].all()
