@@ -13,13 +13,29 @@ from xmr_jax.backbones import text_towers
 from xmr_jax.common import mesh as mesh_lib
 from xmr_jax.common.errors import ConfigError
 from xmr_jax.data import text_states
+from xmr_jax.evaluation import engine
 from xmr_jax.training import config_check, loop
+from xmr_jax.training import step as step_lib
 
 
 def _encode(method, state, batch):
+  """The evaluation engine's text encoding of one batch (its own choice of batch keys)."""
   variables = {"params": state["params"], **({"batch_stats": state["batch_stats"]}
                                                if state.get("batch_stats") else {})}
-  return method.model.apply(variables, batch, train=False, method="encode_texts")
+  return engine.encode_all(method, variables, [dict(batch, valid=np.ones(len(batch["tokens"]),
+                                                                          bool))], "text",
+                           progress=False)
+
+
+def _train_loss(method, tx, hparams, state, batch) -> float:
+  """The loss the train step computes on ``batch`` (before its update)."""
+  mesh = mesh_lib.train_mesh(1, 8)
+  step = step_lib.make_train_step(method, tx, decay_steps=0, decay_factor=1.0,
+                                  steps_per_epoch=1, mesh=mesh)
+  fresh = jax.tree.map(np.array, state)    # the step donates its state
+  _, metrics = step(mesh_lib.replicate(fresh, mesh), mesh_lib.global_batch(batch, mesh),
+                    hparams)
+  return float(metrics["loss"])
 
 
 @needs_tower
@@ -27,7 +43,7 @@ def _encode(method, state, batch):
 def test_models_read_the_cached_vectors_as_if_they_ran_the_tower(tiny_data_dir, method):
   # vsepp pools the tower's vectors; sgraf and mmca map each word (normalised or not).
   config = minilm_config(method, tiny_data_dir, text_frozen=True)
-  ds, m, _, _, state = loop.setup(config)
+  ds, m, tx, hparams, state = loop.setup(config)
   assert m.text_states == ("minilm", "float32")
   batch = ds.sample_batch(8)
   assert batch["text_states"].shape == batch["tokens"].shape + (384,)
@@ -35,6 +51,16 @@ def test_models_read_the_cached_vectors_as_if_they_ran_the_tower(tiny_data_dir, 
   cached = _encode(m, state, batch)
   ran = _encode(m, state, {k: v for k, v in batch.items() if k != "text_states"})
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5), cached, ran)
+  # The vectors are what the model reads: other vectors give another encoding.
+  shuffled = dict(batch, text_states=batch["text_states"][::-1].copy())
+  moved = _encode(m, state, shuffled)
+  assert max(float(np.abs(np.float32(a) - np.float32(b)).max())
+             for a, b in zip(jax.tree.leaves(moved), jax.tree.leaves(ran))) > 1e-3
+  # The train step reads them too: same loss as running the tower, another with others.
+  loss = lambda b: _train_loss(m, tx, hparams, state, b)
+  np.testing.assert_allclose(loss(batch), loss({k: v for k, v in batch.items()
+                                                if k != "text_states"}), rtol=1e-5)
+  assert abs(loss(shuffled) - loss(batch)) > 1e-4
 
 
 @needs_tower

@@ -13,6 +13,9 @@ photos         (B, S, S, 3) u8 optional, photos at the backbone's input size, au
                                training (``model.image_input=photos``, data/photos.py)
 tokens         (B, L) int32    caption token ids, 0 = padding
 token_mask     (B, L) bool     True for real tokens
+text_states    (B, L, D) f32   optional, a frozen pretrained text tower's token vectors,
+                               computed once by the data (``model.text_cache``,
+                               data/text_states.py); padding zero
 deps           (B, T, 3) int32 optional, dependency triples [relation id, head word id,
                                dependent word id] (word ids from the word vocabulary)
 deps_mask      (B, T) bool     optional, True for real triples
@@ -34,7 +37,7 @@ PyTree = Any
 Batch = Dict[str, Any]
 
 IMAGE_KEYS = ("regions", "region_mask", "boxes", "pixels", "photos")
-TEXT_KEYS = ("tokens", "token_mask", "deps", "deps_mask")
+TEXT_KEYS = ("tokens", "token_mask", "text_states", "deps", "deps_mask")
 # Inputs a method may ask the data for (``Method.inputs``); regions and captions always come.
 OPTIONAL_INPUTS = ("pixels", "deps", "boxes", "photos")
 
