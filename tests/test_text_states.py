@@ -39,9 +39,10 @@ def _train_loss(method, tx, hparams, state, batch) -> float:
 
 
 @needs_tower
-@pytest.mark.parametrize("method", ["vsepp", "sgraf", "mmca"])
+@pytest.mark.parametrize("method", ["vsepp", "sgraf"])
 def test_models_read_the_cached_vectors_as_if_they_ran_the_tower(tiny_data_dir, method):
-  # vsepp pools the tower's vectors; sgraf and mmca map each word (normalised or not).
+  # vsepp pools the tower's vectors (as PCME and DeFrag read them: tower_states); sgraf maps
+  # each word (TowerWords, as MMCA).
   config = minilm_config(method, tiny_data_dir, text_frozen=True)
   ds, m, tx, hparams, state = loop.setup(config)
   assert m.text_states == ("minilm", "float32")
@@ -56,6 +57,8 @@ def test_models_read_the_cached_vectors_as_if_they_ran_the_tower(tiny_data_dir, 
   moved = _encode(m, state, shuffled)
   assert max(float(np.abs(np.float32(a) - np.float32(b)).max())
              for a, b in zip(jax.tree.leaves(moved), jax.tree.leaves(ran))) > 1e-3
+  if method != "vsepp":
+    return    # the train step's choice of batch keys is the same for every method
   # The train step reads them too: same loss as running the tower, another with others.
   loss = lambda b: _train_loss(m, tx, hparams, state, b)
   np.testing.assert_allclose(loss(batch), loss({k: v for k, v in batch.items()

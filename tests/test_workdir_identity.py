@@ -251,3 +251,27 @@ def test_a_photo_folder_workdir_records_its_backbone(trained, data, tmp_path):
   assert json.load(open(tmp_path / "w" / "data.json"))["backbone"] == backbone
   identity.save(str(tmp_path / "w2"), datasets.open_dataset(c.data))    # synthetic: none
   assert "backbone" not in json.load(open(tmp_path / "w2" / "data.json"))
+
+
+def test_paths_are_stored_absolute_and_old_relative_ones_compare_resolved(tmp_path,
+                                                                          monkeypatch):
+  """config.json keeps data paths absolute (search and --mode=eval from any directory); a
+  workdir that stored a relative path still resumes from the directory it was trained in."""
+  from xmr_jax.common.errors import ConfigError
+  from xmr_jax.config_utils import base_config
+  from xmr_jax.training import config_check
+  monkeypatch.chdir(tmp_path)
+  c = base_config("vsepp")
+  c.data.dir, c.data.vocab_path, c.eval.shortlist = "data", "vocab.json", "own"
+  config_check.absolute_paths(c)
+  assert (c.data.dir, c.data.vocab_path) == (str(tmp_path / "data"), str(tmp_path / "vocab.json"))
+  assert c.eval.shortlist == "own" and c.data.word_embeddings == ""
+  workdir = tmp_path / "w"
+  workdir.mkdir()
+  stored = base_config("vsepp")
+  stored.data.vocab_path = "vocab.json"          # written before paths were made absolute
+  (workdir / "config.json").write_text(json.dumps(stored.to_dict()))
+  identity.check_config(c, str(workdir), "train")
+  c.data.vocab_path = str(tmp_path / "other.json")
+  with pytest.raises(ConfigError, match="data.vocab_path: stored"):
+    identity.check_config(c, str(workdir), "train")

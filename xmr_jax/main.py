@@ -105,6 +105,7 @@ def run(argv) -> None:
   else:
     # A --config.x=... the chosen path never reads is an error, not a silent no-op.
     config_check.check_overrides(config, config_flags.get_override_values(FLAGS["config"]))
+    config_check.absolute_paths(config)   # config.json then serves from any directory
   if FLAGS.mode == "train":
     training.train_and_evaluate(config, FLAGS.workdir, rebuild_tokenizer=FLAGS.rebuild_tokenizer)
   elif FLAGS.mode == "sweep":

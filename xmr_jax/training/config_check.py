@@ -99,6 +99,32 @@ def _check_rerank(settings) -> None:
                       f"first")
 
 
+# Paths a workdir's config.json keeps absolute, so search, --mode=eval, ensembles and resumes
+# find the data from any working directory (eval.shortlist's "own" is a word, not a path).
+ABSOLUTE_KEYS = ("data.dir", "data.vocab_path", "data.word_embeddings", "data.images.instances",
+                 "eval.shortlist")
+
+
+def absolute_path(key: str, value):
+  """``value`` of ``key`` made absolute when ``key`` is one of :data:`ABSOLUTE_KEYS` and it
+  is a relative path (empty, "own" and other keys' values are returned as they are)."""
+  if key in ABSOLUTE_KEYS and isinstance(value, str) and value and value != "own":
+    return os.path.abspath(value)
+  return value
+
+
+def absolute_paths(config) -> None:
+  """Rewrites the relative paths of :data:`ABSOLUTE_KEYS` in ``config`` (in place) against the
+  current directory."""
+  for key in ABSOLUTE_KEYS:
+    *parents, leaf = key.split(".")
+    node = config
+    for name in parents:
+      node = node.get(name) if node is not None else None
+    if node is not None and leaf in node:
+      node[leaf] = absolute_path(key, node[leaf])
+
+
 def check_config(config) -> None:
   """ConfigError naming the key for a non-finite or out-of-range value, a missing file, or
   an inconsistent two-stage ranking setting (``eval.rerank_k`` / ``eval.shortlist``)."""

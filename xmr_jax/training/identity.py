@@ -74,6 +74,10 @@ def check_config(config, workdir: str, mode: str) -> None:
   with open(path) as f:
     stored = _flatten(json.load(f))
   new = _flatten(_jsonable(config))
+  # Workdirs store absolute paths; one written before that compares as its cwd resolves it.
+  from xmr_jax.training.config_check import absolute_path
+  stored = {k: absolute_path(k, v) for k, v in stored.items()}
+  new = {k: absolute_path(k, v) for k, v in new.items()}
   fixed = FIXED + (FIXED_FOR_TRAINING if mode == "train" else ())
   diff = [f"{key}: stored {stored[key]!r}, new {new[key]!r}" for key in sorted(new)
           if key in stored and _matches(key, fixed) and stored[key] != new[key]]
