@@ -181,6 +181,45 @@ def test_backbone_lr_scale_zero_freezes_the_tower(photo_folder):
   del optax
 
 
+def test_backbone_frozen_epochs_hold_the_tower_then_start_a_fresh_adam():
+  """train.backbone_frozen_epochs: no update for the first n steps, then the updates of an
+  optimiser that had just been created (Adam's first step moves every weight by the learning
+  rate: +-lr for any gradient), not of one that saw n zero gradients."""
+  import ml_collections
+  from xmr_jax.common.errors import ConfigError
+  from xmr_jax.training import state as state_lib
+  t = ml_collections.ConfigDict(dict(optimizer="adam", grad_clip=0.0, weight_decay=0.0,
+                                     backbone_frozen_epochs=1.5))
+  steps = image_tower.frozen_steps(t, 2)
+  assert steps == {image_tower.TOWER_PATH: 3}
+  tx = state_lib.make_optimizer(t, pretrained=((image_tower.TOWER_PATH, 0.5),),
+                                frozen_steps=steps)
+  params = {"image_tower": {"net": {"w": np.zeros(2, np.float32)}}, "fc": np.zeros(2, np.float32)}
+  grads = {"image_tower": {"net": {"w": np.array([2.0, -0.1], np.float32)}},
+           "fc": np.array([2.0, -0.1], np.float32)}
+  opt = state_lib.with_learning_rate(tx.init(params), 0.1)
+  moved = []
+  for _ in range(5):
+    updates, opt = tx.update(grads, opt, params)
+    moved.append(np.asarray(updates["image_tower"]["net"]["w"]))
+    np.testing.assert_allclose(updates["fc"], [-0.1, 0.1], rtol=1e-4)   # the head: from step 0
+  for u in moved[:3]:
+    np.testing.assert_array_equal(u, 0.0)
+  np.testing.assert_allclose(moved[3], [-0.05, 0.05], rtol=1e-4)   # fresh Adam x scale 0.5
+  np.testing.assert_allclose(moved[4], [-0.05, 0.05], rtol=1e-4)
+  t.backbone_frozen_epochs = -1.0
+  with pytest.raises(ConfigError, match="backbone_frozen_epochs=-1.0 must be a finite number"):
+    image_tower.frozen_steps(t, 2)
+  # Read only with the backbone inside the model and trained.
+  from xmr_jax.config_utils import base_config
+  c = base_config("vsepp")
+  assert "train.backbone_frozen_epochs" in image_tower.unread(c)
+  c.model.image_input, c.train.backbone_lr_scale = "photos", 0.0
+  assert "train.backbone_frozen_epochs" in image_tower.unread(c)
+  c.train.backbone_lr_scale = 0.1
+  assert image_tower.unread(c) == {}
+
+
 class _TinyNet(nn.Module):
   """A one-convolution stand-in with the backbone's interface: a stride-32 conv to 1280
   channels, eval-mode BatchNorm, ReLU6."""

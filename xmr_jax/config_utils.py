@@ -209,6 +209,10 @@ def base_config(method: str) -> ml_collections.ConfigDict:
       max_to_keep=2,
       num_devices=0,           # devices of the data mesh; 0 = all visible devices
       backbone_lr_scale=1.0,   # model.image_input=photos: the backbone's lr / learning_rate
+      # model.image_input=photos: epochs the backbone stays at its ImageNet weights before it
+      # is fine-tuned (VSE++ trains the head on a fixed CNN, then fine-tunes it); 0 = from
+      # the first step.
+      backbone_frozen_epochs=0.0,
   ))
   c.eval = ml_collections.ConfigDict(dict(
       split="test",

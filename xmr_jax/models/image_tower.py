@@ -20,7 +20,7 @@ fine-tuning (fartashf/vsepp issue #30). The backbone computes in float32 whateve
 ``model.dtype`` says.
 """
 import dataclasses
-from typing import Any, Dict, FrozenSet, Mapping
+from typing import Any, Dict, FrozenSet, Mapping, Tuple
 
 import flax.linen as nn
 import jax
@@ -133,8 +133,23 @@ def with_tower(method, config, info: DataInfo):
 
 
 def unread(config) -> Dict[str, str]:
-  """``train.backbone_lr_scale`` unless the backbone runs in the model (photos)."""
+  """``train.backbone_lr_scale`` and ``train.backbone_frozen_epochs`` unless the backbone
+  runs in the model (photos); the latter also when the backbone never trains (scale 0)."""
   if uses_photos(config.model):
+    if config.train.get("backbone_lr_scale", 1.0) == 0:
+      return {"train.backbone_frozen_epochs": "train.backbone_lr_scale=0 keeps the backbone "
+                                              "frozen for the whole run"}
     return {}
-  return {"train.backbone_lr_scale": "model.image_input is not 'photos'; only a backbone "
-                                     "inside the model reads it"}
+  why = "model.image_input is not 'photos'; only a backbone inside the model reads it"
+  return {"train.backbone_lr_scale": why, "train.backbone_frozen_epochs": why}
+
+
+def frozen_steps(train_config, steps_per_epoch: int) -> Dict[Tuple[str, ...], int]:
+  """{TOWER_PATH: steps} the backbone stays frozen: ``train.backbone_frozen_epochs`` (default
+  0, a number >= 0, else ConfigError) in steps, for ``make_optimizer(frozen_steps=...)``."""
+  epochs = train_config.get("backbone_frozen_epochs", 0.0)
+  if isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or not 0 <= epochs \
+      or epochs == float("inf"):
+    raise ConfigError(f"config.train.backbone_frozen_epochs={epochs!r} must be a finite "
+                      f"number >= 0 (epochs before the backbone is fine-tuned)")
+  return {TOWER_PATH: int(round(epochs * steps_per_epoch))} if epochs else {}

@@ -29,6 +29,7 @@ from xmr_jax.common.errors import ConfigError
 from xmr_jax.common.io import atomic_write_json
 from xmr_jax.data import datasets
 from xmr_jax.evaluation import retrieval
+from xmr_jax.models import image_tower
 from xmr_jax.models.registry import get_method, method_inputs
 from xmr_jax.training import checkpoints, config_check, identity, state as state_lib, \
     step as step_lib
@@ -76,8 +77,10 @@ def setup(config, vocabularies=None):
     mesh_lib.primary_first(lambda: ds.use_text_states(*method.text_states), "text vectors")
   evaluation.check_evals(config.evals, method)
   evaluation.rerank.check(config.eval, method)
+  per_epoch = schedule(config, ds.num_train_images, ds.k)["steps_per_epoch"]
   tx = state_lib.make_optimizer(config.train, method.unclipped_params,
-                                pretrained=tuple((p, s) for p, _, s in method.pretrained))
+                                pretrained=tuple((p, s) for p, _, s in method.pretrained),
+                                frozen_steps=image_tower.frozen_steps(config.train, per_epoch))
   hparams = state_lib.hparams_from_config(config, method)
   sample = ds.sample_batch(config.train.batch_size)
   state = state_lib.init_state(method, sample, tx, config.seed)

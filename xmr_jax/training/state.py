@@ -5,7 +5,7 @@ checkpoints with orbax and vmaps over a sweep axis without wrappers. ``alive`` (
 False at the first non-finite step; the step then keeps the last finite state (step.py).
 """
 import functools
-from typing import Any, Dict, Mapping, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -31,16 +31,42 @@ def _path_labels(groups: Mapping[str, Tuple[Tuple[str, ...], ...]], outside: str
   return label
 
 
-def _scale_groups(pretrained) -> Dict[str, Tuple[float, Tuple[Tuple[str, ...], ...]]]:
-  """{label: (lr scale, paths)} of the pretrained subtrees whose scale is not 1, grouped by
-  scale in order of appearance: "tower", then "tower_1", ... (one tower keeps the label it
-  has always had, so its optimiser state's tree is unchanged)."""
-  by_scale: Dict[float, list] = {}
+def _scale_groups(pretrained, frozen_steps=None) -> Dict[str, Tuple[Tuple[float, int],
+                                                                    Tuple[Tuple[str, ...], ...]]]:
+  """{label: ((lr scale, frozen steps), paths)} of the pretrained subtrees whose scale is not
+  1 or that start frozen (``frozen_steps``: {path: steps}), grouped by both in order of
+  appearance: "tower", then "tower_1", ... (one tower keeps the label it has always had, so
+  its optimiser state's tree is unchanged)."""
+  frozen_steps = dict(frozen_steps or {})
+  by_key: Dict[Tuple[float, int], list] = {}
   for path, scale in pretrained:
-    if float(scale) != 1.0:
-      by_scale.setdefault(float(scale), []).append(tuple(path))
-  return {("tower" if i == 0 else f"tower_{i}"): (scale, tuple(paths))
-          for i, (scale, paths) in enumerate(by_scale.items())}
+    key = (float(scale), int(frozen_steps.get(tuple(path), 0)) if scale else 0)
+    if key != (1.0, 0):
+      by_key.setdefault(key, []).append(tuple(path))
+  return {("tower" if i == 0 else f"tower_{i}"): (key, tuple(paths))
+          for i, (key, paths) in enumerate(by_key.items())}
+
+
+def after_steps(inner: optax.GradientTransformation, start: int) -> optax.GradientTransformation:
+  """``inner`` from update number ``start`` on; zero updates before, with ``inner``'s state
+  left at its initial value (Adam's moments and count start fresh when the subtree starts
+  training, as when the official code adds the CNN's parameters to a new optimiser to
+  fine-tune). ``start`` <= 0: ``inner`` itself."""
+  if start <= 0:
+    return inner
+
+  def init(params):
+    return {"count": jnp.zeros([], jnp.int32), "inner": inner.init(params)}
+
+  def update(updates, state, params=None):
+    def run(_):
+      return inner.update(updates, state["inner"], params)
+
+    def hold(_):
+      return jax.tree.map(jnp.zeros_like, updates), state["inner"]
+    new, inner_state = jax.lax.cond(state["count"] >= start, run, hold, None)
+    return new, {"count": state["count"] + 1, "inner": inner_state}
+  return optax.GradientTransformation(init, update)
 
 
 def _base_optimizer(t) -> optax.GradientTransformation:
@@ -54,7 +80,8 @@ def _base_optimizer(t) -> optax.GradientTransformation:
 
 
 def make_optimizer(train_config, unclipped: Tuple[str, ...] = (), *,
-                   pretrained: Tuple[Tuple[Tuple[str, ...], float], ...] = ()
+                   pretrained: Tuple[Tuple[Tuple[str, ...], float], ...] = (),
+                   frozen_steps: Optional[Mapping[Tuple[str, ...], int]] = None
                    ) -> optax.GradientTransformation:
   """Global-norm clipping, optional L2 weight decay, then Adam or SGD with momentum.
 
@@ -70,10 +97,12 @@ def make_optimizer(train_config, unclipped: Tuple[str, ...] = (), *,
   ``optax.multi_transform`` (the optimiser's update, then ``optax.scale``); with scale 0
   (frozen) they get ``optax.set_to_zero`` (no optimiser state) and are left out of the
   clipping. Without ``pretrained`` (or with every scale 1) the chain is exactly the one above.
+  ``frozen_steps``: {pretrained path: n}: that tower is not updated for the first n steps
+  (:func:`after_steps`; ``train.backbone_frozen_epochs``), then trains with its scale.
   """
   t = train_config
-  groups = _scale_groups(pretrained)
-  tops = tuple(p[0] for scale, paths in groups.values() if scale == 0 for p in paths)
+  groups = _scale_groups(pretrained, frozen_steps)
+  tops = tuple(p[0] for (scale, _), paths in groups.values() if scale == 0 for p in paths)
   unclipped = tuple(unclipped) + tuple(k for k in tops if k not in unclipped)
   parts = []
   if t.grad_clip and t.grad_clip > 0:
@@ -88,9 +117,9 @@ def make_optimizer(train_config, unclipped: Tuple[str, ...] = (), *,
   base = _base_optimizer(t)
   if not groups:
     return optax.chain(*parts, base)
-  transforms = {label: (optax.set_to_zero() if scale == 0
-                        else optax.chain(_base_optimizer(t), optax.scale(scale)))
-                for label, (scale, _) in groups.items()}
+  transforms = {label: (optax.set_to_zero() if scale == 0 else after_steps(
+                            optax.chain(_base_optimizer(t), optax.scale(scale)), start))
+                for label, ((scale, start), _) in groups.items()}
   return optax.chain(*parts, optax.multi_transform(
       {"model": base, **transforms},
       _path_labels({label: paths for label, (_, paths) in groups.items()}, "model")))
