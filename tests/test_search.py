@@ -392,3 +392,24 @@ def test_two_stage_search_bad_input(tiny, scored, tmp_path, capsys):
                           str(tiny.root / "photos" / "p01.jpg"), "--shortlist", str(few.parent
                           / "small")), "does not hold the photos of")
   assert store.open_index(sgraf.idx).files == sgraf.index.files       # left as it was
+
+
+def test_faiss_export_ranks_as_query_and_refuses_what_it_cannot_serve(tiny, scored, tmp_path,
+                                                                     capsys):
+  faiss = pytest.importorskip("faiss", reason="pip install -e '.[faiss]'")
+  out = tmp_path / "photos.faiss"
+  run = _cli(capsys, "export-faiss", "--index", tiny.idx, "--out", str(out))
+  assert run.returncode == 0, run.stderr
+  index = store.open_index(tiny.idx)
+  assert json.loads(run.stdout) == {"rows": len(index.files), "out": str(out)}
+  flat = faiss.read_index(str(out))
+  # The same photos in the same order, with the same scores, as the query command's.
+  vector = model_lib.encode_texts(tiny.model, [QUERIES[0]])[index.identity["embedding"]]
+  scores, rows = flat.search(np.asarray(vector, np.float32), 4)
+  want = query.search_texts(tiny.model, index, [QUERIES[0]], 4, None)[0]
+  np.testing.assert_array_equal(rows[0], want.rows)
+  np.testing.assert_allclose(scores[0], want.scores, atol=1e-5)
+  saf = _cli(capsys, "export-faiss", "--index", scored["sgraf"].idx, "--out",
+             str(tmp_path / "saf.faiss"))
+  assert saf.returncode == 2 and "score is not a dot product" in saf.stderr
+  assert not (tmp_path / "saf.faiss").exists()

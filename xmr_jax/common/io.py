@@ -2,7 +2,7 @@
 import json
 import os
 import tempfile
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -32,21 +32,28 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
     raise
 
 
-def atomic_save_npy(path: str, array: np.ndarray) -> None:
-  """``np.save(path, array)`` through a temporary file in the same directory + rename (as
-  :func:`atomic_write_bytes`, without holding a second copy of a large array in memory)."""
+def atomic_write_with(path: str, write: Callable[[str], None], suffix: str = "") -> None:
+  """``write(tmp)`` fills a temporary file in ``path``'s directory, which is then renamed to
+  ``path`` (as :func:`atomic_write_bytes`, for writers that take a file name: numpy, FAISS);
+  the temporary file is removed on any error. Creates the parent directory."""
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npy")
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=suffix)
+  os.close(fd)
   try:
-    with os.fdopen(fd, "wb") as f:
-      np.save(f, array, allow_pickle=False)
+    write(tmp)
     os.chmod(tmp, 0o666 & ~_umask())
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
+
+
+def atomic_save_npy(path: str, array: np.ndarray) -> None:
+  """``np.save(path, array)`` atomically (:func:`atomic_write_with`), without holding a
+  second copy of a large array in memory."""
+  atomic_write_with(path, lambda tmp: np.save(tmp, array, allow_pickle=False), ".npy")
 
 
 def _umask() -> int:

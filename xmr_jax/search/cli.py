@@ -6,6 +6,7 @@
   python -m xmr_jax.search query --index IDX "a man riding a wave" [--k 10] \\
       [--queries FILE] [--image PHOTO] [--json] [--html OUT.html] [--workdir W] \
       [--shortlist own|IDX2 [--rerank-k 128]]
+  python -m xmr_jax.search export-faiss --index IDX --out FILE.faiss [--side images|captions]
 
 Bad input (a missing or half-written index, an index another model made, an empty query, an
 unreadable photo, ...) is one line on stderr, ``xmr_jax: error: ...``, and exit status 2.
@@ -61,7 +62,19 @@ def _parser() -> argparse.ArgumentParser:
                  "method then scores only each query's --rerank-k best by it")
   q.add_argument("--rerank-k", type=int, default=None,
                  help=f"with --shortlist: how many to score exactly (default {RERANK_K})")
+  f = sub.add_parser("export-faiss", help="write an index's embedding matrix as a FAISS index")
+  f.add_argument("--index", required=True, help="index folder made by `index`")
+  f.add_argument("--out", required=True, help="the FAISS index file to write")
+  f.add_argument("--side", choices=["images", "captions"], default="images",
+                 help="which rows (default images)")
   return p
+
+
+def _export(a) -> int:
+  from xmr_jax.search import faiss_export
+  rows = faiss_export.export(a.index, a.out, a.side)
+  print(json.dumps({"rows": rows, "out": a.out}))
+  return 0
 
 
 def _index(a) -> int:
@@ -167,7 +180,7 @@ def main(argv: Optional[List[str]] = None) -> int:
   try:
     a = _parser().parse_args(argv)
     io.enable_compilation_cache()
-    return _index(a) if a.command == "index" else _query(a)
+    return {"index": _index, "query": _query, "export-faiss": _export}[a.command](a)
   except InputError as e:
     print(f"xmr_jax: error: {e}", file=sys.stderr, flush=True)
     return 2
