@@ -40,6 +40,11 @@ class TrainingDivergedError(RuntimeError):
   """The loss became NaN/Inf in a single run; the checkpoints already saved are intact."""
 
 
+def steps_per_epoch(config, num_train_images: int, captions_per_image: int) -> int:
+  """k * (N // B): one pass over every training caption (:func:`schedule`); 0 when B > N."""
+  return captions_per_image * (num_train_images // max(int(config.train.batch_size), 1))
+
+
 def schedule(config, num_train_images: int, captions_per_image: int) -> Dict[str, int]:
   """Epochs -> steps: ``{steps_per_epoch, total_steps, decay_steps}``.
 
@@ -51,7 +56,7 @@ def schedule(config, num_train_images: int, captions_per_image: int) -> Dict[str
   bs = config.train.batch_size
   if num_train_images < bs:
     raise ConfigError(f"train.batch_size={bs} exceeds the {num_train_images} training images")
-  per_epoch = captions_per_image * (num_train_images // bs)
+  per_epoch = steps_per_epoch(config, num_train_images, captions_per_image)
   total = (config.train.num_steps if config.train.num_steps > 0
            else round(per_epoch * config.train.num_epochs))
   return {"steps_per_epoch": per_epoch, "total_steps": int(total),
@@ -77,7 +82,8 @@ def setup(config, vocabularies=None):
     mesh_lib.primary_first(lambda: ds.use_text_states(*method.text_states), "text vectors")
   evaluation.check_evals(config.evals, method)
   evaluation.rerank.check(config.eval, method)
-  per_epoch = schedule(config, ds.num_train_images, ds.k)["steps_per_epoch"]
+  # (A batch larger than the split is refused later, with the data's own message.)
+  per_epoch = steps_per_epoch(config, ds.num_train_images, ds.k)
   tx = state_lib.make_optimizer(config.train, method.unclipped_params,
                                 pretrained=tuple((p, s) for p, _, s in method.pretrained),
                                 frozen_steps=image_tower.frozen_steps(config.train, per_epoch))
