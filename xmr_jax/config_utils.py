@@ -213,9 +213,6 @@ def base_config(method: str) -> ml_collections.ConfigDict:
       # is fine-tuned (VSE++ trains the head on a fixed CNN, then fine-tunes it); 0 = from
       # the first step.
       backbone_frozen_epochs=0.0,
-      # model.image_input=photos: recompute the backbone's activations in the backward pass
-      # instead of keeping them (jax.checkpoint): less memory for about one more forward.
-      backbone_remat=False,
   ))
   c.eval = ml_collections.ConfigDict(dict(
       split="test",

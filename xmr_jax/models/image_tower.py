@@ -55,13 +55,8 @@ def inputs(model_config) -> FrozenSet[str]:
 class PhotoTower(nn.Module):
   """A backbone of ``xmr_jax.backbones.registry`` as a trainable image tower: (B, S, S, 3)
   uint8 photos -> (B, ceil(S/32)^2, feature_dim) float32, the row-major grid of its feature
-  map (the extractor's ``features``), BatchNorm in eval mode. ``remat``
-  (``train.backbone_remat``): the backbone's activations are not kept for the backward pass
-  but recomputed from the photos (``nn.remat``, i.e. ``jax.checkpoint``): the same values and
-  gradients for about one more forward pass, and the backward pass no longer holds every
-  layer's activations of the batch."""
+  map (the extractor's ``features``), BatchNorm in eval mode."""
   backbone: str
-  remat: bool = False
 
   def setup(self):
     from xmr_jax.backbones import registry
@@ -70,10 +65,7 @@ class PhotoTower(nn.Module):
 
   def __call__(self, photos: jax.Array) -> jax.Array:
     x = self.entry.normalise_pixels(photos.astype(jnp.float32))
-    if self.remat:
-      fmap = nn.remat(lambda net, images: net.feature_map(images))(self.net, x)
-    else:
-      fmap = self.net.feature_map(x)
+    fmap = self.net.feature_map(x)
     return fmap.reshape(fmap.shape[0], -1, fmap.shape[-1])
 
 
@@ -131,10 +123,7 @@ def with_tower(method, config, info: DataInfo):
     return method
   _check_data(info)
   scale = backbone_lr_scale(config.train)
-  remat = config.train.get("backbone_remat", False)
-  if not isinstance(remat, bool):
-    raise ConfigError(f"config.train.backbone_remat={remat!r} must be true or false")
-  fields = {"image_tower": PhotoTower(info.backbone, remat=remat), "image_frozen": scale == 0}
+  fields = {"image_tower": PhotoTower(info.backbone), "image_frozen": scale == 0}
   for_mesh = method.for_mesh
   if for_mesh is not None:
     for_mesh = lambda axis, f=for_mesh: f(axis).clone(**fields)
@@ -148,13 +137,11 @@ def unread(config) -> Dict[str, str]:
   runs in the model (photos); the latter also when the backbone never trains (scale 0)."""
   if uses_photos(config.model):
     if config.train.get("backbone_lr_scale", 1.0) == 0:
-      frozen = "train.backbone_lr_scale=0 keeps the backbone frozen for the whole run"
-      return {"train.backbone_frozen_epochs": frozen,
-              "train.backbone_remat": frozen + " (no backward pass through it)"}
+      return {"train.backbone_frozen_epochs": "train.backbone_lr_scale=0 keeps the backbone "
+                                              "frozen for the whole run"}
     return {}
   why = "model.image_input is not 'photos'; only a backbone inside the model reads it"
-  return {k: why for k in ("train.backbone_lr_scale", "train.backbone_frozen_epochs",
-                           "train.backbone_remat")}
+  return {"train.backbone_lr_scale": why, "train.backbone_frozen_epochs": why}
 
 
 def frozen_steps(train_config, steps_per_epoch: int) -> Dict[Tuple[str, ...], int]:
