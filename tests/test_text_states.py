@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from test_text_towers import minilm_config, needs_tower
-from xmr_jax.backbones import text_towers
 from xmr_jax.common import mesh as mesh_lib
 from xmr_jax.common.errors import ConfigError
 from xmr_jax.data import text_states
@@ -82,7 +81,7 @@ def test_vectors_equal_the_tower_after_the_cut_and_are_stored_once(tiny_data_dir
 
   def fail(*args, **kwargs):
     raise AssertionError("the stored vectors were computed again")
-  monkeypatch.setattr(text_towers, "token_states", fail)
+  monkeypatch.setattr(text_states, "token_states", fail)
   ds.use_text_states("minilm", "float32")    # read back from the cache folder
   again = ds.eval_data("test", 4).text_batches().__next__()
   np.testing.assert_array_equal(again["text_states"], batch["text_states"])

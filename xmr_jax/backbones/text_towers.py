@@ -23,8 +23,6 @@ from typing import Any, Callable, Dict, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from tqdm.auto import tqdm
 
 from xmr_jax.backbones import e5, minilm
 from xmr_jax.backbones.bert import TextBackboneEntry
@@ -65,49 +63,13 @@ def text_tower(name: str) -> TextTower:
   return TEXT_TOWERS[name]
 
 
-# Rows of one forward pass of token_states and the multiple its padded length rounds up to (a
-# few compiled shapes, little padding: rows are taken in length order).
-STATES_BATCH, STATES_PAD = 64, 8
-
-
 @functools.lru_cache(maxsize=4)
-def _states_fn(name: str, dtype: Optional[str]):
-  net = text_tower(name).network(dtype=None if dtype in (None, "float32") else jnp.bfloat16)
-  return jax.jit(lambda params, ids, mask: net.apply({"params": params}, ids, mask))
-
-
-def token_states(name: str, flat: np.ndarray, offsets: np.ndarray, *, dtype: str = "float32",
-                 progress: bool = True) -> np.ndarray:
-  """The frozen tower ``name``'s contextual vector of every token of ragged id rows.
-
-  Args:
-    name: a key of :data:`TEXT_TOWERS`.
-    flat: (T,) int ids of the tower's tokenizer, every caption's ids concatenated.
-    offsets: (N + 1,) int64, caption i is ``flat[offsets[i]:offsets[i + 1]]``.
-    dtype: ``model.dtype`` the tower computes in ("float32" | "bfloat16"), as in the model.
-    progress: show a tqdm bar.
-
-  Returns:
-    (T, D) float32, row t the tower's output at token t with its caption as context (eval
-    mode, the pretrained weights; the same as running the tower on a padded batch: padding
-    is masked out of attention). Captions run in length order, :data:`STATES_BATCH` at a
-    time, padded to a multiple of :data:`STATES_PAD`.
-  """
+def states_fn(name: str, dtype: Optional[str] = "float32") -> Callable[..., jax.Array]:
+  """The frozen tower ``name`` as one jitted function ``(ids (B, L) int32, mask (B, L) bool)
+  -> (B, L, dim) float32`` of its pretrained weights (eval mode) computed in ``dtype``
+  (``model.dtype``: "float32" | "bfloat16", as in the model); cached per process."""
   tower = text_tower(name)
+  net = tower.network(dtype=None if dtype in (None, "float32") else jnp.bfloat16)
   params = jax.tree.map(jnp.asarray, tower.load_params())
-  fn = _states_fn(name, dtype)
-  offsets = np.asarray(offsets, np.int64)
-  lengths = np.diff(offsets)
-  out = np.zeros((len(flat), tower.entry.dim), np.float32)
-  order = np.argsort(lengths, kind="stable")
-  starts = range(0, len(order), STATES_BATCH)
-  for start in tqdm(starts, desc=f"{name} token vectors", disable=not progress, leave=False):
-    rows = order[start:start + STATES_BATCH]
-    width = max(STATES_PAD, -(-int(lengths[rows].max()) // STATES_PAD) * STATES_PAD)
-    positions = np.arange(width)
-    mask = positions[None, :] < lengths[rows, None]
-    index = np.where(mask, offsets[rows, None] + positions[None, :], 0)
-    ids = np.where(mask, np.asarray(flat)[index], 0).astype(np.int32)
-    hidden = np.asarray(fn(params, ids, mask))
-    out[index[mask]] = hidden[mask]
-  return out
+  apply = jax.jit(lambda p, ids, mask: net.apply({"params": p}, ids, mask))
+  return lambda ids, mask: apply(params, ids, mask)

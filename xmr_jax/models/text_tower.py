@@ -118,6 +118,12 @@ def pooled(hidden: jax.Array, token_mask: jax.Array) -> jax.Array:
   return jnp.sum(hidden * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)
 
 
+def is_frozen(model_config) -> bool:
+  """The tower never trains: ``model.text_frozen`` or ``model.text_lr_scale=0``."""
+  return bool(model_config.get("text_frozen", False)) or model_config.get("text_lr_scale",
+                                                                           1.0) == 0
+
+
 def with_tower(method, model_config):
   """``method`` with the seam's :class:`~xmr_jax.models.registry.Method` fields added
   (``pretrained``: (path, tower name, lr scale; 0 when frozen); ``text_states``: (tower name,
@@ -129,7 +135,7 @@ def with_tower(method, model_config):
   if scale < 0:
     raise ConfigError(f"config.model.text_lr_scale={scale} must be >= 0 (0 freezes the "
                       f"tower's weights, as model.text_frozen)")
-  frozen = bool(model_config.get("text_frozen", False)) or scale == 0
+  frozen = is_frozen(model_config)
   name = text_encoder(model_config)
   entry = (TOWER_PATH, name, 0.0 if frozen else scale)
   states = None
@@ -147,7 +153,7 @@ def unread(model_config, gru_only: Dict[str, str]) -> Dict[str, str]:
     return {k: "model.text_encoder='gru'; only a pretrained text tower reads it"
             for k in TOWER_KEYS}
   out = {k: f"model.text_encoder={name!r} replaces {what}" for k, what in gru_only.items()}
-  if not (model_config.get("text_frozen", False) or model_config.get("text_lr_scale", 1) == 0):
+  if not is_frozen(model_config):
     out["text_cache"] = ("the tower is fine-tuned (model.text_frozen=false), so its token "
                          "vectors change every step and cannot be computed once")
   return out
