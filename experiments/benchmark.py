@@ -62,6 +62,7 @@ from ml_collections import config_flags
 from xmr_jax.common import mesh as mesh_lib
 from xmr_jax.common.hardware import cpu_bf16_flags
 from xmr_jax.evaluation import engine
+from xmr_jax.models.precision import read_dtype
 from xmr_jax.training import loop, state as state_lib, step as step_lib
 
 FLAGS = flags.FLAGS
@@ -563,7 +564,7 @@ def main(argv):
     return
   ds, method, tx, hparams, state = loop.setup(config)
   result.update(config=config.to_dict(), method=method.name,
-                model_dtype=config.model.get("dtype", "float32"))
+                model_dtype=read_dtype(config.model))   # "auto" as it resolved here
   # Evaluation first: the train step donates (consumes) the state buffers.
   result["eval"] = bench_eval(config, ds, method, state, FLAGS.n_images)
   result["train"] = bench_train(config, ds, method, tx, hparams, state, FLAGS.steps)

@@ -4,6 +4,10 @@ import os
 import pytest
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# model.dtype=auto means bfloat16 on a CPU with avx512_bf16 / amx_bf16: the suite's reference
+# comparisons are float32, so it pins "auto" to float32 on every machine (and in every process
+# it starts); the bfloat16 paths have their own tests.
+os.environ.setdefault("XMR_JAX_AUTO_DTYPE", "float32")
 
 # One persistent XLA compilation cache for the test session, inherited by every process the
 # tests start (CLI runs, resume after SIGKILL/SIGTERM, the multi-process and 8-device runs,

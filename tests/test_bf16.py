@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from xmr_jax.common import mesh as mesh_lib
+from xmr_jax.common import hardware, mesh as mesh_lib
 from xmr_jax.common.errors import ConfigError
+from xmr_jax.models import precision
 from xmr_jax.models.registry import get_method
 from xmr_jax.training import config_check, loop, step as step_lib
 from xmr_jax.training import state as state_lib
@@ -125,7 +126,7 @@ def test_dtype_is_read_by_every_method():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     c = mod.get_config("runlocal")
-    assert c.model.dtype == "float32"
+    assert c.model.dtype == "auto"
     config_check.check_overrides(c, {"model.dtype": "bfloat16"})   # not reported unused
 
 
@@ -143,3 +144,50 @@ def test_vsepp_runlocal_bfloat16_reaches_float32_rsum(tmp_path):
     config.model.dtype = dtype
     rsum[dtype] = loop.train_and_evaluate(config, str(tmp_path / dtype))["rsum"]
   assert abs(rsum["bfloat16"] - rsum["float32"]) < 3.0, rsum
+
+
+class _Gpu:
+  platform = "gpu"
+  device_kind = "NVIDIA test"
+
+  def __init__(self, capability):
+    self.compute_capability = capability
+
+
+@pytest.mark.parametrize("backend,device,flags,want", [
+    ("tpu", object(), None, "bfloat16"),
+    ("gpu", _Gpu("9.0"), None, "bfloat16"),          # H100 / H200
+    ("gpu", _Gpu("8.0"), None, "bfloat16"),          # A100
+    ("gpu", _Gpu("7.0"), None, "float32"),           # V100: no bfloat16 tensor cores
+    ("gpu", _Gpu(None), None, "float32"),            # unknown: no claim
+    ("cpu", object(), {"avx512_bf16": True, "amx_bf16": False}, "bfloat16"),
+    ("cpu", object(), {"avx512_bf16": False, "amx_bf16": True}, "bfloat16"),
+    ("cpu", object(), {"avx512_bf16": False, "amx_bf16": False, "avx512f": True}, "float32"),
+    ("cpu", object(), {"avx512_bf16": None, "amx_bf16": None}, "float32"),   # no cpuinfo
+])
+def test_auto_dtype_is_bfloat16_only_with_bfloat16_units(monkeypatch, backend, device, flags,
+                                                        want):
+  monkeypatch.delenv(hardware.AUTO_DTYPE_ENV, raising=False)
+  dtype, reason = hardware.auto_dtype(backend, device, flags)
+  assert dtype == want and reason
+
+
+def test_auto_dtype_env_override_and_its_bad_value(monkeypatch):
+  monkeypatch.setenv(hardware.AUTO_DTYPE_ENV, "bfloat16")
+  assert hardware.auto_dtype("cpu", object(), {"avx512_bf16": False})[0] == "bfloat16"
+  monkeypatch.setenv(hardware.AUTO_DTYPE_ENV, "fp16")
+  with pytest.raises(ValueError, match="XMR_JAX_AUTO_DTYPE='fp16'.*float32 or bfloat16"):
+    hardware.auto_dtype("cpu", object(), {})
+
+
+def test_resolve_auto_writes_the_concrete_dtype_and_says_why(tiny_data_dir, monkeypatch):
+  monkeypatch.setenv(hardware.AUTO_DTYPE_ENV, "bfloat16")
+  config = tiny_config("vsepp", tiny_data_dir, dtype="auto")
+  assert precision.read_dtype(config.model) == "bfloat16"
+  line = precision.resolve_auto(config)
+  assert config.model.dtype == "bfloat16"
+  assert "model.dtype=auto -> bfloat16" in line and hardware.AUTO_DTYPE_ENV in line
+  assert precision.resolve_auto(config) is None and config.model.dtype == "bfloat16"
+  config.model.dtype = "float16"
+  with pytest.raises(ConfigError, match="config.model.dtype='float16'"):
+    precision.resolve_auto(config)

@@ -251,6 +251,13 @@ def cli_workdir(tiny_data_dir, tmp_path_factory):
   return w, flags
 
 
+def test_cli_records_the_dtype_auto_chose(cli_workdir):
+  """The preset's model.dtype=auto lands in config.json as the dtype that ran (conftest pins
+  auto to float32 on every machine)."""
+  w, _ = cli_workdir
+  assert json.load(open(os.path.join(w, "config.json")))["model"]["dtype"] == "float32"
+
+
 def test_cli_two_stage_with_its_own_score_equals_exact(cli_workdir):
   w, flags = cli_workdir
   exact = json.load(open(os.path.join(w, "eval", "results.json")))

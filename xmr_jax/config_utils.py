@@ -162,9 +162,11 @@ def text_tower(c: ml_collections.ConfigDict, name: str) -> ml_collections.Config
 def _model_defaults() -> ml_collections.ConfigDict:
   """The ``model`` keys every method has: compute dtype, text tower, image input."""
   m = ml_collections.ConfigDict()
-  # Compute dtype of the matmuls / einsums / convs (xmr_jax/models/precision.py): "float32" |
-  # "bfloat16" (bfloat16 operands, float32 accumulation; params, losses and scores float32).
-  m.dtype = "float32"
+  # Compute dtype of the matmuls / einsums / convs (xmr_jax/models/precision.py): "auto" |
+  # "float32" | "bfloat16" (bfloat16 operands, float32 accumulation; params, losses and
+  # scores float32). "auto": bfloat16 only on hardware with bfloat16 units (TPU, NVIDIA
+  # compute capability >= 8, CPUs with avx512_bf16 / amx_bf16); the CLI records the choice.
+  m.dtype = "auto"
   # The text tower (xmr_jax/models/text_tower.py): "gru" (each method's own encoder, trained
   # from scratch) | "minilm" (pretrained all-MiniLM-L6-v2; needs data.tokenizer=wordpiece and
   # the text extra) | "e5_small" (pretrained multilingual-e5-small; needs
@@ -213,6 +215,10 @@ def base_config(method: str) -> ml_collections.ConfigDict:
       # is fine-tuned (VSE++ trains the head on a fixed CNN, then fine-tunes it); 0 = from
       # the first step.
       backbone_frozen_epochs=0.0,
+      # model.image_input=photos: recompute each backbone block's activations in the
+      # backward pass instead of keeping them (nn.remat per MBConv block): less memory for
+      # about one more forward pass of the backbone.
+      backbone_remat=False,
   ))
   c.eval = ml_collections.ConfigDict(dict(
       split="test",

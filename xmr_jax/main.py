@@ -106,6 +106,11 @@ def run(argv) -> None:
     # A --config.x=... the chosen path never reads is an error, not a silent no-op.
     config_check.check_overrides(config, config_flags.get_override_values(FLAGS["config"]))
     config_check.absolute_paths(config)   # config.json then serves from any directory
+    # "auto" becomes the dtype it means on this hardware, so config.json records what ran
+    # and a resume elsewhere keeps it.
+    chosen = config_check.resolve_auto(config)
+    if chosen:
+      print(chosen, file=sys.stderr, flush=True)
   if FLAGS.mode == "train":
     training.train_and_evaluate(config, FLAGS.workdir, rebuild_tokenizer=FLAGS.rebuild_tokenizer)
   elif FLAGS.mode == "sweep":

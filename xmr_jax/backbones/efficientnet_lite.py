@@ -160,6 +160,10 @@ class DepthwiseConv(nn.Module):
     return out
 
 
+def _conv_kwargs(conv) -> Dict[str, Any]:
+  return {} if conv is None else {"conv_general_dilated": conv}
+
+
 def _batch_norm(name: Optional[str] = None) -> nn.BatchNorm:
   # Eval mode only; epsilon from the Lite builder (batch_norm_epsilon=1e-3). Modules made in
   # ``setup`` take their attribute's name, so ``name`` is only given inside compact methods.
@@ -179,18 +183,20 @@ class MBConv(nn.Module):
   c_in: int
   c_out: int
   tf_same: bool = True
+  conv: Any = None         # EfficientNetLite.conv
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     """x: (B, H, W, c_in) float32 -> (B, H', W', c_out) float32."""
     mid = self.c_in * self.expand
     h = x
+    kw = _conv_kwargs(self.conv)
     if self.expand != 1:
-      h = nn.Conv(mid, (1, 1), use_bias=False, name="expand_conv")(h)
+      h = nn.Conv(mid, (1, 1), use_bias=False, name="expand_conv", **kw)(h)
       h = jax.nn.relu6(_batch_norm("bn0")(h))
     h = DepthwiseConv(self.kernel, self.stride, self.tf_same, name="depthwise_conv")(h)
     h = jax.nn.relu6(_batch_norm("bn1")(h))
-    h = nn.Conv(self.c_out, (1, 1), use_bias=False, name="project_conv")(h)
+    h = nn.Conv(self.c_out, (1, 1), use_bias=False, name="project_conv", **kw)(h)
     h = _batch_norm("bn2")(h)
     if self.stride == 1 and self.c_in == self.c_out:
       h = h + x
@@ -199,18 +205,29 @@ class MBConv(nn.Module):
 
 class EfficientNetLite(nn.Module):
   """EfficientNet-Lite (eval mode), Lite0 by default; ``width``/``depth`` give Lite1/2
-  (:func:`block_configs`). ``tf_same=False`` pads symmetrically (for comparison)."""
+  (:func:`block_configs`). ``tf_same=False`` pads symmetrically (for comparison).
+
+  ``conv``: the ``conv_general_dilated`` of the stem, head and 1x1 convolutions (None: Flax's
+  float32 default; the image tower passes a bfloat16-operand, float32-accumulating one for
+  ``model.dtype=bfloat16``). ``remat``: each MBConv block under ``nn.remat``
+  (``jax.checkpoint``): its inner activations are recomputed in the backward pass, so the
+  pass keeps only the blocks' inputs; the parameter tree is unchanged.
+  """
   tf_same: bool = True
   width: float = 1.0
   depth: float = 1.0
+  conv: Any = None
+  remat: bool = False
 
   def setup(self):
+    kw = _conv_kwargs(self.conv)
     self.conv_stem = nn.Conv(STEM, (3, 3), (2, 2), padding=_padding(3, self.tf_same),
-                             use_bias=False)
+                             use_bias=False, **kw)
     self.bn0 = _batch_norm()
-    self.blocks = [MBConv(*cfg, tf_same=self.tf_same)
+    block = nn.remat(MBConv) if self.remat else MBConv
+    self.blocks = [block(*cfg, tf_same=self.tf_same, conv=self.conv)
                    for cfg in block_configs(self.width, self.depth)]
-    self.conv_head = nn.Conv(FEATURES, (1, 1), use_bias=False)
+    self.conv_head = nn.Conv(FEATURES, (1, 1), use_bias=False, **kw)
     self.bn1 = _batch_norm()
     self.fc = nn.Dense(NUM_CLASSES)
 

@@ -110,10 +110,12 @@ class Backbone:
     entry's normalisation policy (inception: ``x / 255 * 2 - 1``)."""
     return preprocessing.NORMALISE[self.normalise](pixels)
 
-  def flax_network(self) -> Any:
+  def flax_network(self, **options) -> Any:
     """The Flax module whose ``feature_map(images)`` gives (B, h, w, feature_dim) (eval-mode
-    BatchNorm: its statistics are read, never updated)."""
-    return NETWORKS[self.network].EfficientNetLite(width=self.width, depth=self.depth)
+    BatchNorm: its statistics are read, never updated); ``options`` are the network's own
+    fields (EfficientNetLite: ``conv``, ``remat``)."""
+    return NETWORKS[self.network].EfficientNetLite(width=self.width, depth=self.depth,
+                                                   **options)
 
   def feature_variables(self, cache_dir=None) -> Dict[str, Any]:
     """:meth:`load_weights` without the ImageNet classifier (``fc``), which features never

@@ -16,8 +16,12 @@ statistics in at initialisation (``Method.pretrained``) and the optimiser update
 with ``train.backbone_lr_scale`` times the learning rate (``optax.multi_transform``; 0 keeps
 them fixed and stops their gradient). BatchNorm always runs in eval mode with the ImageNet
 statistics (never updated): training-mode statistics over small batches are a known trap of
-fine-tuning (fartashf/vsepp issue #30). The backbone computes in float32 whatever
-``model.dtype`` says.
+fine-tuning (fartashf/vsepp issue #30). With ``model.dtype=bfloat16`` the backbone's dense
+convolutions (stem, 1x1 expansions and projections, head) take bfloat16 operands and
+accumulate in float32, like every other product of the model; its depthwise convolutions
+(elementwise products, memory-bound), BatchNorm and activations stay float32.
+``train.backbone_remat`` recomputes each block's activations in the backward pass
+(``nn.remat`` per MBConv block) instead of keeping them.
 """
 import dataclasses
 from typing import Any, Dict, FrozenSet, Mapping, Tuple
@@ -27,6 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from xmr_jax.common.errors import ConfigError
+from xmr_jax.models.precision import conv_kwargs, read_dtype
 from xmr_jax.types import DataInfo
 
 IMAGE_INPUTS = ("regions", "photos", "pixels")   # pixels: the methods with a pixel encoder
@@ -55,13 +60,17 @@ def inputs(model_config) -> FrozenSet[str]:
 class PhotoTower(nn.Module):
   """A backbone of ``xmr_jax.backbones.registry`` as a trainable image tower: (B, S, S, 3)
   uint8 photos -> (B, ceil(S/32)^2, feature_dim) float32, the row-major grid of its feature
-  map (the extractor's ``features``), BatchNorm in eval mode."""
+  map (the extractor's ``features``), BatchNorm in eval mode. ``dtype``: ``model.dtype``
+  (concrete); ``remat``: ``train.backbone_remat``."""
   backbone: str
+  dtype: str = "float32"
+  remat: bool = False
 
   def setup(self):
     from xmr_jax.backbones import registry
     self.entry = registry.get(self.backbone)
-    self.net = self.entry.flax_network()
+    conv = conv_kwargs(self.dtype).get("conv_general_dilated")   # None for float32
+    self.net = self.entry.flax_network(conv=conv, remat=self.remat)
 
   def __call__(self, photos: jax.Array) -> jax.Array:
     x = self.entry.normalise_pixels(photos.astype(jnp.float32))
@@ -123,7 +132,11 @@ def with_tower(method, config, info: DataInfo):
     return method
   _check_data(info)
   scale = backbone_lr_scale(config.train)
-  fields = {"image_tower": PhotoTower(info.backbone), "image_frozen": scale == 0}
+  remat = config.train.get("backbone_remat", False)
+  if not isinstance(remat, bool):
+    raise ConfigError(f"config.train.backbone_remat={remat!r} must be true or false")
+  tower = PhotoTower(info.backbone, dtype=read_dtype(config.model), remat=remat)
+  fields = {"image_tower": tower, "image_frozen": scale == 0}
   for_mesh = method.for_mesh
   if for_mesh is not None:
     for_mesh = lambda axis, f=for_mesh: f(axis).clone(**fields)
@@ -133,15 +146,18 @@ def with_tower(method, config, info: DataInfo):
 
 
 def unread(config) -> Dict[str, str]:
-  """``train.backbone_lr_scale`` and ``train.backbone_frozen_epochs`` unless the backbone
-  runs in the model (photos); the latter also when the backbone never trains (scale 0)."""
+  """``train.backbone_lr_scale``, ``train.backbone_frozen_epochs`` and
+  ``train.backbone_remat`` unless the backbone runs in the model (photos); the latter two
+  also when the backbone never trains (scale 0)."""
   if uses_photos(config.model):
     if config.train.get("backbone_lr_scale", 1.0) == 0:
-      return {"train.backbone_frozen_epochs": "train.backbone_lr_scale=0 keeps the backbone "
-                                              "frozen for the whole run"}
+      frozen = "train.backbone_lr_scale=0 keeps the backbone frozen for the whole run"
+      return {"train.backbone_frozen_epochs": frozen,
+              "train.backbone_remat": frozen + " (no backward pass through it)"}
     return {}
   why = "model.image_input is not 'photos'; only a backbone inside the model reads it"
-  return {"train.backbone_lr_scale": why, "train.backbone_frozen_epochs": why}
+  return {k: why for k in ("train.backbone_lr_scale", "train.backbone_frozen_epochs",
+                           "train.backbone_remat")}
 
 
 def frozen_steps(train_config, steps_per_epoch: int) -> Dict[Tuple[str, ...], int]:

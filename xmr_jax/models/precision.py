@@ -1,4 +1,8 @@
-"""Mixed precision for every method: ``config.model.dtype`` ("float32" | "bfloat16").
+"""Mixed precision for every method: ``config.model.dtype`` ("auto" | "float32" | "bfloat16").
+
+"auto" (the default) is bfloat16 where the hardware has bfloat16 units and float32 elsewhere
+(``xmr_jax.common.hardware.auto_dtype``); the CLI resolves it once, prints the choice and
+records the concrete dtype in the workdir's ``config.json`` (``resolve_auto``).
 
 With "bfloat16" the operands of every matmul, einsum and convolution of a model are rounded
 to bfloat16 and the products accumulate in float32 (``preferred_element_type``); parameters
@@ -9,22 +13,43 @@ to a model without the setting. Kernels take the operand dtype as ``dtype=`` (No
 ``dot_general`` / ``conv_general_dilated`` from ``dense_kwargs`` / ``conv_kwargs``.
 """
 import functools
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import flax.linen as nn
 
 from xmr_jax.common.errors import ConfigError
+from xmr_jax.common.hardware import auto_dtype
 from xmr_jax.kernels.common import DTYPES, compute_dtype, mixed_conv, mixed_dot_general
 
 
 def read_dtype(model_config) -> str:
-  """``config.model.dtype`` (default "float32"), checked: ConfigError naming the key and the
-  choices for anything but "float32" or "bfloat16". Every ``build_method`` reads it."""
-  name = model_config.get("dtype", "float32")
+  """``config.model.dtype`` as a concrete compute dtype ("float32" | "bfloat16"; "auto" and a
+  missing key resolve as ``hardware.auto_dtype``). Every ``build_method`` reads it.
+
+  Raises:
+    ConfigError: any other value (names the key and the choices).
+  """
+  name = model_config.get("dtype", "auto")
+  if name == "auto":
+    return auto_dtype()[0]
   if name not in DTYPES:
-    raise ConfigError(f"config.model.dtype={name!r} is not supported; choose one of {DTYPES} "
-                      f"(e.g. --config.model.dtype=bfloat16)")
+    raise ConfigError(f"config.model.dtype={name!r} is not supported; choose one of "
+                      f"{('auto',) + DTYPES} (e.g. --config.model.dtype=bfloat16)")
   return name
+
+
+def resolve_auto(config) -> Optional[str]:
+  """Replaces ``config.model.dtype="auto"`` in place by the dtype it means on this hardware,
+  so that ``config.json`` records what ran; returns a line saying the choice and why (None
+  when the dtype was given). Raises ConfigError as ``read_dtype``."""
+  name = config.model.get("dtype", "auto")
+  if name != "auto":
+    read_dtype(config.model)
+    return None
+  dtype, reason = auto_dtype()
+  config.model.dtype = dtype
+  return (f"xmr_jax: model.dtype=auto -> {dtype} ({reason}; "
+          f"--config.model.dtype=float32|bfloat16 chooses)")
 
 
 def dense_kwargs(name: str) -> Dict[str, Any]:

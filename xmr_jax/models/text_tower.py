@@ -35,7 +35,7 @@ import jax.numpy as jnp
 from xmr_jax.backbones.text_towers import TEXT_TOWERS, text_tower
 from xmr_jax.common.errors import ConfigError
 from xmr_jax.kernels.common import compute_dtype, l2norm
-from xmr_jax.models.precision import dense_kwargs
+from xmr_jax.models.precision import dense_kwargs, read_dtype
 from xmr_jax.types import DataInfo
 
 TEXT_ENCODERS = ("gru",) + tuple(TEXT_TOWERS)
@@ -71,7 +71,7 @@ def make_tower(model_config, info: DataInfo):
         f"model.text_encoder={name} reads {tower.ids} ({tower.token_ids:,} ids) but the "
         f"data's tokenizer gives {info.vocab_size:,}: set "
         f"--config.data.tokenizer={tower.tokenizer}")
-  return tower.network(dtype=compute_dtype(model_config.get("dtype", "float32")))
+  return tower.network(dtype=compute_dtype(read_dtype(model_config)))
 
 
 def tower_states(tower, texts, *, frozen: bool, train: bool) -> jax.Array:
@@ -140,7 +140,7 @@ def with_tower(method, model_config):
   entry = (TOWER_PATH, name, 0.0 if frozen else scale)
   states = None
   if frozen and model_config.get("text_cache", True):
-    states = (name, str(model_config.get("dtype", "float32")))
+    states = (name, read_dtype(model_config))
   return dataclasses.replace(method, pretrained=method.pretrained + (entry,),
                              text_states=states)
 

@@ -12,6 +12,8 @@ from typing import Any, Dict, Mapping
 from xmr_jax.common.errors import ConfigError
 from xmr_jax.data import datasets
 from xmr_jax.models import image_tower, registry
+# main resolves model.dtype=auto through this room (the choice then lands in config.json).
+from xmr_jax.models.precision import resolve_auto  # noqa: F401
 from xmr_jax.training import identity
 
 # File paths a config may name: each must exist when set (data.dir is checked by the data room,
