@@ -37,6 +37,16 @@ With ``--search_n=100000`` it times one text query against an index of that many
 (``xmr_jax.search.topk``: chunked matrix product + ``lax.top_k`` over a memory-mapped .npy):
 random unit vectors of ``--search_dim`` (1024) float32 and bfloat16, milliseconds per query
 after compilation (median of ``--search_repeats``), checked against a full numpy sort.
+With photos as the input (``configs/vsepp.py:data=photos``: the backbone fine-tuned inside the
+model) ``train`` also has the training augmentation's photos/s and, where ``--torch_python``
+exists, ``train.torch``: the same fine-tuning step (EfficientNet-Lite + VSE++'s head and
+summed hinge loss, Adam with the backbone's learning-rate scale, gradient clipping) in
+PyTorch on the same batch (experiments/torch_vsepp_photos.py, a child process, 2 threads)
+and ``jax_over_torch`` (> 1: JAX faster):
+
+  python experiments/benchmark.py --config=configs/vsepp.py:data=photos \
+      --config.data.dir=../shared/real/coco_mini --config.data.split_sizes='(50, 50)' \
+      --steps=3 --out=/tmp/bench_finetune.json
 With a frozen pretrained text tower (``model.text_frozen``, ``model.text_cache``) the train
 step reads the tower's vectors from the data; ``train.text_cache`` then times the same step
 with the tower run inside it (``model.text_cache=false``) and gives the ratio.
@@ -139,6 +149,10 @@ def bench_train(config, ds, method, tx, hparams, state, steps: int) -> dict:
          "memory": _memory(compiled)}
   if "photos" in method.inputs:
     out["augment"] = _augment_rate(ds, config.train.batch_size, steps)
+    if method.name == "vsepp":     # the torch twin (experiments/torch_vsepp_photos.py) is VSE++'s
+      out["torch"] = _torch_finetune(FLAGS.torch_python, config, ds, batch, steps)
+      if "seconds_per_step" in out["torch"]:
+        out["jax_over_torch"] = out["torch"]["seconds_per_step"] / per_step
   if "text_states" in batch:    # a frozen text tower read from the data: time running it
     bare = {k: v for k, v in batch.items() if k != "text_states"}
     box["state"], _ = fn(box["state"], bare, hparams)   # compile + warm-up
@@ -150,6 +164,41 @@ def bench_train(config, ds, method, tx, hparams, state, steps: int) -> dict:
     out["text_cache"] = {"seconds_per_step_tower_every_step": every,
                          "speedup": every / per_step,
                          "tower": method.text_states[0], "caption_tokens": batch["tokens"].shape[1]}
+  return out
+
+
+def _torch_finetune(torch_python: str, config, ds, batch, steps: int) -> dict:
+  """The same VSE++ fine-tuning step in PyTorch on ``batch`` (its augmented photos and
+  token ids), in a child process under ``torch_python``; ``{"skipped": why}`` without it."""
+  from xmr_jax.backbones import registry
+  if not torch_python or not os.path.exists(torch_python):
+    return {"skipped": f"torch venv not found: {torch_python!r}"}
+  bb = registry.get(ds.info.backbone)
+  script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_vsepp_photos.py")
+  mask = np.asarray(batch["token_mask"])
+  with tempfile.TemporaryDirectory() as tmp:
+    files = {"photos": np.asarray(batch["photos"]),
+             "tokens": np.asarray(batch["tokens"]).astype(np.int64),
+             "lengths": mask.sum(axis=1).astype(np.int64)}
+    req = {k: os.path.join(tmp, f"{k}.npy") for k in files}
+    for k, v in files.items():
+      np.save(req[k], v)
+    req.update(weights=bb.weights_path(), width=bb.width, depth=bb.depth,
+               vocab_size=int(ds.info.vocab_size), word_dim=int(config.model.word_dim),
+               embed_dim=int(config.model.embed_dim), margin=float(config.hparams.margin),
+               learning_rate=float(config.hparams.learning_rate),
+               backbone_lr_scale=float(config.train.backbone_lr_scale),
+               grad_clip=float(config.train.grad_clip), steps=steps, threads=TORCH_THREADS)
+    with open(os.path.join(tmp, "request.json"), "w") as f:
+      json.dump(req, f)
+    before = os.getloadavg()
+    proc = subprocess.run([torch_python, script, os.path.join(tmp, "request.json")],
+                          capture_output=True, text=True, timeout=3600)
+  if proc.returncode != 0:
+    return {"error": f"exit {proc.returncode}", "stderr_tail": proc.stderr[-2000:]}
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  out.update(load_average_before=before, load_average_after=os.getloadavg(),
+             photos_shape=list(files["photos"].shape), tokens_shape=list(files["tokens"].shape))
   return out
 
 
@@ -581,6 +630,9 @@ def main(argv):
   summary["train_images_per_sec"] = result["train"]["images_per_sec"]
   if "augment" in result["train"]:
     summary["augment_photos_per_sec"] = result["train"]["augment"]["photos_per_sec"]
+  if "jax_over_torch" in result["train"]:
+    summary["torch_train_images_per_sec"] = result["train"]["torch"]["images_per_sec"]
+    summary["jax_over_torch"] = result["train"]["jax_over_torch"]
   summary["score_pairs_per_sec"] = result["eval"]["score"]["pairs_per_sec"]
   summary["encode_images_per_sec"] = result["eval"]["encode"]["image"]["items_per_sec"]
   summary["encode_captions_per_sec"] = result["eval"]["encode"]["text"]["items_per_sec"]

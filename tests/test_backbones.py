@@ -170,6 +170,15 @@ def test_depthwise_conv_equals_the_grouped_convolution(kernel, stride, side, tf_
   half = dw.apply(jax.tree.map(lambda a: a.astype(jnp.bfloat16), variables),
                   x.astype(jnp.bfloat16))
   assert half.dtype == jnp.bfloat16
+  # The written-out backward pass (custom VJP) gives the grouped convolution's gradients
+  # with respect to the input and the kernel, for a cotangent that is not all ones.
+  g = jax.random.normal(jax.random.PRNGKey(3), want.shape)
+  loss = lambda m: lambda v, x: jnp.sum(m.apply(v, x) * g)
+  got_v, got_x = jax.grad(loss(dw), argnums=(0, 1))(variables, x)
+  want_v, want_x = jax.grad(loss(grouped), argnums=(0, 1))(variables, x)
+  np.testing.assert_allclose(got_x, want_x, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(got_v["params"]["kernel"], want_v["params"]["kernel"], rtol=1e-4,
+                             atol=1e-4)
 
 
 def test_block_list_is_lite0():

@@ -149,15 +149,68 @@ class DepthwiseConv(nn.Module):
     w = self.param("kernel", nn.initializers.lecun_normal(), (k, k, 1, x.shape[-1]),
                    jnp.float32)
     x, w = nn.dtypes.promote_dtype(x, w, dtype=None)
-    x = jnp.pad(x, ((0, 0), _pads(x.shape[1], k, s, self.tf_same),
-                    _pads(x.shape[2], k, s, self.tf_same), (0, 0)))
-    ho, wo = (x.shape[1] - k) // s + 1, (x.shape[2] - k) // s + 1
-    out = None
-    for i in range(k):
-      for j in range(k):
-        term = x[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s, :] * w[i, j, 0]
-        out = term if out is None else out + term
-    return out
+    pads = (_pads(x.shape[1], k, s, self.tf_same), _pads(x.shape[2], k, s, self.tf_same))
+    return depthwise(x, w[:, :, 0, :], s, pads)
+
+
+def _shifted_sum(x: jax.Array, w: jax.Array, stride: int, out_hw: Tuple[int, int]):
+  """sum_{i,j} x[:, i + stride*o, j + stride*p, :] * w[i, j] for o, p < out_hw: the k^2
+  strided slices of ``x`` (B, H, W, C) times ``w`` (k, k, C), one fused elementwise loop."""
+  k, s = w.shape[0], stride
+  (ho, wo) = out_hw
+  out = None
+  for i in range(k):
+    for j in range(k):
+      term = x[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s, :] * w[i, j]
+      out = term if out is None else out + term
+  return out
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def depthwise(x: jax.Array, w: jax.Array, stride: int,
+              pads: Tuple[Tuple[int, int], Tuple[int, int]]) -> jax.Array:
+  """Depthwise convolution of ``x`` (B, H, W, C) with ``w`` (k, k, C), zero padding ``pads``
+  ((top, bottom), (left, right)) and ``stride``: (B, H', W', C).
+
+  The forward pass is :func:`_shifted_sum`. The backward pass is written out (custom VJP):
+  autodiff of k^2 strided slices builds k^2 padded input-sized gradients and adds them, which
+  made the backbone's gradient 28x its forward pass on a CPU (14.4 s against 0.51 s, Lite0,
+  32 photos of 192 px; 5.9 s written out, EPYC-AVX2, one run each); here the input's
+  gradient is again one shifted sum (the output's gradient dilated by the stride, padded by
+  k - 1, times the flipped kernel) and the kernel's gradient k^2 products reduced over batch
+  and space in one pass."""
+  xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+  k = w.shape[0]
+  return _shifted_sum(xp, w, stride, ((xp.shape[1] - k) // stride + 1,
+                                      (xp.shape[2] - k) // stride + 1))
+
+
+def _depthwise_fwd(x, w, stride, pads):
+  return depthwise(x, w, stride, pads), (x, w)
+
+
+def _depthwise_bwd(stride, pads, res, g):
+  x, w = res
+  k, s = w.shape[0], stride
+  xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+  ho, wo = g.shape[1], g.shape[2]
+  # One reduction over the stacked k^2 products (XLA fuses it into one pass; k^2 separate
+  # sums took 1.6x as long for the whole backbone's gradient).
+  dw = jnp.sum(jnp.stack([xp[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s, :] * g
+                          for i in range(k) for j in range(k)]), axis=(1, 2, 3))
+  dw = dw.reshape(k, k, -1)
+  # d xp[y] = sum_i gd[y - i] w[i], gd = g dilated by the stride (zeros between rows); rows
+  # of xp past the last window get no gradient (the high padding's extra rows).
+  extra_h = xp.shape[1] - ((ho - 1) * s + k)
+  extra_w = xp.shape[2] - ((wo - 1) * s + k)
+  gd = jax.lax.pad(g, jnp.zeros((), g.dtype), ((0, 0, 0), (k - 1, k - 1 + extra_h, s - 1),
+                                                (k - 1, k - 1 + extra_w, s - 1), (0, 0, 0)))
+  dxp = _shifted_sum(gd, w[::-1, ::-1], 1, xp.shape[1:3])
+  (top, _), (left, _) = pads
+  return dxp[:, top:top + x.shape[1], left:left + x.shape[2], :], dw
+
+
+depthwise.defvjp(_depthwise_fwd, _depthwise_bwd)
 
 
 def _conv_kwargs(conv) -> Dict[str, Any]:
