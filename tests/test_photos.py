@@ -226,10 +226,13 @@ class _TinyNet(nn.Module):
   channels, eval-mode BatchNorm, ReLU6."""
   width: float = 1.0
   depth: float = 1.0
+  conv: object = None      # the network's options (registry.flax_network passes them)
+  remat: bool = False
 
   @nn.compact
   def feature_map(self, images):
-    h = nn.Conv(1280, (32, 32), (32, 32), padding="SAME", use_bias=False)(images)
+    kw = {} if self.conv is None else {"conv_general_dilated": self.conv}
+    h = nn.Conv(1280, (32, 32), (32, 32), padding="SAME", use_bias=False, **kw)(images)
     return jax.nn.relu6(nn.BatchNorm(use_running_average=True)(h))
 
 

@@ -7,7 +7,7 @@ records the concrete dtype in the workdir's ``config.json`` (``resolve_auto``).
 With "bfloat16" the operands of every matmul, einsum and convolution of a model are rounded
 to bfloat16 and the products accumulate in float32 (``preferred_element_type``); parameters
 (and so the optimiser state), norms, softmax statistics, losses and scores stay float32.
-"float32" (the default) leaves every expression exactly as it was: results are bit-identical
+"float32" leaves every expression exactly as it was: results are bit-identical
 to a model without the setting. Kernels take the operand dtype as ``dtype=`` (None = float32,
 ``xmr_jax.kernels.common.compute_dtype``); Flax layers get a float32-accumulating
 ``dot_general`` / ``conv_general_dilated`` from ``dense_kwargs`` / ``conv_kwargs``.
