@@ -385,6 +385,9 @@ def train_and_evaluate(config, workdir: str,
   Several processes: all train and score (each its share of the tiles); only process 0
   writes ``config.json``, metrics, results and plots.
   """
+  # config.json records the dtype that ran ("auto" resolved here too, not only by the CLI),
+  # so a later command-line run on the same hardware finds the same config.
+  config_check.resolve_auto(config)
   run = start(config, workdir, rebuild_tokenizer=rebuild_tokenizer)
   primary = mesh_lib.is_primary()
   if primary:
