@@ -96,3 +96,21 @@ def assert_one_message(out, *needles):
   assert len(errors) == 1, out.stderr[-2000:]
   for needle in needles:
     assert needle in errors[0], errors[0]
+
+
+def assert_same_checkpoints(workdirs, like, step):
+  """The checkpoints of ``step`` in each of ``workdirs`` (restored into the state ``like``)
+  hold bit-equal parameters and optimiser states; returns the first state."""
+  import jax
+  import numpy as np
+  from xmr_jax.training import checkpoints
+  states = []
+  for workdir in workdirs:
+    ck = checkpoints.Checkpointer(workdir)
+    assert ck.latest_step() == step, workdir
+    states.append(ck.restore(like)[0])
+    ck.close()
+  for other in states[1:]:
+    for key in ("params", "opt_state"):
+      jax.tree.map(np.testing.assert_array_equal, states[0][key], other[key])
+  return states[0]

@@ -176,7 +176,7 @@ def test_auto_dtype_env_override_and_its_bad_value(monkeypatch):
   monkeypatch.setenv(hardware.AUTO_DTYPE_ENV, "bfloat16")
   assert hardware.auto_dtype("cpu", object(), {"avx512_bf16": False})[0] == "bfloat16"
   monkeypatch.setenv(hardware.AUTO_DTYPE_ENV, "fp16")
-  with pytest.raises(ValueError, match="XMR_JAX_AUTO_DTYPE='fp16'.*float32 or bfloat16"):
+  with pytest.raises(ConfigError, match="XMR_JAX_AUTO_DTYPE='fp16'.*float32 or bfloat16"):
     hardware.auto_dtype("cpu", object(), {})
 
 

@@ -23,6 +23,16 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT_S = 300
 
+# Child code: the trainer's final parameters kept (gathered to the host) as the run closes.
+_KEEP_FINAL = textwrap.dedent("""\
+    final = {}
+    close = loop.close
+    def keep(run):
+      final.update(jax.tree_util.tree_flatten_with_path(mesh.to_host(run.state["params"]))[0])
+      close(run)
+    loop.close = keep
+""")
+
 _CHILD = textwrap.dedent("""
     import sys
     sys.path.insert(0, {tests!r})
@@ -40,13 +50,7 @@ _CHILD = textwrap.dedent("""
       return generate(*args, **kwargs)
     store.generate = counted
 
-    final = {{}}
-    close = loop.close
-    def keep(run):
-      final.update(jax.tree_util.tree_flatten_with_path(mesh.to_host(run.state["params"]))[0])
-      close(run)
-    loop.close = keep
-
+    {keep_final}
     c = tiny_synthetic_config({method!r}, **{model!r})
     c.train.optimizer = {optimizer!r}
     c.train.num_steps = 4
@@ -70,7 +74,7 @@ def _launch(method: str, model: dict, optimizer: str, workdir: str, cache: str,
             processes: int, devices: int):
   """Starts ``processes`` children with ``devices`` CPU devices each; returns their logs."""
   code = _CHILD.format(tests=os.path.join(REPO, "tests"), method=method, model=model,
-                       optimizer=optimizer, workdir=workdir)
+                       optimizer=optimizer, workdir=workdir, keep_final=_KEEP_FINAL)
   return _run_children(code, cache, processes, devices)
 
 
@@ -224,13 +228,7 @@ _CHILD_PHOTOS = textwrap.dedent("""
     from xmr_jax.training import loop
     from test_photos import _config
 
-    final = {{}}
-    close = loop.close
-    def keep(run):
-      final.update(jax.tree_util.tree_flatten_with_path(mesh.to_host(run.state["params"]))[0])
-      close(run)
-    loop.close = keep
-
+    {keep_final}
     c = _config("vsepp", {root!r}, backbone_lr_scale=0.5)
     c.train.update(batch_size=8, num_steps=2, log_every_steps=1, checkpoint_every_steps=2)
     loop.train_and_evaluate(c, {workdir!r})
@@ -265,7 +263,7 @@ def test_two_processes_fine_tune_the_backbone_from_photos_like_one(tmp_path):
   for name, processes, devices in (("multi", 2, 4), ("single", 1, 8)):
     workdir = str(tmp_path / name)
     code = _CHILD_PHOTOS.format(tests=os.path.join(REPO, "tests"), root=str(root),
-                                workdir=workdir)
+                                workdir=workdir, keep_final=_KEEP_FINAL)
     logs = _run_children(code, cache, processes, devices)
     assert all(log.rstrip().endswith(" 8") for log in logs)
     runs[name] = workdir

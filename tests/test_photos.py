@@ -360,7 +360,8 @@ def test_photo_training_resumes_exactly(photo_folder, tmp_path, small_backbone):
   """2 steps, stop, resume to 4 = 4 steps straight, bit for bit, with the backbone
   fine-tuned on augmented photos: the augmentation draws from (seed, step, photo) and the
   data iterator's position is checkpointed, so the resumed run sees the same crops."""
-  from xmr_jax.training import checkpoints, loop
+  from tests.conftest import assert_same_checkpoints
+  from xmr_jax.training import loop
 
   def config(steps):
     c = _config("vsepp", photo_folder, backbone_lr_scale=0.5)
@@ -372,15 +373,7 @@ def test_photo_training_resumes_exactly(photo_folder, tmp_path, small_backbone):
   loop.train_and_evaluate(config(2), resumed)
   loop.train_and_evaluate(config(4), resumed)
   like = loop.setup(config(4))[-1]
-  states = []
-  for workdir in (straight, resumed):
-    ck = checkpoints.Checkpointer(workdir)
-    assert ck.latest_step() == 4
-    states.append(ck.restore(like)[0])
-    ck.close()
-  a, b = states
-  jax.tree.map(np.testing.assert_array_equal, a["params"], b["params"])
-  jax.tree.map(np.testing.assert_array_equal, a["opt_state"], b["opt_state"])
+  a = assert_same_checkpoints((straight, resumed), like, 4)
   init = like["params"]["image_tower"]["net"]
   assert any(not np.array_equal(x, y) for x, y in zip(
       jax.tree.leaves(a["params"]["image_tower"]["net"]), jax.tree.leaves(init)))

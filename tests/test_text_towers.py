@@ -250,7 +250,7 @@ def test_presets_mmca_on_minilm_and_pcme_on_glove():
 def test_fine_tuned_tower_resumes_exactly(tiny_data_dir, tmp_path):
   """2 steps, stop, resume to 4 = 4 steps straight, bit for bit: the tower's weights and its
   Adam moments (fine-tuned at a scaled rate) are checkpointed and restored like the head's."""
-  from xmr_jax.training import checkpoints
+  from conftest import assert_same_checkpoints
 
   def run(workdir, steps):
     config = minilm_config("vsepp", tiny_data_dir, text_lr_scale=0.5)
@@ -264,14 +264,6 @@ def test_fine_tuned_tower_resumes_exactly(tiny_data_dir, tmp_path):
   run(resumed, 2)
   run(resumed, 4)
   _, _, _, _, like = loop.setup(minilm_config("vsepp", tiny_data_dir, text_lr_scale=0.5))
-  states = []
-  for workdir in (straight, resumed):
-    ck = checkpoints.Checkpointer(workdir)
-    assert ck.latest_step() == 4
-    states.append(ck.restore(like)[0])
-    ck.close()
-  a, b = states
-  jax.tree.map(np.testing.assert_array_equal, a["params"], b["params"])
-  jax.tree.map(np.testing.assert_array_equal, a["opt_state"], b["opt_state"])
+  a = assert_same_checkpoints((straight, resumed), like, 4)
   assert not np.array_equal(a["params"]["text_tower"]["layer_0"]["ffn_in"]["kernel"],
                             minilm.load_params()["layer_0"]["ffn_in"]["kernel"])

@@ -3,6 +3,8 @@ import os
 import platform
 from typing import Dict, Optional, Tuple
 
+from xmr_jax.common.errors import ConfigError
+
 BF16_FLAGS = ("avx512_bf16", "amx_bf16", "amx_tile", "avx512f", "avx_vnni")
 
 
@@ -43,12 +45,14 @@ def auto_dtype(backend: Optional[str] = None, device=None,
   ``backend`` / ``device`` / ``cpu_flags`` default to JAX's first device and /proc/cpuinfo.
 
   Raises:
-    ValueError: ``XMR_JAX_AUTO_DTYPE`` holds anything but "float32" or "bfloat16".
+    ConfigError: ``XMR_JAX_AUTO_DTYPE`` holds anything but "float32" or "bfloat16" (the CLI
+      prints it as one message, exit 2).
   """
   forced = os.environ.get(AUTO_DTYPE_ENV)
   if forced:
     if forced not in ("float32", "bfloat16"):
-      raise ValueError(f"{AUTO_DTYPE_ENV}={forced!r}: choose float32 or bfloat16")
+      raise ConfigError(f"environment variable {AUTO_DTYPE_ENV}={forced!r} (what "
+                        f"model.dtype=auto means): set it to float32 or bfloat16, or unset it")
     return forced, f"{AUTO_DTYPE_ENV}={forced}"
   if backend is None or device is None:
     import jax
