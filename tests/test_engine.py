@@ -122,7 +122,8 @@ def test_unclipped_params_skip_global_norm_clipping():
 
 
 def test_length_groups_trim_padding_and_keep_scores(tiny_data_dir):
-  """SGRAF captions scored in length groups (padding trimmed per group) = one padded grid."""
+  """SGRAF captions scored in length groups (padding trimmed per group, to a multiple of
+  LENGTH_STEP) = one padded grid."""
   config = tiny_config("sgraf", tiny_data_dir, embed_dim=8, word_dim=6, sim_dim=6)
   ds, method, _, _, state = loop.setup(config)
   variables = state_lib.variables_of(state)
@@ -134,7 +135,10 @@ def test_length_groups_trim_padding_and_keep_scores(tiny_data_dir):
   assert len(groups) >= 2
   np.testing.assert_array_equal(np.sort(np.concatenate([i for i, _ in groups])), np.arange(60))
   for idx, sub in groups:
-    assert sub["local"].shape[1] == sub["mask"].shape[1] == lengths[idx].max()
+    # each group's longest caption, rounded up to LENGTH_STEP words (at most the padded width)
+    step = engine.LENGTH_STEP
+    assert sub["local"].shape[1] == sub["mask"].shape[1] == min(
+        -(-lengths[idx].max() // step) * step, txt["mask"].shape[1])
     np.testing.assert_array_equal(sub["glo"], txt["glo"][idx])
   assert groups[0][1]["mask"].shape[1] < txt["mask"].shape[1]       # padding was trimmed
   full = engine.score_all(method, variables, img, txt, tile_images=5, tile_texts=7)

@@ -236,26 +236,35 @@ class _TinyNet(nn.Module):
     return jax.nn.relu6(nn.BatchNorm(use_running_average=True)(h))
 
 
-@pytest.fixture
-def small_backbone(photo_folder, monkeypatch):
-  """Lite0's entry with a one-convolution network and random weights (its ``network`` a
-  registered stand-in): the seam and every head at a fraction of the compile time; the real
-  weights are tested above."""
-  import dataclasses
+def install_small_backbone(setitem, setattr_):
+  """Lite0's network replaced by ``_TinyNet`` with random weights (through the given
+  ``setitem(mapping, key, value)`` / ``setattr(obj, name, value)``: a monkeypatch's, or plain
+  ones in a child process): the seam and every head at a fraction of the compile time. The
+  registry entry keeps its description, so a folder extracted with the real Lite0 is found in
+  the cache, not extracted again."""
   import types
-  from xmr_jax.data import datasets
   from xmr_jax.training import state as state_lib
-  datasets.open_dataset(_config("vsepp", photo_folder).data)   # extracted with the real one
-  monkeypatch.setitem(registry.NETWORKS, "tiny", types.SimpleNamespace(EfficientNetLite=_TinyNet))
-  small = dataclasses.replace(registry.BACKBONES["efficientnet_lite0"], network="tiny")
+  entry = registry.BACKBONES["efficientnet_lite0"]
+  real = registry.NETWORKS[entry.network]
+  setitem(registry.NETWORKS, entry.network,
+          types.SimpleNamespace(**{**vars(real), "EfficientNetLite": _TinyNet}))
 
   def variables(self, cache_dir=None):
     v = self.flax_network().init(jax.random.key(0), np.zeros((1, SIZE, SIZE, 3), np.float32),
                                  method=_TinyNet.feature_map)
     return {"params": v["params"], "batch_stats": v["batch_stats"]}
-  monkeypatch.setattr(type(small), "feature_variables", variables)
-  monkeypatch.setitem(registry.BACKBONES, "efficientnet_lite0", small)
+  setattr_(type(entry), "feature_variables", variables)
   state_lib._load_pretrained.cache_clear()
+
+
+@pytest.fixture
+def small_backbone(photo_folder, monkeypatch):
+  """Lite0's entry with a one-convolution network and random weights (its ``network`` a
+  registered stand-in); the real weights are tested above."""
+  from xmr_jax.data import datasets
+  from xmr_jax.training import state as state_lib
+  datasets.open_dataset(_config("vsepp", photo_folder).data)   # extracted with the real one
+  install_small_backbone(monkeypatch.setitem, monkeypatch.setattr)
   yield
   state_lib._load_pretrained.cache_clear()
 
@@ -319,7 +328,7 @@ def test_backbone_remat_per_block_keeps_values_gradients_and_drops_residuals(pho
   arrays its VJP closes over: measured 625 -> 40 MB at 16 x 96 px)."""
   v = registry.get("efficientnet_lite0").feature_variables()
   variables = {"params": {"net": v["params"]}, "batch_stats": {"net": v["batch_stats"]}}
-  photos = np.random.default_rng(0).integers(0, 255, (4, 96, 96, 3), np.uint8)
+  photos = np.random.default_rng(0).integers(0, 255, (2, SIZE, SIZE, 3), np.uint8)
   plain = image_tower.PhotoTower("efficientnet_lite0")
   remat = image_tower.PhotoTower("efficientnet_lite0", remat=True)
   assert jax.tree.structure(remat.init(jax.random.key(0), photos[:1])) == \
@@ -327,7 +336,7 @@ def test_backbone_remat_per_block_keeps_values_gradients_and_drops_residuals(pho
   out, grads, kept = {}, {}, {}
   for name, tower in (("plain", plain), ("remat", remat)):
     f = lambda p, t=tower: jnp.sum(t.apply(dict(variables, params=p), photos) ** 2)
-    out[name], vjp = jax.vjp(f, variables["params"])
+    out[name], vjp = jax.vjp(jax.jit(f), variables["params"])
     grads[name], = vjp(jnp.ones(()))
     kept[name] = sum(x.nbytes for x in jax.tree.leaves(vjp)) - sum(
         x.nbytes for x in jax.tree.leaves(variables))
