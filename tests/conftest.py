@@ -45,8 +45,8 @@ def tiny_config(method: str, data_dir: str, **model):
   c.data.name = "precomp"
   c.data.dir = data_dir
   c.data.vocab_size = 100
-  # One caption-length bucket: one compiled train step and one encoder per side (a test of
-  # the bucketing sets its own), which halves the compile time of most tests.
+  # One caption-length bucket: a tiny run compiles one train step and one encoder per side
+  # whatever its batches' longest caption (the bucketing tests set their own buckets).
   c.data.len_buckets = (64,)
   c.train.batch_size = 8
   c.train.num_steps = 6

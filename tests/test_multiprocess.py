@@ -288,7 +288,8 @@ def test_two_processes_fine_tune_the_backbone_from_photos_like_one(tmp_path, mon
   assert any(not np.array_equal(pa[k], start[k[len("['image_tower']['net']"):]])
              for k in pa.files)                                     # the backbone moved
   # Adam turns reduction-order noise in near-zero gradients into a few weights a small
-  # fraction of a step apart (seen: 1 of 2,304 by 5e-6); one step of the backbone is 1e-4
-  # (learning rate 2e-4 x backbone_lr_scale 0.5), so a wrong shard would show at 1e-5.
+  # fraction of a step apart (seen with the real Lite0: 1 of 2,304 by 5e-6); one step of the
+  # backbone is 1e-4 (learning rate 2e-4 x backbone_lr_scale 0.5), so a wrong shard would
+  # show at 1e-5.
   for k in pa.files:
     np.testing.assert_allclose(pa[k], pb[k], rtol=1e-5, atol=1e-5, err_msg=k)

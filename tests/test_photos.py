@@ -259,8 +259,8 @@ def install_small_backbone(setitem, setattr_):
 
 @pytest.fixture
 def small_backbone(photo_folder, monkeypatch):
-  """Lite0's entry with a one-convolution network and random weights (its ``network`` a
-  registered stand-in); the real weights are tested above."""
+  """Lite0's network swapped for ``_TinyNet`` with random weights
+  (``install_small_backbone``); the real weights are tested above."""
   from xmr_jax.data import datasets
   from xmr_jax.training import state as state_lib
   datasets.open_dataset(_config("vsepp", photo_folder).data)   # extracted with the real one
