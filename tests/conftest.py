@@ -117,3 +117,42 @@ def assert_same_checkpoints(workdirs, like, step):
     for key in ("params", "opt_state"):
       jax.tree.map(np.testing.assert_array_equal, states[0][key], other[key])
   return states[0]
+
+
+def install_small_text_tower(setitem, name="minilm"):
+  """Text tower ``name`` replaced by a 1-layer, 32-d BERT of the same vocabulary and
+  tokenizer with random weights (through ``setitem(mapping, key, value)``: a monkeypatch's,
+  or a plain one in a child process): the seam and every head at a fraction of the compile
+  time. Its entry differs from the real one, so cached token vectors never mix the two; the
+  real weights are tested against the reference code in test_minilm.py / test_e5.py."""
+  import dataclasses
+  import functools
+  import jax
+  import numpy as np
+  from xmr_jax.backbones import bert, text_towers
+  from xmr_jax.training import state as state_lib
+  real = text_towers.TEXT_TOWERS[name]
+  entry = dataclasses.replace(real.entry, dim=32, layers=1, heads=2, ffn_dim=64)
+  network = functools.partial(bert.BertEncoder, **bert.encoder_sizes(entry))
+
+  @functools.lru_cache(maxsize=1)
+  def load_params():
+    ids = np.full((1, 4), 5, np.int32)
+    params = network().init(jax.random.key(0), ids, np.ones((1, 4), bool))["params"]
+    return jax.tree.map(np.asarray, params)
+
+  setitem(text_towers.TEXT_TOWERS, name,
+          dataclasses.replace(real, entry=entry, network=network, load_params=load_params))
+  text_towers.states_fn.cache_clear()
+  state_lib._load_pretrained.cache_clear()
+
+
+@pytest.fixture
+def small_text_tower(monkeypatch):
+  """MiniLM swapped for ``install_small_text_tower``'s stand-in for one test."""
+  from xmr_jax.backbones import text_towers
+  from xmr_jax.training import state as state_lib
+  install_small_text_tower(monkeypatch.setitem)
+  yield
+  text_towers.states_fn.cache_clear()
+  state_lib._load_pretrained.cache_clear()

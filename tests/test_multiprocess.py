@@ -118,7 +118,8 @@ def _metrics(workdir: str):
 # turns that noise into +-lr steps whose sign depends on the reduction order, which says
 # nothing about parallel training, so SGRAF is compared under SGD (VSE++ under Adam).
 @pytest.fixture(scope="module", params=[("vsepp", {}, "adam"),
-                                        ("sgraf", {"variant": "saf"}, "sgd")],
+                                        ("sgraf", {"variant": "saf", "embed_dim": 16,
+                                                   "sim_dim": 8, "word_dim": 8}, "sgd")],
                 ids=["vsepp", "sgraf_saf"])
 def runs(request, tmp_path_factory):
   method, model, optimizer = request.param
