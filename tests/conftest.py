@@ -130,7 +130,6 @@ def install_small_text_tower(setitem, name="minilm"):
   import jax
   import numpy as np
   from xmr_jax.backbones import bert, text_towers
-  from xmr_jax.training import state as state_lib
   real = text_towers.TEXT_TOWERS[name]
   entry = dataclasses.replace(real.entry, dim=32, layers=1, heads=2, ffn_dim=64)
   network = functools.partial(bert.BertEncoder, **bert.encoder_sizes(entry))
@@ -143,6 +142,13 @@ def install_small_text_tower(setitem, name="minilm"):
 
   setitem(text_towers.TEXT_TOWERS, name,
           dataclasses.replace(real, entry=entry, network=network, load_params=load_params))
+  _clear_tower_caches()
+
+
+def _clear_tower_caches():
+  """Forget the per-process tower functions and weights read so far (after a swap)."""
+  from xmr_jax.backbones import text_towers
+  from xmr_jax.training import state as state_lib
   text_towers.states_fn.cache_clear()
   state_lib._load_pretrained.cache_clear()
 
@@ -150,9 +156,6 @@ def install_small_text_tower(setitem, name="minilm"):
 @pytest.fixture
 def small_text_tower(monkeypatch):
   """MiniLM swapped for ``install_small_text_tower``'s stand-in for one test."""
-  from xmr_jax.backbones import text_towers
-  from xmr_jax.training import state as state_lib
   install_small_text_tower(monkeypatch.setitem)
   yield
-  text_towers.states_fn.cache_clear()
-  state_lib._load_pretrained.cache_clear()
+  _clear_tower_caches()

@@ -1,6 +1,7 @@
 """The text-tower seam (``model.text_encoder``, xmr_jax/models/text_tower.py): every method
-trains and evaluates with the pretrained MiniLM tower, and VSE++ with multilingual-e5-small
-(the seam is shared), whose weights the state starts from; a frozen
+trains and evaluates through the MiniLM seam (its tokenizer, with a 1-layer stand-in of the
+network: conftest.install_small_text_tower), the state starts from MiniLM's and
+multilingual-e5-small's pretrained weights; a frozen
 tower never moves and has no optimiser state (for e5_small: none for its 96M-value word
 table), a scaled one moves by the scaled learning rate; each tower's tokenizer is stored in
 the workdir and read back; the default GRU tower is untouched (no seam keys read, no tower
@@ -54,7 +55,7 @@ def test_e5_small_state_is_pretrained_and_frozen_holds_no_optimiser_state(tiny_d
   # VSE++ alone: the seam (and the token-vector path) is the one every method shares, trained
   # and evaluated for all of them on MiniLM below.
   config = minilm_config("vsepp", tiny_data_dir, tower="e5_small", text_frozen=True)
-  ds, method, tx, hparams, state = loop.setup(config)
+  ds, method, _, _, state = loop.setup(config)
   # A workdir keeps the tower's tokenizer, byte for byte the package's.
   identity.save(str(tmp_path), ds)
   with open(os.path.join(tmp_path, "inputs", "e5_tokenizer.json"), "rb") as f:
