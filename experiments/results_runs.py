@@ -103,7 +103,10 @@ GROUPS = {
                                   "--config.model.text_frozen=true"] + cut
            for m, cuts in (("vsepp", ["--config.train.num_epochs=1"]),
                            ("pcme", ["--config.train.num_epochs=0.5"]))
-           for kind, data, cut in (("frozen", "images", []), ("finetuned", "photos", cuts))},
+           for kind, data, cut in (("frozen", "images", []), ("finetuned", "photos", cuts),
+                                   # the fine-tuned run's steps x batch on frozen features
+                                   ("frozen_same_steps", "images",
+                                    cuts + ["--config.train.batch_size=32"]))},
         "ridge": ("ridge",),
     },
 }
