@@ -2,7 +2,8 @@
 conditions; writes JSON and prints Markdown rows.
 
   python experiments/results_runs.py --group=coco_mini --out=results_coco_mini.json \
-      [--only=vsepp_gru,vsepp_minilm] [--root=/tmp/results_runs] [--list]
+      [--only=vsepp_gru,vsepp_minilm] [--root=/tmp/results_runs] [--list] \
+      [--extra=--config.train.num_epochs=3 ...]
 
 Each run is the CLI as a user types it (``python -m xmr_jax.main ...``) in its own workdir
 under ``--root`` (an existing workdir is removed first, so every run starts from step 0),
@@ -144,8 +145,8 @@ def _extracted_dir(root: str, names: List[str]) -> str:
                    "extracted folder)")
 
 
-def _command(spec, root: str, name: str, done: List[str]) -> List[str]:
-  """The argv of one run."""
+def _command(spec, root: str, name: str, done: List[str], extra: Sequence[str] = ()) -> List[str]:
+  """The argv of one run; ``extra`` flags are appended to a training run's command."""
   workdir = os.path.join(root, name)
   if spec[0] == "ensemble":
     members = ",".join(os.path.join(root, m) for m in spec[1:])
@@ -154,15 +155,15 @@ def _command(spec, root: str, name: str, done: List[str]) -> List[str]:
     data = _extracted_dir(root, done)
     return [sys.executable, os.path.join(REPO, "experiments", "baseline_ridge.py"),
             f"--data_dir={data}", f"--out={os.path.join(workdir, 'baseline.json')}"]
-  return list(spec) + [f"--workdir={workdir}"]
+  return list(spec) + list(extra) + [f"--workdir={workdir}"]
 
 
-def run_one(spec, root: str, name: str, done: List[str]) -> Dict:
+def run_one(spec, root: str, name: str, done: List[str], extra: Sequence[str] = ()) -> Dict:
   """Runs one entry of a group; returns its record."""
   workdir = os.path.join(root, name)
   shutil.rmtree(workdir, ignore_errors=True)
   os.makedirs(workdir)
-  argv = _command(spec, root, name, done)
+  argv = _command(spec, root, name, done, extra)
   commit = _git("rev-parse", "HEAD")   # the code the run starts with
   load_before = os.getloadavg()[0]
   start = time.time()
@@ -204,6 +205,10 @@ def main(argv: Optional[List[str]] = None) -> None:
   p.add_argument("--only", default="", help="comma-separated run names (default: all)")
   p.add_argument("--root", default="/tmp/results_runs")
   p.add_argument("--list", action="store_true", help="print the run names and commands")
+  p.add_argument("--extra", action="append", default=[],
+                 help="a flag appended to every training run's command (repeatable), e.g. "
+                      "--extra=--config.train.num_epochs=3 for a cut schedule; recorded in "
+                      "each run's argv")
   a = p.parse_args(argv)
   runs = GROUPS[a.group]
   names = [n for n in runs if not a.only or n in a.only.split(",")]
@@ -221,7 +226,7 @@ def main(argv: Optional[List[str]] = None) -> None:
              cpu_count=os.cpu_count(), runs=[])
   done: List[str] = []
   for name in names:
-    record = run_one(runs[name], root, name, done)
+    record = run_one(runs[name], root, name, done, a.extra)
     done.append(name)
     out["runs"].append(record)
     print(markdown_row(record), flush=True)
