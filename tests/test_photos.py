@@ -322,28 +322,40 @@ def test_data_photos_preset_of_every_method():
     assert c.train.batch_size == 32, method     # every data=images preset batches >= 32
 
 
-def test_backbone_remat_per_block_keeps_values_gradients_and_drops_residuals(photo_folder):
-  """train.backbone_remat: each MBConv block under nn.remat. Same parameter tree, output and
-  gradient as the plain tower; the backward pass keeps a fraction of the activations (the
-  arrays its VJP closes over: measured 625 -> 40 MB at 16 x 96 px)."""
-  v = registry.get("efficientnet_lite0").feature_variables()
-  variables = {"params": {"net": v["params"]}, "batch_stats": {"net": v["batch_stats"]}}
-  photos = np.random.default_rng(0).integers(0, 255, (2, SIZE, SIZE, 3), np.uint8)
-  plain = image_tower.PhotoTower("efficientnet_lite0")
-  remat = image_tower.PhotoTower("efficientnet_lite0", remat=True)
-  assert jax.tree.structure(remat.init(jax.random.key(0), photos[:1])) == \
-      jax.tree.structure(variables)
+def test_backbone_remat_per_block_keeps_values_gradients_and_drops_residuals():
+  """train.backbone_remat: each MBConv block under nn.remat. Same parameter tree as the plain
+  tower (Lite0's, through the seam); same output and gradient, and the backward pass keeps a
+  fraction of the activations (the arrays its VJP closes over: measured 625 -> 40 MB at 16 x
+  96 px on Lite0). Values and gradients are checked on a scaled-down Lite (width 0.25, one
+  block a stage: 7 MBConv blocks, random weights), whose two backward passes compile in a
+  fraction of Lite0's; remat is a property of the block, not of the weights."""
+  from xmr_jax.backbones import efficientnet_lite as lite
+  photos = np.zeros((1, SIZE, SIZE, 3), np.uint8)
+  plain_tree, remat_tree = (
+      jax.tree.structure(jax.eval_shape(image_tower.PhotoTower("efficientnet_lite0", remat=r)
+                                        .init, jax.random.key(0), photos))
+      for r in (False, True))
+  assert remat_tree == plain_tree
+
+  x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, SIZE, SIZE, 3)), jnp.float32)
+  plain = lite.EfficientNetLite(width=0.25, depth=0.1)
+  remat = lite.EfficientNetLite(width=0.25, depth=0.1, remat=True)
+  assert len(lite.block_configs(0.25, 0.1)) == 7
+  variables = plain.init(jax.random.key(0), x[:1], method="feature_map")
   out, grads, kept = {}, {}, {}
-  for name, tower in (("plain", plain), ("remat", remat)):
-    f = lambda p, t=tower: jnp.sum(t.apply(dict(variables, params=p), photos) ** 2)
+  for name, net in (("plain", plain), ("remat", remat)):
+    f = lambda p, n=net: jnp.sum(n.apply(dict(variables, params=p), x,
+                                         method="feature_map") ** 2)
     out[name], vjp = jax.vjp(jax.jit(f), variables["params"])
     grads[name], = vjp(jnp.ones(()))
-    kept[name] = sum(x.nbytes for x in jax.tree.leaves(vjp)) - sum(
-        x.nbytes for x in jax.tree.leaves(variables))
+    kept[name] = sum(a.nbytes for a in jax.tree.leaves(vjp)) - sum(
+        a.nbytes for a in jax.tree.leaves(variables))
   np.testing.assert_allclose(out["remat"], out["plain"], rtol=1e-6)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(
       b).max()), grads["remat"], grads["plain"])
-  assert kept["remat"] < 0.2 * kept["plain"], kept
+  # What remat still keeps here is mostly the 1280-channel head's input and output (measured
+  # 0.26 of the plain pass); the blocks' expanded activations are gone.
+  assert kept["remat"] < 0.35 * kept["plain"], kept
 
 
 def test_backbone_bfloat16_rounds_the_dense_convolutions_only(photo_folder):
