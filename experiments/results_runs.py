@@ -95,8 +95,8 @@ GROUPS = {
     "uitviic": _photo_runs(UITVIIC, LITE1, {"gru": METHODS, "minilm": METHODS,
                                             "e5_small": METHODS}),
     # Frozen Lite0 features against Lite0 fine-tuned inside the model (data=photos), VSE++ and
-    # PCME with the frozen e5 tower. The fine-tuned runs are cut (a photos step is ~10x a
-    # features step on 2 CPU cores: VSE++'s preset epoch at batch 32 would be 27 minutes,
+    # PCME with the frozen e5 tower. The fine-tuned runs are cut (a photos step costs tens of
+    # features steps on 2 CPU cores: VSE++'s preset epoch at batch 32 would be 27 minutes,
     # PCME's about an hour): 1 epoch of VSE++, half an epoch of PCME.
     "uitviic_finetune": {
         **{f"{m}_{kind}": MAIN + [f"--config=configs/{m}.py:data={data},text=e5_small",

@@ -29,7 +29,7 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 # (their XLA_FLAGS build on this one: ``xla_flags``): the suite's programs are tiny and run
 # for milliseconds, while compiling them is most of its time. Level 1 compiled MMCA's tiny
 # train step (with its data and first evaluation) in 33-35 s against 47-48 s at the default
-# level 3 (EPYC-AVX2 under load, two runs each). XLA's own graph passes run at every level.
+# level 3 (a 2-core EPYC with AVX-512, under load, two runs each). XLA's own graph passes run at every level.
 # Level 0 was not used: it changed a result (PCME's loss at log-sigma +-20 overflowed to inf,
 # tests/test_pcme.py), so it is not the users' arithmetic; the whole suite passes at level 1
 # as at the default.
