@@ -42,7 +42,8 @@ model) ``train`` also has the training augmentation's photos/s and, where ``--to
 exists, ``train.torch``: the same fine-tuning step (EfficientNet-Lite + VSE++'s head and
 summed hinge loss, Adam with the backbone's learning-rate scale, gradient clipping) in
 PyTorch on the same batch (experiments/torch_vsepp_photos.py, a child process, 2 threads)
-and ``jax_over_torch`` (> 1: JAX faster):
+and ``jax_over_torch`` (> 1: JAX faster), and ``train.frozen_phase``: the step of
+``train.backbone_frozen_epochs`` (backbone gradient stopped) with its speedup and memory:
 
   python experiments/benchmark.py --config=configs/vsepp.py:data=photos \
       --config.data.dir=../shared/real/coco_mini --config.data.split_sizes='(50, 50)' \
@@ -72,6 +73,7 @@ from ml_collections import config_flags
 from xmr_jax.common import mesh as mesh_lib
 from xmr_jax.common.hardware import cpu_bf16_flags
 from xmr_jax.evaluation import engine
+from xmr_jax.models import image_tower
 from xmr_jax.models.precision import read_dtype
 from xmr_jax.training import loop, state as state_lib, step as step_lib
 
@@ -147,6 +149,20 @@ def bench_train(config, ds, method, tx, hparams, state, steps: int) -> dict:
          "steps_per_sec": 1.0 / per_step,
          "images_per_sec": config.train.batch_size / per_step, "compile_seconds": compile_s,
          "memory": _memory(compiled)}
+  frozen = image_tower.frozen_phase(method)
+  if frozen is not None:   # the step of train.backbone_frozen_epochs: no backbone backward
+    ffn = step_lib.make_train_step(frozen, tx, decay_steps=sched["decay_steps"],
+                                   decay_factor=config.train.lr_decay_factor,
+                                   steps_per_epoch=sched["steps_per_epoch"], mesh=mesh)
+    fmem = _memory(ffn.lower(box["state"], batch, hparams).compile())
+    box["state"], _ = ffn(box["state"], batch, hparams)   # warm-up
+
+    def run_frozen():
+      box["state"], m = ffn(box["state"], batch, hparams)
+      return m["loss"]
+    frozen_s = _median_time(run_frozen, steps)
+    out["frozen_phase"] = {"seconds_per_step": frozen_s, "speedup": per_step / frozen_s,
+                           "memory": fmem}
   if "photos" in method.inputs:
     out["augment"] = _augment_rate(ds, config.train.batch_size, steps)
     if method.name == "vsepp":     # the torch twin (experiments/torch_vsepp_photos.py) is VSE++'s

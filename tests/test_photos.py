@@ -128,12 +128,21 @@ def test_stored_photos_through_the_tower_give_the_extracted_features(photo_folde
 
 
 @pytest.fixture(scope="module")
-def fine_tuned(photo_folder, tmp_path_factory):
-  """VSE++ fine-tuned for 3 steps on the photos with the real Lite0 weights (full rate)."""
-  from xmr_jax.training import loop, workdirs
-  c = _config("vsepp", photo_folder, backbone_lr_scale=1.0)
+def fine_tuned_workdir(photo_folder, tmp_path_factory):
+  """(workdir, test results, config as trained) of VSE++ fine-tuned for 3 steps on the
+  photos with the real Lite0 weights (full rate)."""
+  from xmr_jax.training import loop
   workdir = str(tmp_path_factory.mktemp("fine_tuned"))
+  c = _config("vsepp", photo_folder, backbone_lr_scale=1.0)
   results = loop.train_and_evaluate(c, workdir)
+  return workdir, results, c
+
+
+@pytest.fixture(scope="module")
+def fine_tuned(fine_tuned_workdir):
+  """(test results, dataset, method, variables) of ``fine_tuned_workdir``."""
+  from xmr_jax.training import workdirs
+  workdir, results, c = fine_tuned_workdir
   return (results,) + workdirs.restore_variables(c, workdir)
 
 
@@ -155,6 +164,36 @@ def test_fine_tuning_moves_the_backbone_and_evaluation_uses_it(fine_tuned):
   stale = dict(variables, params=dict(variables["params"], image_tower={"net": pre["params"]}))
   old = engine.encode_all(method, stale, data.image_batches(), "image")["emb"]
   assert np.max(np.abs(got - old)) > 1e-6
+
+
+def test_search_index_encodes_photos_through_the_fine_tuned_backbone_alone(
+    fine_tuned, fine_tuned_workdir, photo_folder, tmp_path, monkeypatch):
+  """An index of a fine-tuned workdir holds the evaluation's embeddings of its photos (the
+  fine-tuned backbone on the extractor's whole-photo resize), and the frozen extractor,
+  whose regions such a model never reads, is not run."""
+  from xmr_jax.data import extract
+  from xmr_jax.evaluation import engine
+  from xmr_jax.search import build, model as model_lib, store
+  _, ds, method, variables = fine_tuned
+  def refuse(*a, **k):
+    raise AssertionError("the frozen region extractor ran for a fine-tuned workdir")
+  monkeypatch.setattr(extract, "region_extractor", refuse)
+  workdir = fine_tuned_workdir[0]
+  m = model_lib.load(workdir)
+  assert m.backbone() is None
+  test_files = open(os.path.join(ds.data_dir, "test_ids.txt")).read().split()
+  folder = tmp_path / "test_photos"
+  folder.mkdir()
+  for f in test_files:
+    (folder / f).write_bytes((photo_folder / "images" / f).read_bytes())
+  counts = build.build_index(workdir, str(folder), str(tmp_path / "idx"),
+                             progress=False, model=m)
+  assert counts["photos"] == len(test_files) == 2
+  index = store.open_index(str(tmp_path / "idx"))
+  want = engine.encode_all(method, variables, ds.eval_data("test", 2).image_batches(),
+                           "image")["emb"]
+  got = index.matrix("images")[[index.files.index(f) for f in test_files]]
+  np.testing.assert_allclose(got, want, atol=1e-5)
 
 
 def test_backbone_lr_scale_zero_freezes_the_tower(photo_folder):
@@ -385,7 +424,9 @@ def test_photo_training_resumes_exactly(photo_folder, tmp_path, small_backbone):
   from xmr_jax.training import loop
 
   def config(steps):
-    c = _config("vsepp", photo_folder, backbone_lr_scale=0.5)
+    # 10 steps an epoch: the backbone is frozen for steps 0-2 and trains at step 3, so the
+    # resumed run switches compiled steps after its restart.
+    c = _config("vsepp", photo_folder, backbone_lr_scale=0.5, backbone_frozen_epochs=0.3)
     c.train.update(num_steps=steps, checkpoint_every_steps=2, eval_every_epochs=1000)
     return c
 
@@ -398,3 +439,31 @@ def test_photo_training_resumes_exactly(photo_folder, tmp_path, small_backbone):
   init = like["params"]["image_tower"]["net"]
   assert any(not np.array_equal(x, y) for x, y in zip(
       jax.tree.leaves(a["params"]["image_tower"]["net"]), jax.tree.leaves(init)))
+
+
+def test_frozen_epochs_run_no_backward_pass_through_the_backbone(photo_folder, tmp_path,
+                                                                 small_backbone):
+  """The steps of train.backbone_frozen_epochs run a step whose backbone gradient is stopped
+  (fewer FLOPs: no backward convolution), and only those; the head's update is the full
+  step's (no clipping here, and the held backbone's update is zero either way)."""
+  from xmr_jax.training import loop
+  c = _config("vsepp", photo_folder, backbone_lr_scale=0.5, backbone_frozen_epochs=0.3,
+              grad_clip=0.0)
+  run = loop.start(c, str(tmp_path / "w"))
+  assert run.frozen_until == 3 and run.frozen_step_fn is not None
+  assert run.method.model.image_frozen is False
+  batch = run.place(next(run.iterator))
+  flops = lambda fn: fn.lower(run.state, batch, run.hparams).compile().cost_analysis()["flops"]
+  full, frozen = flops(run.step_fn), flops(run.frozen_step_fn)
+  # _TinyNet is one stride-32 convolution: its weight gradient costs what its forward does.
+  conv = 2 * 4 * (SIZE // 32) ** 2 * (32 * 32 * 3) * 1280
+  assert full - frozen >= 0.9 * conv, (full, frozen, conv)
+  copy = lambda: jax.tree.map(lambda x: np.array(x), run.state)
+  a, _ = run.frozen_step_fn(jax.device_put(copy()), batch, run.hparams)
+  b, _ = run.step_fn(jax.device_put(copy()), batch, run.hparams)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7),
+               {k: v for k, v in a["params"].items()}, {k: v for k, v in b["params"].items()})
+  # Without frozen epochs (or with the tower frozen throughout) there is one step only.
+  for kw in ({}, {"backbone_lr_scale": 0.0}):
+    other = loop.start(_config("vsepp", photo_folder, **kw), str(tmp_path / str(len(kw))))
+    assert other.frozen_step_fn is None and other.frozen_until == 0

@@ -144,3 +144,19 @@ def test_a_diverging_variant_stops_alone(tiny_data_dir, tmp_path):
     records = [json.loads(line) for line in f]
   assert any("dev_rsum/good" in r for r in records)       # dev evaluation per variant
   assert not any("dev_rsum/bad" in r for r in records)
+
+
+def test_lr_margin_sweep_file_builds_each_methods_grid():
+  """experiments/sweeps/lr_margin.py: the method's own preset (its variant and tower) with
+  one variant per (learning rate, margin), both read by the method's loss."""
+  from xmr_jax.config_utils import load_config
+  c = load_config("experiments/sweeps/lr_margin.py",
+                  "method=sgraf,data=images,text=minilm,variant=saf,lrs=2e-4/5e-4,"
+                  "margins=0.2/0.4/0.6")
+  assert (c.model.variant, c.model.text_encoder) == ("saf", "minilm")
+  got = [(v["name"], v["hparams"]["learning_rate"], v["hparams"]["margin"])
+         for v in c.sweep.variants]
+  assert got == [(f"lr{lr:g}_margin{m:g}", lr, m) for lr in (2e-4, 5e-4) for m in (0.2, 0.4, 0.6)]
+  assert load_config("experiments/sweeps/lr_margin.py", "").model.get("variant") is None
+  with pytest.raises(Exception, match="unknown config argument 'methd'"):
+    load_config("experiments/sweeps/lr_margin.py", "methd=sgraf")

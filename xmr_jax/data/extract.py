@@ -187,7 +187,8 @@ class PhotoBatch:
 
   Attributes:
     rows: (n,) indices into the ``items`` given of the photos that decoded, in order.
-    regions: (n, R, F) float32 region features (F the backbone's feature dimension).
+    regions: (n, R, F) float32 region features (F the backbone's feature dimension); None
+      when no backbone was given.
     pixels: (n, T, T, 3) uint8 thumbnails (T = ``Settings.thumbnail``).
     boxes: (n, R, 4) float32 region boxes x0, y0, x1, y1 in [0, 1].
     masks: (n, R) bool real regions.
@@ -214,7 +215,9 @@ def photo_batches(settings: Settings, images_dir: str, items, fn, dropped: list,
   """The photos of ``items`` through the backbone ``fn`` (:func:`region_extractor`), in
   batches of ``settings.batch_size`` (one compiled shape: the last batch is padded and the
   padding cut off). Photos that cannot be decoded are appended to ``dropped`` as
-  UNREADABLE (a DataError under ``settings.strict``); ``bar`` (tqdm) counts every photo."""
+  UNREADABLE (a DataError under ``settings.strict``); ``bar`` (tqdm) counts every photo.
+  ``fn`` None: decoded photos only (``PhotoBatch.regions`` None), for a model that runs its
+  own backbone on them."""
   n, b = len(items), settings.batch_size
   for start in range(0, n, b):
     decoded = _decoded(settings, images_dir, items, range(start, min(start + b, n)), dropped)
@@ -223,11 +226,13 @@ def photo_batches(settings: Settings, images_dir: str, items, fn, dropped: list,
     if not decoded:
       continue
     parts = [p for _, p in decoded]
-    pad = [parts[-1]] * (b - len(parts))       # fixed batch: one compiled shape
-    batch = np.stack([p[0] for p in parts + pad])
-    out = np.asarray(fn(batch, np.stack([p[2] for p in parts + pad])))
+    out = None
+    if fn is not None:
+      pad = [parts[-1]] * (b - len(parts))       # fixed batch: one compiled shape
+      batch = np.stack([p[0] for p in parts + pad])
+      out = np.asarray(fn(batch, np.stack([p[2] for p in parts + pad])))[:len(parts)]
     layouts = [_region_layout(settings, p[4], p[3]) for p in parts]
-    yield PhotoBatch([i for i, _ in decoded], out[:len(parts)],
+    yield PhotoBatch([i for i, _ in decoded], out,
                      np.stack([p[1] for p in parts]), np.stack([l[0] for l in layouts]),
                      np.stack([l[1] for l in layouts]), np.stack([p[5] for p in parts]))
 

@@ -145,6 +145,22 @@ def with_tower(method, config, info: DataInfo):
                              key="")
 
 
+def frozen_phase(method):
+  """``method`` with the tower's output gradient stopped, for the steps of
+  ``train.backbone_frozen_epochs``: the same parameters and forward values, but no backward
+  pass through the backbone (its gradient is zero, so it is also out of the clipping norm,
+  as the official VSE++ code's ``requires_grad=False`` CNN is out of ``clip_grad_norm_``).
+  None for a method without a trained tower."""
+  model = method.model
+  if getattr(model, "image_tower", None) is None or getattr(model, "image_frozen", True):
+    return None
+  for_mesh = method.for_mesh
+  if for_mesh is not None:
+    for_mesh = lambda axis, f=for_mesh: f(axis).clone(image_frozen=True)
+  return dataclasses.replace(method, model=model.clone(image_frozen=True), for_mesh=for_mesh,
+                             key="")
+
+
 def unread(config) -> Dict[str, str]:
   """``train.backbone_lr_scale``, ``train.backbone_frozen_epochs`` and
   ``train.backbone_remat`` unless the backbone runs in the model (photos); the latter two

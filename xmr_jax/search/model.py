@@ -61,7 +61,10 @@ class SearchModel:
   _backbone: Optional[Any] = None
 
   def backbone(self):
-    """The jitted region function of :attr:`settings` (built on first use)."""
+    """The jitted region function of :attr:`settings` (built on first use); None for a
+    workdir whose model runs its own, fine-tuned backbone on the photos."""
+    if "photos" in self.method.inputs:
+      return None
     if self._backbone is None:
       self._backbone = extract.region_extractor(self.settings)
     return self._backbone
@@ -102,8 +105,9 @@ def _image_batch(model: SearchModel, photos: extract.PhotoBatch, first: int):
   """The engine batch of decoded photos, padded to one compiled shape; rows numbered from
   ``first`` (methods that sample at evaluation key each photo's draws by its number)."""
   n = len(photos.rows)
-  batch = {"regions": photos.regions, "region_mask": photos.masks,
-           "image_index": np.arange(first, first + n, dtype=np.int32)}
+  batch = {"image_index": np.arange(first, first + n, dtype=np.int32)}
+  if photos.regions is not None:    # else the model's own backbone reads ``photos``
+    batch.update(regions=photos.regions, region_mask=photos.masks)
   if model.dataset.with_boxes:
     batch["boxes"] = photos.boxes
   if "pixels" in model.method.inputs:

@@ -11,6 +11,7 @@ variant. ``main.py`` and notebooks call these functions.
 """
 import collections
 import dataclasses
+import functools
 import os
 import signal
 import sys
@@ -113,6 +114,10 @@ class Run:
   record: Dict[str, Any]      # {"diverged": {variant: step}}, saved with every checkpoint
   step: int = 0
   preempted: bool = False     # stopped by SIGTERM (a checkpoint was saved; no final eval)
+  # train.backbone_frozen_epochs: the steps before ``frozen_until`` run ``frozen_step_fn``,
+  # the same step with no backward pass through the backbone (``image_tower.frozen_phase``).
+  frozen_step_fn: Optional[Callable] = None
+  frozen_until: int = 0
 
   @property
   def variant_names(self) -> List[Optional[str]]:
@@ -161,15 +166,23 @@ def start(config, workdir: str, variants: Optional[Sequence[Dict[str, Any]]] = N
   if restored is not None:
     state, data_state = restored
     iterator.set_state(data_state)
-  step_fn = step_lib.make_train_step(
-      method, tx, decay_steps=sched["decay_steps"], decay_factor=config.train.lr_decay_factor,
-      steps_per_epoch=sched["steps_per_epoch"], mesh=mesh, stacked=names is not None)
+  make_step = functools.partial(
+      step_lib.make_train_step, tx=tx, decay_steps=sched["decay_steps"],
+      decay_factor=config.train.lr_decay_factor, steps_per_epoch=sched["steps_per_epoch"],
+      mesh=mesh, stacked=names is not None)
+  step_fn = make_step(method)
+  # jax.jit compiles on first call: a run past its frozen epochs never compiles the other.
+  frozen_method = image_tower.frozen_phase(method)
+  frozen_until = image_tower.frozen_steps(config.train, sched["steps_per_epoch"]).get(
+      image_tower.TOWER_PATH, 0) if frozen_method is not None else 0
+  frozen_step_fn = make_step(frozen_method) if frozen_until else None
   return Run(config=config, workdir=workdir, ds=ds, method=method, mesh=mesh, names=names,
              sched=sched, hparams=mesh_lib.replicate(hparams, mesh),
              state=mesh_lib.replicate(state, mesh), step_fn=step_fn,
              place=_placer(mesh, max(ds.len_buckets)), iterator=iterator,
              ckpt=ckpt, writer=MetricsWriter(workdir, enabled=mesh_lib.is_primary()),
-             record=ckpt.trainer_record() or {"diverged": {}}, step=ckpt.latest_step() or 0)
+             record=ckpt.trainer_record() or {"diverged": {}}, step=ckpt.latest_step() or 0,
+             frozen_step_fn=frozen_step_fn, frozen_until=frozen_until)
 
 
 def _placer(mesh, text_len: int) -> Callable:
@@ -258,7 +271,8 @@ def train(run: Run) -> Run:
     with _Preemption() as preemption:
       while run.step < total:
         batch, data_state = feed.next()
-        run.state, metrics = run.step_fn(run.state, batch, run.hparams)
+        fn = run.frozen_step_fn if run.step < run.frozen_until else run.step_fn
+        run.state, metrics = fn(run.state, batch, run.hparams)
         run.step += 1
         seen += 1
         bar.update(1)

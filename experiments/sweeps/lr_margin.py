@@ -1,0 +1,32 @@
+"""Learning rate x triplet margin of one method as one vmapped program (one seed).
+
+Launch (a photo folder, a frozen pretrained text tower whose vectors the data computes once):
+  python -m xmr_jax.main --mode=sweep --workdir=W \
+      --config=experiments/sweeps/lr_margin.py:method=vsepp,data=images,text=e5_small \
+      --config.data.dir=../shared/real/uitviic --config.data.images.backbone=efficientnet_lite1 \
+      --config.model.text_frozen=true
+Arguments: method= a configs/ preset (vsepp, pcme, defrag, sgraf, mmca: every loss reads
+  hparams.margin; default vsepp), data=synthetic|f30k|coco|images, text= (the preset's text tower; '' keeps
+  the preset's), variant= (sgraf's sgr|saf; '' keeps the preset's), lrs=1e-4/2e-4/5e-4 and
+  margins=0.1/0.2/0.3 ('/'-separated).
+
+Each variant keeps its best dev checkpoint; choose by dev rsum (sweep_results.json) and report
+that variant's test numbers.
+"""
+import ml_collections
+
+from xmr_jax.config_utils import config_path, load_config, parse_arg
+
+
+def get_config(arg=None):
+  a = parse_arg(arg, method="vsepp", data="synthetic", text="", variant="",
+                lrs="1e-4/2e-4/5e-4", margins="0.1/0.2/0.3")
+  preset = (f"data={a.data}" + (f",text={a.text}" if a.text else "")
+            + (f",variant={a.variant}" if a.variant else ""))
+  c = load_config(config_path(__file__, "..", "..", "configs", f"{a.method}.py"), preset)
+  lrs = [float(x) for x in a.lrs.split("/")]
+  margins = [float(m) for m in a.margins.split("/")]
+  c.sweep = ml_collections.ConfigDict(dict(variants=[
+      dict(name=f"lr{lr:g}_margin{m:g}", hparams=dict(learning_rate=lr, margin=m))
+      for lr in lrs for m in margins]))
+  return c
