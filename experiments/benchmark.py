@@ -43,7 +43,8 @@ exists, ``train.torch``: the same fine-tuning step (EfficientNet-Lite + VSE++'s 
 summed hinge loss, Adam with the backbone's learning-rate scale, gradient clipping) in
 PyTorch on the same batch (experiments/torch_vsepp_photos.py, a child process, 2 threads)
 and ``jax_over_torch`` (> 1: JAX faster), and ``train.frozen_phase``: the step of
-``train.backbone_frozen_epochs`` (backbone gradient stopped) with its speedup and memory:
+``train.backbone_frozen_epochs`` (backbone gradient stopped) with its speedup and memory, and
+``train.backbone``: the backbone alone on the step's photos, forward and gradient seconds:
 
   python experiments/benchmark.py --config=configs/vsepp.py:data=photos \
       --config.data.dir=../shared/real/coco_mini --config.data.split_sizes='(50, 50)' \
@@ -165,6 +166,8 @@ def bench_train(config, ds, method, tx, hparams, state, steps: int) -> dict:
                            "memory": fmem}
   if "photos" in method.inputs:
     out["augment"] = _augment_rate(ds, config.train.batch_size, steps)
+    out["backbone"] = _backbone_alone(ds.info.backbone, read_dtype(config.model),
+                                      np.asarray(batch["photos"]), steps)
     if method.name == "vsepp":     # the torch twin (experiments/torch_vsepp_photos.py) is VSE++'s
       out["torch"] = _torch_finetune(FLAGS.torch_python, config, ds, batch, steps)
       if "seconds_per_step" in out["torch"]:
@@ -216,6 +219,22 @@ def _torch_finetune(torch_python: str, config, ds, batch, steps: int) -> dict:
   out.update(load_average_before=before, load_average_after=os.getloadavg(),
              photos_shape=list(files["photos"].shape), tokens_shape=list(files["tokens"].shape))
   return out
+
+
+def _backbone_alone(backbone: str, dtype: str, photos: np.ndarray, repeats: int) -> dict:
+  """Where a fine-tuning step's time goes: the image tower alone (pretrained weights, the
+  step's photos), its forward pass and its parameters' gradient (of a fixed random linear
+  function of the grid), seconds each."""
+  from xmr_jax.backbones import registry
+  v = registry.get(backbone).feature_variables()
+  tower = image_tower.PhotoTower(backbone, dtype=dtype)
+  variables = {"params": {"net": v["params"]}, "batch_stats": {"net": v["batch_stats"]}}
+  forward = jax.jit(lambda p: tower.apply(dict(variables, params=p), photos))
+  probe = np.random.default_rng(0).normal(size=forward(variables["params"]).shape)
+  grad = jax.jit(jax.grad(lambda p: (forward(p) * probe).sum()))
+  return {"backbone": backbone, "photos": int(photos.shape[0]),
+          "forward_seconds": _median_time(lambda: forward(variables["params"]), repeats),
+          "gradient_seconds": _median_time(lambda: grad(variables["params"]), repeats)}
 
 
 def _augment_rate(ds, batch_size: int, repeats: int) -> dict:

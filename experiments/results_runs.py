@@ -60,7 +60,7 @@ def _photo_runs(folder: str, extra: List[str], towers: Dict[str, List[str]],
   for tower in towers:             # SGRAF's preset is 2 epochs of uitviic (370 steps)
     if f"sgraf_{tower}" in runs and sgraf_extra:
       runs[f"sgraf_{tower}"] = runs[f"sgraf_{tower}"] + sgraf_extra
-  for tower in ("gru",) + PRETRAINED:
+  for tower in towers:
     if f"sgraf_{tower}" in runs:   # SAF beside SGR, then the paper's ensemble of both
       runs[f"sgraf_saf_{tower}"] = [a.replace("data=images,", "data=images,variant=saf,")
                                     for a in runs[f"sgraf_{tower}"]]
