@@ -444,13 +444,19 @@ def test_photo_training_resumes_exactly(photo_folder, tmp_path, small_backbone):
 def test_frozen_epochs_run_no_backward_pass_through_the_backbone(photo_folder, tmp_path,
                                                                  small_backbone):
   """The steps of train.backbone_frozen_epochs run a step whose backbone gradient is stopped
-  (fewer FLOPs: no backward convolution), and only those; the head's update is the full
-  step's (no clipping here, and the held backbone's update is zero either way)."""
+  (fewer FLOPs: no backward convolution), and only those, in a fresh and in a resumed run;
+  the head's update is the full step's (no clipping here, and the held backbone's update is
+  zero either way)."""
   from xmr_jax.training import loop
-  c = _config("vsepp", photo_folder, backbone_lr_scale=0.5, backbone_frozen_epochs=0.3,
-              grad_clip=0.0)
-  run = loop.start(c, str(tmp_path / "w"))
-  assert run.frozen_until == 3 and run.frozen_step_fn is not None
+
+  def config(steps, **train):
+    c = _config("vsepp", photo_folder, **train)
+    c.train.update(num_steps=steps, checkpoint_every_steps=2, eval_every_epochs=1000)
+    return c
+  frozen_kw = dict(backbone_lr_scale=0.5, backbone_frozen_epochs=0.3, grad_clip=0.0)
+  workdir = str(tmp_path / "w")
+  run = loop.start(config(2, **frozen_kw), workdir)
+  assert run.frozen_until == 3 and run.frozen_step_fn is not None   # 10 steps an epoch
   assert run.method.model.image_frozen is False
   batch = run.place(next(run.iterator))
   flops = lambda fn: fn.lower(run.state, batch, run.hparams).compile().cost_analysis()["flops"]
@@ -462,8 +468,23 @@ def test_frozen_epochs_run_no_backward_pass_through_the_backbone(photo_folder, t
   a, _ = run.frozen_step_fn(jax.device_put(copy()), batch, run.hparams)
   b, _ = run.step_fn(jax.device_put(copy()), batch, run.hparams)
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7),
-               {k: v for k, v in a["params"].items()}, {k: v for k, v in b["params"].items()})
+               a["params"], b["params"])
+
+  def trained(run):
+    """The steps ``loop.train`` runs, by kind, in order."""
+    kinds = []
+    for name in ("step_fn", "frozen_step_fn"):
+      fn = getattr(run, name)
+      setattr(run, name, lambda *args, fn=fn, name=name: kinds.append(name) or fn(*args))
+    loop.train(run)
+    loop.close(run)
+    return kinds
+  assert trained(run) == ["frozen_step_fn"] * 2
+  resumed = loop.start(config(4, **frozen_kw), workdir)      # from the checkpoint of step 2
+  assert resumed.step == 2
+  assert trained(resumed) == ["frozen_step_fn", "step_fn"]
   # Without frozen epochs (or with the tower frozen throughout) there is one step only.
   for kw in ({}, {"backbone_lr_scale": 0.0}):
-    other = loop.start(_config("vsepp", photo_folder, **kw), str(tmp_path / str(len(kw))))
+    other = loop.start(config(2, **kw), str(tmp_path / str(len(kw))))
     assert other.frozen_step_fn is None and other.frozen_until == 0
+    loop.close(other)

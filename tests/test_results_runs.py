@@ -42,3 +42,16 @@ def test_frozen_control_has_the_fine_tuned_schedule():
     tuned, control = runs[f"{m}_finetuned"], runs[f"{m}_frozen_same_steps"]
     assert cut in tuned and cut in control and "--config.train.batch_size=32" in control
     assert any("data=photos" in a for a in tuned) and any("data=images" in a for a in control)
+
+
+def test_every_tower_of_a_group_has_saf_and_the_sgraf_ensemble():
+  """SGR, SAF and their ensemble for each tower a group trains SGRAF with (GloVe included)."""
+  rr = _module()
+  for group, towers in (("coco_mini", ("gru", "glove", "minilm")),
+                        ("uitviic", ("gru", "minilm", "e5_small"))):
+    runs = rr.GROUPS[group]
+    for tower in towers:
+      assert runs[f"sgraf_ensemble_{tower}"] == ("ensemble", f"sgraf_{tower}",
+                                                 f"sgraf_saf_{tower}")
+      assert f"--config=configs/sgraf.py:data=images,variant=saf,text={tower}" in \
+          runs[f"sgraf_saf_{tower}"]

@@ -160,3 +160,14 @@ def test_lr_margin_sweep_file_builds_each_methods_grid():
   assert load_config("experiments/sweeps/lr_margin.py", "").model.get("variant") is None
   with pytest.raises(Exception, match="unknown config argument 'methd'"):
     load_config("experiments/sweeps/lr_margin.py", "methd=sgraf")
+
+
+def test_a_sweep_of_a_hyperparameter_the_method_never_reads_is_refused(tiny_data_dir,
+                                                                       tmp_path):
+  """PCME's loss reads no margin: sweeping it would train identical variants."""
+  c = tiny_config("pcme", tiny_data_dir)
+  workdir = str(tmp_path / "w")
+  variants = [dict(name=f"m{m}", hparams=dict(margin=m)) for m in (0.1, 0.2)]
+  with pytest.raises(ConfigError, match=r"sets \['margin'\], which pcme never reads"):
+    loop.start(c, workdir, variants=variants)
+  assert not os.path.exists(workdir)          # refused before anything was written

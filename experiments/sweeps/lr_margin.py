@@ -5,10 +5,13 @@ Launch (a photo folder, a frozen pretrained text tower whose vectors the data co
       --config=experiments/sweeps/lr_margin.py:method=vsepp,data=images,text=e5_small \
       --config.data.dir=../shared/real/uitviic --config.data.images.backbone=efficientnet_lite1 \
       --config.model.text_frozen=true
-Arguments: method= a configs/ preset (vsepp, pcme, defrag, sgraf, mmca: every loss reads
-  hparams.margin; default vsepp), data=synthetic|f30k|coco|images, text= (the preset's text tower; '' keeps
-  the preset's), variant= (sgraf's sgr|saf; '' keeps the preset's), lrs=1e-4/2e-4/5e-4 and
-  margins=0.1/0.2/0.3 ('/'-separated).
+Arguments: method= a configs/ preset whose loss reads hparams.margin (vsepp, defrag, sgraf,
+  mmca; PCME's does not, and the trainer refuses such a sweep; default vsepp), data= the
+  preset's data argument (synthetic|f30k|coco|images|photos, as that preset takes), text=
+  (the preset's text tower; '' keeps the preset's), variant= (the preset's variant: sgraf
+  sgr|saf, defrag paper|matlab; '' keeps the preset's), lrs=1e-4/2e-4/5e-4 and
+  margins=0.1/0.2/0.3 ('/'-separated). Other settings go on the command line
+  (``--config.model.fragments=bigram`` for DeFrag with a pretrained tower).
 
 Each variant keeps its best dev checkpoint; choose by dev rsum (sweep_results.json) and report
 that variant's test numbers.

@@ -195,7 +195,7 @@ class PhotoBatch:
     photos: (n, S, S, 3) uint8 the resized photos (``model.image_input=photos`` reads them).
   """
   rows: List[int]
-  regions: np.ndarray
+  regions: Optional[np.ndarray]
   pixels: np.ndarray
   boxes: np.ndarray
   masks: np.ndarray

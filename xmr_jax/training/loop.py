@@ -143,6 +143,8 @@ def start(config, workdir: str, variants: Optional[Sequence[Dict[str, Any]]] = N
   identity.check_config(config, workdir, "train")
   vocabularies = identity.vocabularies_for(workdir, rebuild_tokenizer)
   ds, method, tx, hparams, state = setup(config, vocabularies)
+  if variants is not None:
+    _check_swept(method, variants)
   if vocabularies is not None:
     identity.check_training_data(workdir, ds, config.data.train_split)
   # Only now, with the config and data checked, is anything written into the workdir.
@@ -183,6 +185,18 @@ def start(config, workdir: str, variants: Optional[Sequence[Dict[str, Any]]] = N
              ckpt=ckpt, writer=MetricsWriter(workdir, enabled=mesh_lib.is_primary()),
              record=ckpt.trainer_record() or {"diverged": {}}, step=ckpt.latest_step() or 0,
              frozen_step_fn=frozen_step_fn, frozen_until=frozen_until)
+
+
+def _check_swept(method, variants) -> None:
+  """ConfigError when a sweep variant varies a hyperparameter that neither the trainer
+  (``learning_rate``) nor the method's loss (``Method.hparam_names``) reads: its variants
+  would train identically."""
+  read = {"learning_rate", *method.hparam_names}
+  for v in variants:
+    unread = sorted(set(v.get("hparams", {})) - read)
+    if unread:
+      raise ConfigError(f"sweep variant {v['name']!r} sets {unread}, which {method.name} never "
+                        f"reads (it reads {sorted(read)}); drop them from the sweep")
 
 
 def _placer(mesh, text_len: int) -> Callable:
