@@ -181,6 +181,33 @@ def test_depthwise_conv_equals_the_grouped_convolution(kernel, stride, side, tf_
                              atol=1e-4)
 
 
+
+@pytest.mark.parametrize("half", [False, True])
+def test_pointwise_equals_the_1x1_convolution(half):
+  # Pointwise (a matmul over the channels) must compute what nn.Conv((1, 1)) computes, with
+  # the same parameter (name, shape, initial value), its gradients included; with the
+  # bfloat16-operand dot it stays float32 out and within bfloat16 rounding.
+  from xmr_jax.kernels.common import mixed_dot_general
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, 5, 6, 24))
+  pw = lite.Pointwise(40, mixed_dot_general(jnp.bfloat16) if half else None)
+  conv = nn.Conv(40, (1, 1), use_bias=False)
+  variables = pw.init(jax.random.PRNGKey(2), x)
+  assert jax.tree.map(jnp.shape, variables) == jax.tree.map(jnp.shape, conv.init(
+      jax.random.PRNGKey(2), x))
+  np.testing.assert_array_equal(variables["params"]["kernel"],
+                                conv.init(jax.random.PRNGKey(2), x)["params"]["kernel"])
+  g = jax.random.normal(jax.random.PRNGKey(3), (2, 5, 6, 40))
+  loss = lambda m: lambda v, x: jnp.sum(m.apply(v, x) * g)
+  tol = 3e-2 if half else 1e-5
+  got, want = pw.apply(variables, x), conv.apply(variables, x)
+  assert got.shape == want.shape and got.dtype == jnp.float32
+  np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+  got_v, got_x = jax.grad(loss(pw), argnums=(0, 1))(variables, x)
+  want_v, want_x = jax.grad(loss(conv), argnums=(0, 1))(variables, x)
+  np.testing.assert_allclose(got_x, want_x, rtol=tol, atol=tol * 10)
+  np.testing.assert_allclose(got_v["params"]["kernel"], want_v["params"]["kernel"],
+                             rtol=tol, atol=tol * 10)
+
 def test_block_list_is_lite0():
   blocks = lite.block_configs()
   assert len(blocks) == 16

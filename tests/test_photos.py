@@ -266,6 +266,7 @@ class _TinyNet(nn.Module):
   width: float = 1.0
   depth: float = 1.0
   conv: object = None      # the network's options (registry.flax_network passes them)
+  dot_general: object = None
   remat: bool = False
 
   @nn.compact

@@ -217,6 +217,30 @@ def _conv_kwargs(conv) -> Dict[str, Any]:
   return {} if conv is None else {"conv_general_dilated": conv}
 
 
+class Pointwise(nn.Module):
+  """1x1 convolution, stride 1, no bias, as one matmul over the channels: (B, H, W, c_in) ->
+  (B, H, W, features). Its parameter is ``kernel`` (1, 1, c_in, features), as ``nn.Conv``'s
+  (same name, shape and initialiser), so checkpoints and converted weights are unchanged.
+
+  Written as a ``dot_general`` rather than ``nn.Conv``: XLA on the CPU computes a 1x1
+  convolution's kernel gradient by first copying the activations into a batch-last layout,
+  and those copies were a quarter of the backbone's gradient time (Lite0, 32 photos of
+  192 px); as a matmul the gradient is two matmuls on the activations as they lie.
+  ``dot_general``: None for float32, else ``kernels.common.mixed_dot_general`` (bfloat16
+  operands, float32 accumulation).
+  """
+  features: int
+  dot_general: Any = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        (1, 1, x.shape[-1], self.features), jnp.float32)
+    dot = self.dot_general or jax.lax.dot_general
+    x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=None)
+    return dot(x, kernel[0, 0], (((x.ndim - 1,), (0,)), ((), ())))
+
+
 def _batch_norm(name: Optional[str] = None) -> nn.BatchNorm:
   # Eval mode only; epsilon from the Lite builder (batch_norm_epsilon=1e-3). Modules made in
   # ``setup`` take their attribute's name, so ``name`` is only given inside compact methods.
@@ -237,19 +261,19 @@ class MBConv(nn.Module):
   c_out: int
   tf_same: bool = True
   conv: Any = None         # EfficientNetLite.conv
+  dot_general: Any = None  # EfficientNetLite.dot_general
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     """x: (B, H, W, c_in) float32 -> (B, H', W', c_out) float32."""
     mid = self.c_in * self.expand
     h = x
-    kw = _conv_kwargs(self.conv)
     if self.expand != 1:
-      h = nn.Conv(mid, (1, 1), use_bias=False, name="expand_conv", **kw)(h)
+      h = Pointwise(mid, self.dot_general, name="expand_conv")(h)
       h = jax.nn.relu6(_batch_norm("bn0")(h))
     h = DepthwiseConv(self.kernel, self.stride, self.tf_same, name="depthwise_conv")(h)
     h = jax.nn.relu6(_batch_norm("bn1")(h))
-    h = nn.Conv(self.c_out, (1, 1), use_bias=False, name="project_conv", **kw)(h)
+    h = Pointwise(self.c_out, self.dot_general, name="project_conv")(h)
     h = _batch_norm("bn2")(h)
     if self.stride == 1 and self.c_in == self.c_out:
       h = h + x
@@ -260,9 +284,10 @@ class EfficientNetLite(nn.Module):
   """EfficientNet-Lite (eval mode), Lite0 by default; ``width``/``depth`` give Lite1/2
   (:func:`block_configs`). ``tf_same=False`` pads symmetrically (for comparison).
 
-  ``conv``: the ``conv_general_dilated`` of the stem, head and 1x1 convolutions (None: Flax's
-  float32 default; the image tower passes a bfloat16-operand, float32-accumulating one for
-  ``model.dtype=bfloat16``). ``remat``: each MBConv block under ``nn.remat``
+  ``conv``: the ``conv_general_dilated`` of the 3x3 stem (None: Flax's float32 default; the
+  image tower passes a bfloat16-operand, float32-accumulating one for ``model.dtype=bfloat16``);
+  ``dot_general``: the same for the 1x1 convolutions (:class:`Pointwise`: the blocks'
+  expansions and projections, the head). ``remat``: each MBConv block under ``nn.remat``
   (``jax.checkpoint``): its inner activations are recomputed in the backward pass, so the
   pass keeps only the blocks' inputs; the parameter tree is unchanged.
   """
@@ -270,6 +295,7 @@ class EfficientNetLite(nn.Module):
   width: float = 1.0
   depth: float = 1.0
   conv: Any = None
+  dot_general: Any = None
   remat: bool = False
 
   def setup(self):
@@ -278,9 +304,10 @@ class EfficientNetLite(nn.Module):
                              use_bias=False, **kw)
     self.bn0 = _batch_norm()
     block = nn.remat(MBConv) if self.remat else MBConv
-    self.blocks = [block(*cfg, tf_same=self.tf_same, conv=self.conv)
+    self.blocks = [block(*cfg, tf_same=self.tf_same, conv=self.conv,
+                         dot_general=self.dot_general)
                    for cfg in block_configs(self.width, self.depth)]
-    self.conv_head = nn.Conv(FEATURES, (1, 1), use_bias=False, **kw)
+    self.conv_head = Pointwise(FEATURES, self.dot_general)
     self.bn1 = _batch_norm()
     self.fc = nn.Dense(NUM_CLASSES)
 

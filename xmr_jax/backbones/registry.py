@@ -113,7 +113,7 @@ class Backbone:
   def flax_network(self, **options) -> Any:
     """The Flax module whose ``feature_map(images)`` gives (B, h, w, feature_dim) (eval-mode
     BatchNorm: its statistics are read, never updated); ``options`` are the network's own
-    fields (EfficientNetLite: ``conv``, ``remat``)."""
+    fields (EfficientNetLite: ``conv``, ``dot_general``, ``remat``)."""
     return NETWORKS[self.network].EfficientNetLite(width=self.width, depth=self.depth,
                                                    **options)
 

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from xmr_jax.common.errors import ConfigError
-from xmr_jax.models.precision import conv_kwargs, read_dtype
+from xmr_jax.models.precision import conv_kwargs, dense_kwargs, read_dtype
 from xmr_jax.types import DataInfo
 
 IMAGE_INPUTS = ("regions", "photos", "pixels")   # pixels: the methods with a pixel encoder
@@ -70,7 +70,8 @@ class PhotoTower(nn.Module):
     from xmr_jax.backbones import registry
     self.entry = registry.get(self.backbone)
     conv = conv_kwargs(self.dtype).get("conv_general_dilated")   # None for float32
-    self.net = self.entry.flax_network(conv=conv, remat=self.remat)
+    dot = dense_kwargs(self.dtype).get("dot_general")
+    self.net = self.entry.flax_network(conv=conv, dot_general=dot, remat=self.remat)
 
   def __call__(self, photos: jax.Array) -> jax.Array:
     x = self.entry.normalise_pixels(photos.astype(jnp.float32))
