@@ -194,8 +194,9 @@ def _depthwise_bwd(stride, pads, res, g):
   k, s = w.shape[0], stride
   xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
   ho, wo = g.shape[1], g.shape[2]
-  # One reduction over the stacked k^2 products (XLA fuses it into one pass; k^2 separate
-  # sums took 1.6x as long for the whole backbone's gradient).
+  # One reduction over the stacked k^2 products. XLA (jaxlib 0.10.2, CPU) materialises the
+  # stack, yet k^2 separate sums, per-row stacks, a batched einsum over the stack and a
+  # variadic reduce were all slower for the whole backbone's gradient (docs/backbones.md).
   dw = jnp.sum(jnp.stack([xp[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s, :] * g
                           for i in range(k) for j in range(k)]), axis=(1, 2, 3))
   dw = dw.reshape(k, k, -1)
