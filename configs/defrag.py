@@ -70,7 +70,7 @@ def get_config(arg=None):
   elif a.data == "images":
     _images(c, a)
   else:
-    raise ConfigError(f"configs/defrag.py: unknown data={a.data!r} (synthetic|f30k|images)")
+    raise ConfigError(f"configs/defrag.py: unknown data={a.data!r} (synthetic|f30k|images|photos)")
   if a.text:
     text_tower(c, a.text)
   if a.runlocal:

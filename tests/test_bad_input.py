@@ -178,6 +178,9 @@ def test_cli_bad_input_is_one_message_exit_2_and_the_workdir_is_untouched(tiny_d
       (["--config.data.vocab_path=/nonexistent/vocab.json"], "config.data.vocab_path"),
       (["--config.train.momentum=0.5"], "--config.train.momentum is set but not used"),
       (["--config.train.no_such_key=3"], "no_such_key"),
+      # a near miss names the key and ml_collections' suggestion, in plain words
+      (["--config.train.batch_sise=3"],
+       "does not have: 'batch_sise' (did you mean 'batch_size'?)"),
       (["--mode=eval", "--config.train.batch_size=8"], "holds no checkpoint"),
       (["--config.train.batch_size=64"], "batch_size 64 exceeds the 48 images"),
   ]
@@ -189,7 +192,7 @@ def test_cli_bad_input_is_one_message_exit_2_and_the_workdir_is_untouched(tiny_d
                       "bogus")
   for method in ("vsepp", "pcme", "sgraf", "defrag", "mmca"):    # a typo'd preset argument
     _assert_one_message(_cli(f"--config=configs/{method}.py:data=imags",
-                             f"--workdir={workdir}"), "unknown data='imags'")
+                             f"--workdir={workdir}"), "unknown data='imags'", "|photos)")
   _assert_one_message(_cli(f"--workdir={workdir}"), "--config is required")
 
 

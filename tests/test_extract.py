@@ -128,6 +128,9 @@ def test_images_folder_needs_images_and_one_caption_file(tmp_path):
   d = _data_config(tmp_path)
   with pytest.raises(ConfigError, match="has no images/ folder"):
     images_cache.dataset_dir(d)
+  missing = _data_config(tmp_path / "nowhere")
+  with pytest.raises(ConfigError, match="nowhere' does not exist"):
+    images_cache.dataset_dir(missing)
   (tmp_path / "images").mkdir()
   (tmp_path / "a.csv").write_text("x.jpg, y\n")
   (tmp_path / "captions.txt").write_text("x.jpg, y\n")

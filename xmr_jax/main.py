@@ -6,6 +6,7 @@ Modes: ``train`` (default: train, resume if W has a checkpoint, then evaluate on
 ``sweep`` (the variants of ``config.sweep`` as one vmapped program; xmr_jax/training/sweep.py).
 Multi-host: with ``XMR_DISTRIBUTED=1`` every process first calls ``jax.distributed.initialize()``.
 """
+import re
 import sys
 
 from absl import app, flags, logging
@@ -67,9 +68,16 @@ def parse_flags(argv):
   except (AttributeError, KeyError) as e:
     # ml_collections applies each --config.<key>=... during parsing; a key the config does
     # not have surfaces as AttributeError/KeyError naming it.
+    # Its text is a repr with ml_collections' "Did you mean" hint: keep the key and the hint.
+    text = str(e.args[0] if e.args else e)
+    key = re.search(r"([A-Za-z_][A-Za-z0-9_]*)", text)
+    hint = re.search(r'Did you mean "([^"]+)"', text)
+    detail = (f"{key.group(1)!r}" if key else text) + (
+        f" (did you mean {hint.group(1)!r}?)" if hint else "")
     overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
-    _fail(f"a --config.<key> override names a key the config does not have ({e}); overrides "
-          f"given: {overrides}. Check the spelling against the config file")
+    _fail(f"a --config.<key> override names a key the config does not have: {detail}. "
+          f"Overrides given: {', '.join(overrides)}; check the spelling against the config "
+          f"file")
 
 
 def run(argv) -> None:
