@@ -70,7 +70,8 @@ def get_config(arg=None):
   elif a.data == "images":
     _images(c, a)
   else:
-    raise ConfigError(f"configs/defrag.py: unknown data={a.data!r} (synthetic|f30k|images|photos)")
+    raise ConfigError(f"configs/defrag.py: unknown data={a.data!r} "
+                      f"(synthetic|f30k|images|photos)")
   if a.text:
     text_tower(c, a.text)
   if a.runlocal:

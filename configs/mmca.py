@@ -101,7 +101,8 @@ def get_config(arg=None):
     if a.data == "coco":
       c.eval.protocol = "coco1k"
   else:
-    raise ConfigError(f"configs/mmca.py: unknown data={a.data!r} (synthetic|f30k|coco|images|photos)")
+    raise ConfigError(f"configs/mmca.py: unknown data={a.data!r} "
+                      f"(synthetic|f30k|coco|images|photos)")
   if a.text and a.data != "images":
     text_tower(c, a.text)
   if a.alpha >= 0:

@@ -107,7 +107,8 @@ def get_config(arg=None):
     c.train.lr_decay_epochs = 60
     c.train.lr_decay_factor = 1.0
   else:
-    raise ConfigError(f"configs/pcme.py: unknown data={a.data!r} (synthetic|coco|cub|images|photos)")
+    raise ConfigError(f"configs/pcme.py: unknown data={a.data!r} "
+                      f"(synthetic|coco|cub|images|photos)")
   if a.text and a.data != "images":
     text_tower(c, a.text)
   if a.runlocal:

@@ -71,7 +71,8 @@ def get_config(arg=None):
     if a.data == "coco":
       c.eval.protocol = "coco1k"
   else:
-    raise ConfigError(f"configs/sgraf.py: unknown data={a.data!r} (synthetic|f30k|coco|images|photos)")
+    raise ConfigError(f"configs/sgraf.py: unknown data={a.data!r} "
+                      f"(synthetic|f30k|coco|images|photos)")
   if a.text:
     text_tower(c, a.text)
   if a.runlocal:

@@ -181,7 +181,6 @@ def test_depthwise_conv_equals_the_grouped_convolution(kernel, stride, side, tf_
                              atol=1e-4)
 
 
-
 @pytest.mark.parametrize("half", [False, True])
 def test_pointwise_equals_the_1x1_convolution(half):
   # Pointwise (a matmul over the channels) must compute what nn.Conv((1, 1)) computes, with
@@ -207,6 +206,7 @@ def test_pointwise_equals_the_1x1_convolution(half):
   np.testing.assert_allclose(got_x, want_x, rtol=tol, atol=tol * 10)
   np.testing.assert_allclose(got_v["params"]["kernel"], want_v["params"]["kernel"],
                              rtol=tol, atol=tol * 10)
+
 
 def test_block_list_is_lite0():
   blocks = lite.block_configs()

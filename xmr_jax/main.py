@@ -68,11 +68,12 @@ def parse_flags(argv):
   except (AttributeError, KeyError) as e:
     # ml_collections applies each --config.<key>=... during parsing; a key the config does
     # not have surfaces as AttributeError/KeyError naming it.
-    # Its text is a repr with ml_collections' "Did you mean" hint: keep the key and the hint.
+    # Its text is the quoted key, then ml_collections' "Did you mean" hint after a newline
+    # (shown raw before); any other text is passed on whole, on one line.
     text = str(e.args[0] if e.args else e)
-    key = re.search(r"([A-Za-z_][A-Za-z0-9_]*)", text)
+    key = re.match(r"\W*'([A-Za-z_]\w*)'", text.replace("\\'", "'"))
     hint = re.search(r'Did you mean "([^"]+)"', text)
-    detail = (f"{key.group(1)!r}" if key else text) + (
+    detail = (repr(key.group(1)) if key else " ".join(text.split())) + (
         f" (did you mean {hint.group(1)!r}?)" if hint else "")
     overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
     _fail(f"a --config.<key> override names a key the config does not have: {detail}. "

@@ -110,8 +110,12 @@ def dataset_dir(data_config, photos: bool = False) -> str:
   root = data_config.dir
   images_dir = os.path.join(root, "images")
   if not root or not os.path.isdir(images_dir):
-    what = ("no folder was given" if not root else f"{root!r} does not exist"
-            if not os.path.isdir(root) else f"{root!r} has no images/ folder")
+    if not root:
+      what = "no folder was given"
+    elif not os.path.isdir(root):
+      what = f"{root!r} does not exist"
+    else:
+      what = f"{root!r} has no images/ folder"
     raise ConfigError(f"config.data.name='images' needs --config.data.dir=FOLDER holding "
                       f"images/ and a caption file; {what}")
   captions_path = find_captions(root, data_config.images.captions)
