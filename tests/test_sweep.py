@@ -157,6 +157,11 @@ def test_lr_margin_sweep_file_builds_each_methods_grid():
   got = [(v["name"], v["hparams"]["learning_rate"], v["hparams"]["margin"])
          for v in c.sweep.variants]
   assert got == [(f"lr{lr:g}_margin{m:g}", lr, m) for lr in (2e-4, 5e-4) for m in (0.2, 0.4, 0.6)]
+  assert all("seed" not in v for v in c.sweep.variants)    # --config.seed still applies
+  seeded = load_config("experiments/sweeps/lr_margin.py",
+                       "method=mmca,data=images,lrs=1e-3,margins=0.2,seeds=3").sweep.variants
+  assert [(v["name"], v["seed"]) for v in seeded] == [
+      (f"lr0.001_margin0.2_seed{s}", s) for s in range(3)]
   assert load_config("experiments/sweeps/lr_margin.py", "").model.get("variant") is None
   with pytest.raises(Exception, match="unknown config argument 'methd'"):
     load_config("experiments/sweeps/lr_margin.py", "methd=sgraf")
