@@ -158,6 +158,19 @@ def test_tower_learning_rate_is_scaled_through_multi_transform():
   assert "learning_rate" in plain.init(params)[-1].hyperparams
 
 
+def test_a_learning_rate_scale_on_a_frozen_tower_is_refused(tiny_data_dir):
+  """MMCA's preset freezes the tower: ``text_lr_scale`` alone would train nothing, so it is an
+  unused key that names the setting to add; with ``text_frozen=false`` it is read."""
+  frozen = minilm_config("mmca", tiny_data_dir, text_frozen=True, text_lr_scale=0.1)
+  with pytest.raises(ConfigError, match=r"text_lr_scale is set but not used: the tower is "
+                                        r"frozen .*--config.model.text_frozen=false"):
+    config_check.check_overrides(frozen, {"model.text_lr_scale": 0.1})
+  tuned = minilm_config("mmca", tiny_data_dir, text_frozen=False, text_lr_scale=0.1)
+  config_check.check_overrides(tuned, {"model.text_lr_scale": 0.1,
+                                       "model.text_frozen": False})
+  assert "model.text_lr_scale" not in config_check.unread_keys(tuned)
+
+
 def test_gru_default_reads_no_seam_key_and_has_no_tower(tiny_data_dir):
   config = tiny_config("vsepp", tiny_data_dir, embed_dim=16, word_dim=8)
   assert config.model.text_encoder == "gru"

@@ -156,4 +156,9 @@ def unread(model_config, gru_only: Dict[str, str]) -> Dict[str, str]:
   if not is_frozen(model_config):
     out["text_cache"] = ("the tower is fine-tuned (model.text_frozen=false), so its token "
                          "vectors change every step and cannot be computed once")
+  if model_config.get("text_frozen", False):
+    # MMCA's preset freezes the tower: a learning-rate scale alone would train nothing.
+    out["text_lr_scale"] = ("the tower is frozen (model.text_frozen=true), so no learning "
+                            "rate reaches it; add --config.model.text_frozen=false to "
+                            "fine-tune it")
   return out
