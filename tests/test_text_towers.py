@@ -171,6 +171,24 @@ def test_a_learning_rate_scale_on_a_frozen_tower_is_refused(tiny_data_dir):
   assert "model.text_lr_scale" not in config_check.unread_keys(tuned)
 
 
+def test_the_run_summary_names_what_a_preset_chose():
+  """The CLI's line naming backbone, tower, batch and length: MMCA's preset freezes MiniLM on
+  Lite0 grid features at batch 64; PCME's reads GloVe; data=photos fine-tunes the backbone."""
+  from xmr_jax.config_utils import load_config
+  mmca = load_config("configs/mmca.py", "data=images")
+  assert config_check.summary(mmca) == (
+      "xmr_jax: mmca on images; backbone efficientnet_lite0 (frozen grid features); "
+      "text tower minilm (frozen); batch 64, 400 steps, model.dtype=auto")
+  mmca.model.text_frozen, mmca.model.text_lr_scale = False, 0.1
+  mmca.data.images.backbone, mmca.train.batch_size = "efficientnet_lite1", 32
+  assert ("backbone efficientnet_lite1 (frozen grid features); text tower minilm (fine-tuned "
+          "at 0.1 x the learning rate); batch 32") in config_check.summary(mmca)
+  assert "text: GRU, words from glove_6b_50d" in config_check.summary(
+      load_config("configs/pcme.py", "data=images"))
+  assert "(fine-tuned inside the model); text: GRU from scratch" in config_check.summary(
+      load_config("configs/vsepp.py", "data=photos"))
+
+
 def test_gru_default_reads_no_seam_key_and_has_no_tower(tiny_data_dir):
   config = tiny_config("vsepp", tiny_data_dir, embed_dim=16, word_dim=8)
   assert config.model.text_encoder == "gru"

@@ -120,6 +120,8 @@ def run(argv) -> None:
     chosen = config_check.resolve_auto(config)
     if chosen:
       print(chosen, file=sys.stderr, flush=True)
+    # The settings a preset chooses silently (backbone, tower, batch) are named once.
+    print(config_check.summary(config), file=sys.stderr, flush=True)
   if FLAGS.mode == "train":
     training.train_and_evaluate(config, FLAGS.workdir, rebuild_tokenizer=FLAGS.rebuild_tokenizer)
   elif FLAGS.mode == "sweep":

@@ -12,6 +12,7 @@ from typing import Any, Dict, Mapping
 from xmr_jax.common.errors import ConfigError
 from xmr_jax.data import datasets
 from xmr_jax.models import image_tower, registry
+from xmr_jax.models import text_tower as tt
 # main resolves model.dtype=auto through this room (the choice then lands in config.json).
 from xmr_jax.models.precision import resolve_auto  # noqa: F401
 from xmr_jax.training import identity
@@ -148,6 +149,30 @@ def unread_keys(config) -> Dict[str, str]:
     out[f"model.{key}"] = why
   out.update(image_tower.unread(config))
   return out
+
+
+def summary(config) -> str:
+  """One line naming what a run trains on: the method, the data and (for a photo folder) the
+  backbone and whether it is fine-tuned, the text tower and whether it is frozen, the batch,
+  the length and the dtype — the settings a preset chooses that change the numbers."""
+  m, d, t = config.model, config.data, config.train
+  parts = [f"{config.method} on {d.name}"]
+  if d.name == "images":
+    how = ("fine-tuned inside the model" if m.get("image_input") == "photos"
+           else "frozen grid features")
+    parts.append(f"backbone {d.images.backbone} ({how})")
+  tower = tt.text_encoder(m)
+  if tower == "gru":
+    vectors = d.get("word_vectors")
+    parts.append(f"text: GRU, words from {vectors}" if vectors else "text: GRU from scratch")
+  elif tt.is_frozen(m):
+    parts.append(f"text tower {tower} (frozen)")
+  else:
+    parts.append(f"text tower {tower} (fine-tuned at {m.get('text_lr_scale', 1.0):g} x the "
+                 f"learning rate)")
+  length = f"{t.num_steps} steps" if t.num_steps > 0 else f"{t.num_epochs:g} epochs"
+  parts.append(f"batch {t.batch_size}, {length}, model.dtype={m.get('dtype', 'auto')}")
+  return "xmr_jax: " + "; ".join(parts)
 
 
 def check_overrides(config, overrides: Mapping[str, Any]) -> None:
