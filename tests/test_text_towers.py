@@ -183,9 +183,9 @@ def test_the_run_summary_names_what_a_preset_chose():
   mmca.data.images.backbone, mmca.train.batch_size = "efficientnet_lite1", 32
   assert ("backbone efficientnet_lite1 (frozen grid features); text tower minilm (fine-tuned "
           "at 0.1 x the learning rate); batch 32") in config_check.summary(mmca)
-  assert "text: GRU, words from glove_6b_50d" in config_check.summary(
+  assert "text: the method's own encoder, words initialised from glove_6b_50d" in config_check.summary(
       load_config("configs/pcme.py", "data=images"))
-  assert "(fine-tuned inside the model); text: GRU from scratch" in config_check.summary(
+  assert "(fine-tuned inside the model); text: the method's own encoder, from scratch" in config_check.summary(
       load_config("configs/vsepp.py", "data=photos"))
 
 

@@ -162,9 +162,10 @@ def summary(config) -> str:
            else "frozen grid features")
     parts.append(f"backbone {d.images.backbone} ({how})")
   tower = tt.text_encoder(m)
-  if tower == "gru":
+  if tower == "gru":   # the seam's name for "the method's own encoder" (MMCA's is a Transformer)
     vectors = d.get("word_vectors")
-    parts.append(f"text: GRU, words from {vectors}" if vectors else "text: GRU from scratch")
+    parts.append("text: the method's own encoder, "
+                 + (f"words initialised from {vectors}" if vectors else "from scratch"))
   elif tt.is_frozen(m):
     parts.append(f"text tower {tower} (frozen)")
   else:
